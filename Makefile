@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - venv + install + the main experiment on the embedded default (digits)
+#   make test   - venv + install + the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Pinned as they install on this machine (x86_64, from local disk).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/qubo-nn experiment --out results/digits-default
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The ``qubo-nn`` command line: thin click commands over the library."""

@@ -1,0 +1,9 @@
+"""Placeholder: replaced by the issue that implements these commands."""
+import click
+
+
+@click.command()
+def quantize_command() -> None:
+    """Not implemented yet."""
+    raise click.ClickException('not implemented yet')
+

@@ -1,0 +1,141 @@
+"""Device/dtype resolution, seeds, versions and atomic file writes.
+
+Kept free of any model or QUBO logic so every module can use it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .errors import QuboNNError
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``/None -> CUDA when present, else CPU; anything else is passed to torch."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise QuboNNError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise QuboNNError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'float32' | 'float64' | torch dtype -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise QuboNNError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    if dtype not in _DTYPES:
+        raise QuboNNError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a result (written next to every result)."""
+    import dimod
+    import scipy
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "dimod": dimod.__version__,
+        "platform": platform.platform(),
+    }
+    from . import __version__
+
+    out["qubo_nn"] = __version__
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except Exception:  # pragma: no cover - torchvision optional at runtime
+        pass
+    try:
+        from importlib.metadata import version
+
+        out["dwave-samplers"] = version("dwave-samplers")
+    except Exception:  # pragma: no cover
+        pass
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A crash or exception leaves no half-written file that a later run could trust.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (Path, torch.device, torch.dtype)):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensor_digest(*tensors: torch.Tensor | np.ndarray) -> str:
+    """A short SHA-256 over the bytes (and shapes) of tensors: identifies a head or feature set."""
+    h = hashlib.sha256()
+    for t in tensors:
+        arr = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
+        h.update(str(arr.shape).encode())
+        h.update(str(arr.dtype).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
+def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
