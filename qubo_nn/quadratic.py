@@ -1,0 +1,233 @@
+"""Exact local quadratic model of the FC head's loss: gradient and Hessian blocks.
+
+Parameters θ are ``[W | b]`` (C × (D+1)) flattened row-major: flat index ``k = c*(D+1) + d``,
+``d == D`` is the bias of class ``c`` (a feature fixed to 1). With f̃ = [f, 1],
+p = softmax(W f + b) and L = mean_n CE + (l2/2)·‖W‖² (the bias is not decayed):
+
+    G[c, d]                  = mean_n (p_nc − [y_n = c]) f̃_nd + l2·W[c, d]
+    H[(c, d), (c', d')]      = mean_n (p_nc [c = c'] − p_nc p_nc') f̃_nd f̃_nd' + l2·[same weight]
+
+H is exact (logits are linear in θ) and positive semi-definite. It is never formed whole: a block
+(a set of flat indices) is one weighted matrix product over the samples, accumulated in chunks
+so memory stays O(chunk·m + m²) for a block of m weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import QuboNNError
+from .featureset import FeatureSet
+from .head import Head, check_compatible
+from .runtime import resolve_device, resolve_dtype, torch_generator
+
+BLOCK_KINDS = ("rows", "columns", "topk", "random")
+SALIENCIES = ("grad", "obd")
+
+
+def flat_params(head: Head) -> torch.Tensor:
+    """θ = [W | b] flattened row-major, shape (C·(D+1),)."""
+    return torch.cat([head.W, head.b[:, None]], dim=1).reshape(-1)
+
+
+def unflatten(theta: torch.Tensor, num_classes: int, dim: int) -> Head:
+    """Inverse of :func:`flat_params`."""
+    if theta.numel() != num_classes * (dim + 1):
+        raise QuboNNError(f"θ must have C·(D+1) = {num_classes * (dim + 1)} entries, got {theta.numel()}")
+    M = theta.reshape(num_classes, dim + 1)
+    return Head(M[:, :dim].clone(), M[:, dim].clone())
+
+
+@dataclass
+class LocalModel:
+    """L(θ0 + Δ) ≈ L0 + gᵀΔ + ½ ΔᵀHΔ on the block ``idx`` (m weights).
+
+    ``g`` (m,) and ``H`` (m × m, PSD) include the L2 term; no damping (that belongs to the QUBO).
+    ``theta0`` (m,) are the block's current values. Units: loss (nats per sample).
+    """
+
+    idx: torch.Tensor
+    g: torch.Tensor
+    H: torch.Tensor
+    L0: float
+    theta0: torch.Tensor
+    l2: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def m(self) -> int:
+        return int(self.idx.numel())
+
+    def predict(self, delta: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
+        """Predicted loss for steps ``delta`` ((m,) or (S, m)), with damping μ: +μ/2‖Δ‖²."""
+        d = delta.to(self.H.dtype)
+        quad = (d @ self.H * d).sum(-1) + damping * (d * d).sum(-1)
+        return self.L0 + d @ self.g + 0.5 * quad
+
+
+class HeadStats:
+    """Softmax probabilities, loss and full gradient of a head on a feature set, computed once.
+
+    Every block of the same head reuses them; only the block's Hessian costs a pass over the
+    samples. ``subsample`` (int) restricts the Hessian (not the gradient) to a seeded random
+    subset of that many samples.
+    """
+
+    def __init__(self, head: Head, feats: FeatureSet, l2: float = 0.0, device: str | torch.device = "auto",
+                 dtype: str | torch.dtype = "float32", chunk: int = 4096, subsample: int | None = None,
+                 seed: int = 0) -> None:
+        check_compatible(head, feats)
+        if l2 < 0:
+            raise QuboNNError(f"l2 must be >= 0, got {l2}")
+        if chunk < 1:
+            raise QuboNNError(f"chunk must be >= 1, got {chunk}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.C, self.D, self.N = head.num_classes, head.dim, feats.n
+        self.l2 = float(l2)
+        self.chunk = int(chunk)
+        self.X = feats.X.to(device=self.device, dtype=self.dtype)
+        self.y = feats.y.to(self.device).long()
+        self.theta = flat_params(head.to(self.device, self.dtype))
+        W = self.theta.reshape(self.C, self.D + 1)
+        self.logits = torch.addmm(W[:, self.D], self.X, W[:, : self.D].T)
+        if subsample is not None:
+            if not 1 <= subsample <= self.N:
+                raise QuboNNError(f"subsample must be in [1, N={self.N}], got {subsample}")
+            g = torch_generator(seed)
+            self.hess_rows = torch.randperm(self.N, generator=g)[:subsample].sort().values.to(self.device)
+        else:
+            self.hess_rows = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        logp = torch.log_softmax(self.logits, dim=1)
+        self.P = logp.exp()
+        nll = -logp.gather(1, self.y[:, None]).mean()
+        W = self.theta.reshape(self.C, self.D + 1)[:, : self.D]
+        self.loss = float(nll) + 0.5 * self.l2 * float((W * W).sum())
+        R = self.P.clone()
+        R[torch.arange(self.N, device=self.device), self.y] -= 1.0
+        G = torch.empty(self.C, self.D + 1, device=self.device, dtype=self.dtype)
+        G[:, : self.D] = R.T @ self.X / self.N + self.l2 * W
+        G[:, self.D] = R.mean(0)
+        self.grad = G.reshape(-1)
+        self._diag = None
+
+    def update(self, idx: torch.Tensor, new_values: torch.Tensor) -> None:
+        """Set θ[idx] = new_values and update logits incrementally (O(N·|idx|), no full pass)."""
+        idx = idx.to(self.device)
+        delta = new_values.to(self.device, self.dtype) - self.theta[idx]
+        c, d = idx // (self.D + 1), idx % (self.D + 1)
+        is_b = d == self.D
+        Xa = self.X[:, d.clamp(max=self.D - 1)] * (~is_b)  # (N, |idx|), bias columns -> 0
+        Xa = Xa + is_b.to(self.dtype)
+        self.logits.index_add_(1, c, Xa * delta)
+        self.theta[idx] = new_values.to(self.device, self.dtype)
+        self._refresh()
+
+    def head(self) -> Head:
+        return unflatten(self.theta, self.C, self.D)
+
+    def hessian_diag(self) -> torch.Tensor:
+        """diag H over all C·(D+1) weights, (C·(D+1),): one (C × N)·(N × D) product."""
+        if self._diag is None:
+            rows = slice(None) if self.hess_rows is None else self.hess_rows
+            P, X = self.P[rows], self.X[rows]
+            n = P.shape[0]
+            w = P * (1 - P)
+            diag = torch.empty(self.C, self.D + 1, device=self.device, dtype=self.dtype)
+            diag[:, : self.D] = w.T @ (X * X) / n + self.l2
+            diag[:, self.D] = w.mean(0)
+            self._diag = diag.reshape(-1)
+        return self._diag
+
+    def block(self, idx: torch.Tensor) -> LocalModel:
+        """The local model of block ``idx`` (sorted flat indices) at the current head."""
+        idx = _check_idx(idx, self.C, self.D).to(self.device)
+        c, d = idx // (self.D + 1), idx % (self.D + 1)
+        m = idx.numel()
+        single_class = bool((c == c[0]).all())
+        full_row = single_class and m == self.D + 1
+        rows = torch.arange(self.N, device=self.device) if self.hess_rows is None else self.hess_rows
+        n = rows.numel()
+        H = torch.zeros(m, m, device=self.device, dtype=self.dtype)
+        for s in range(0, n, self.chunk):
+            r = rows[s:s + self.chunk]
+            Xc = self.X[r]
+            F = torch.cat([Xc, torch.ones(Xc.shape[0], 1, device=self.device, dtype=self.dtype)], 1)
+            if not full_row:
+                F = F[:, d]
+            P = self.P[r][:, c]  # (n_chunk, m): p_{n, c_i}
+            if single_class:
+                # H_cc = mean p(1-p) f fᵀ: one product
+                H.addmm_((F * (P * (1 - P))).T, F)
+            else:
+                FP = F * P
+                H.add_((FP.T @ F) * (c[:, None] == c[None, :]))
+                H.sub_(FP.T @ FP)
+        H /= n
+        H = 0.5 * (H + H.T)
+        if self.l2:
+            H.diagonal().add_(self.l2 * (d < self.D).to(self.dtype))
+        return LocalModel(idx=idx, g=self.grad[idx].clone(), H=H, L0=self.loss,
+                          theta0=self.theta[idx].clone(), l2=self.l2,
+                          info={"hessian_samples": int(n), "single_class": single_class})
+
+
+def local_model(head: Head, feats: FeatureSet, idx: torch.Tensor, l2: float = 0.0,
+                device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
+                chunk: int = 4096, subsample: int | None = None, seed: int = 0) -> LocalModel:
+    """Local quadratic model of one block (see :class:`HeadStats` for many blocks of one head)."""
+    return HeadStats(head, feats, l2, device, dtype, chunk, subsample, seed).block(idx)
+
+
+def _check_idx(idx: torch.Tensor, C: int, D: int) -> torch.Tensor:
+    idx = torch.as_tensor(idx).long().reshape(-1)
+    if idx.numel() == 0:
+        raise QuboNNError("block is empty: expected at least one weight index")
+    total = C * (D + 1)
+    if int(idx.min()) < 0 or int(idx.max()) >= total:
+        raise QuboNNError(f"block indices must lie in [0, C·(D+1) = {total}), got [{int(idx.min())}, {int(idx.max())}]")
+    if torch.unique(idx).numel() != idx.numel():
+        raise QuboNNError("block indices must be unique")
+    return idx.sort().values
+
+
+def select_blocks(kind: str, num_classes: int, dim: int, *, per_block: int = 1, size: int | None = None,
+                  num_blocks: int | None = None, grad: torch.Tensor | None = None,
+                  diag: torch.Tensor | None = None, saliency: str = "grad", seed: int = 0) -> list[torch.Tensor]:
+    """Partition (or select) the C·(D+1) flat weight indices into blocks.
+
+    - ``rows``: ``per_block`` classes per block, each with its D weights and bias (cross-class
+      terms included when ``per_block > 1``).
+    - ``columns``: ``per_block`` features (columns of W, the bias counting as feature D) across
+      all classes.
+    - ``topk``: the ``size·num_blocks`` most salient weights, ``size`` per block; saliency is
+      ``grad`` = |g| or ``obd`` = g²/H_ii (needs ``grad`` and, for obd, ``diag``).
+    - ``random``: a seeded permutation of all weights cut into blocks of ``size``.
+    """
+    C, D1 = num_classes, dim + 1
+    if kind not in BLOCK_KINDS:
+        raise QuboNNError(f"block kind must be one of {BLOCK_KINDS}, got {kind!r}")
+    if per_block < 1:
+        raise QuboNNError(f"per_block must be >= 1, got {per_block}")
+    all_idx = torch.arange(C * D1).reshape(C, D1)
+    if kind == "rows":
+        return [all_idx[s:s + per_block].reshape(-1) for s in range(0, C, per_block)]
+    if kind == "columns":
+        return [all_idx[:, s:s + per_block].T.reshape(-1).sort().values for s in range(0, D1, per_block)]
+    if size is None or size < 1:
+        raise QuboNNError(f"block kind {kind!r} needs size >= 1 (weights per block), got {size}")
+    if kind == "random":
+        perm = torch.randperm(C * D1, generator=torch_generator(seed))
+        return [perm[s:s + size].sort().values for s in range(0, C * D1, size)]
+    if saliency not in SALIENCIES:
+        raise QuboNNError(f"saliency must be one of {SALIENCIES}, got {saliency!r}")
+    if grad is None or (saliency == "obd" and diag is None):
+        raise QuboNNError("top-k blocks need the gradient (and the Hessian diagonal for 'obd')")
+    score = grad.abs() if saliency == "grad" else grad ** 2 / diag.clamp_min(1e-12)
+    k = min(C * D1, size * (num_blocks or 1))
+    top = torch.topk(score.cpu(), k).indices
+    return [top[s:s + size].sort().values for s in range(0, k, size)]

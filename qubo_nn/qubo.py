@@ -1,0 +1,174 @@
+"""QUBO of a block: the local quadratic model over the encoded bits, as a dimod BQM.
+
+With Δ = A x + c and H̃ = H + μI (μ: damping, a trust region), the predicted loss is
+
+    E(x) = L0 + gᵀ(Ax + c) + ½ (Ax + c)ᵀ H̃ (Ax + c)
+         = ½ xᵀ M x + (Aᵀ(g + H̃c))ᵀ x + L0 + gᵀc + ½ cᵀH̃c,      M = AᵀH̃A,
+
+and since x_i² = x_i the diagonal ½M_ii joins the linear term. The offset is stored in the
+BQM, so the BQM energy of any sample IS the predicted loss (nats per sample).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import dimod
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .encoding import Encoding, optimize_encoding
+from .errors import QuboNNError
+from .featureset import FeatureSet
+from .head import Head
+from .quadratic import HeadStats, LocalModel, select_blocks, unflatten
+
+DEFAULT_MAX_QUBO_BYTES = 4 * 2**30
+_NP_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def qubo_bytes(num_variables: int, itemsize: int = 8) -> int:
+    """Predicted peak bytes of one dense block: the n×n array, plus dimod's adjacency, which
+    stores every interaction twice (value + index ≈ 16 bytes per direction)."""
+    n = int(num_variables)
+    return n * n * (itemsize + 16)
+
+
+def check_fits(num_variables: int, itemsize: int = 8, max_bytes: int = DEFAULT_MAX_QUBO_BYTES) -> None:
+    """Refuse, before allocating, a dense QUBO whose predicted size exceeds ``max_bytes``."""
+    need = qubo_bytes(num_variables, itemsize)
+    if need > max_bytes:
+        raise QuboNNError(
+            f"a dense QUBO of {num_variables} variables needs about {need / 2**30:.1f} GiB, over the limit of "
+            f"{max_bytes / 2**30:.1f} GiB: use smaller blocks (fewer classes/weights per block) or fewer bits")
+
+
+def qubo_arrays(model: LocalModel, enc: Encoding, damping: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Q (n × n) with the linear term on its diagonal, linear (n,), offset) such that
+    E(x) = Σ_i Q_ii x_i + Σ_{i<j} (Q_ij + Q_ji) x_i x_j + offset, computed on the model's device."""
+    if damping < 0:
+        raise QuboNNError(f"damping must be >= 0, got {damping}")
+    if not torch.equal(model.idx.cpu(), enc.idx.cpu()):
+        raise QuboNNError("encoding and local model describe different blocks")
+    H = model.H.clone()
+    H.diagonal().add_(damping)
+    a = enc.a.to(H)  # (m, b)
+    c = enc.c.to(H)
+    m, b = a.shape
+    n = m * b
+    Hc = H @ c
+    lin = (a * (model.g + Hc)[:, None]).reshape(n)
+    # ½ M with M[(i,j),(k,l)] = a_ij H_ik a_kl
+    Q = (0.5 * a[:, :, None, None] * H[:, None, :, None] * a[None, None, :, :]).reshape(n, n)
+    Q.diagonal().add_(lin)
+    offset = model.L0 + float(model.g @ c) + 0.5 * float(c @ Hc)
+    return Q, lin, offset
+
+
+def build_bqm(model: LocalModel, enc: Encoding, damping: float = 0.0, dtype: str = "float64",
+              max_bytes: int = DEFAULT_MAX_QUBO_BYTES) -> dimod.BinaryQuadraticModel:
+    """The block's QUBO as a BINARY BQM over variables 0..n−1 (bit j of weight i is i·bits + j).
+
+    One dense NumPy array crosses into dimod in one call; energy(x) == predicted loss.
+    """
+    if dtype not in _NP_DTYPES:
+        raise QuboNNError(f"BQM dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
+    np_dtype = _NP_DTYPES[dtype]
+    check_fits(enc.num_variables, np.dtype(np_dtype).itemsize, max_bytes)
+    Q, _, offset = qubo_arrays(model, enc, damping)
+    Qn = Q.detach().to("cpu", torch.float64 if np_dtype is np.float64 else torch.float32).numpy()
+    return dimod.BinaryQuadraticModel(Qn, "BINARY", offset=offset, dtype=np_dtype)
+
+
+def predicted_loss(model: LocalModel, enc: Encoding, x, damping: float = 0.0) -> np.ndarray:
+    """Predicted loss of samples x ((n,) or (S, n)) straight from the local model (no BQM)."""
+    delta = enc.delta(x).to(model.H)
+    return model.predict(delta, damping).detach().cpu().numpy()
+
+
+def apply(head: Head, enc: Encoding, x) -> Head:
+    """A new head whose block ``enc.idx`` holds the decoded weights of sample ``x`` (n,)."""
+    C, D = head.num_classes, head.dim
+    theta = torch.cat([head.W, head.b[:, None]], 1).reshape(-1).clone()
+    theta[enc.idx.to(theta.device)] = enc.decode(x).to(theta)
+    return unflatten(theta, C, D)
+
+
+@dataclass
+class BuildConfig:
+    """How a head becomes QUBOs. ``damping`` μ = damping_abs + damping_rel · mean(diag H)."""
+
+    blocks: str = "rows"
+    per_block: int = 1
+    size: int | None = None
+    num_blocks: int | None = None
+    saliency: str = "grad"
+    bits: int = 4
+    window: float = 2.0
+    step_rule: str = "curvature"
+    step: float | None = None
+    damping_rel: float = 0.1
+    damping_abs: float = 0.0
+    l2: float = 0.0
+    subsample: int | None = None
+    dtype: str = "float32"
+    bqm_dtype: str = "float64"
+    device: str = "auto"
+    chunk: int = 4096
+    seed: int = 0
+    max_qubo_bytes: int = DEFAULT_MAX_QUBO_BYTES
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BlockQUBO:
+    """One block's local model, encoding and BQM, with the time each stage took (s)."""
+
+    block_id: int
+    model: LocalModel
+    enc: Encoding
+    bqm: dimod.BinaryQuadraticModel
+    damping: float
+    timings: dict = field(default_factory=dict)
+
+
+def damping_for(model: LocalModel, cfg: BuildConfig) -> float:
+    return float(cfg.damping_abs + cfg.damping_rel * float(model.H.diagonal().mean()))
+
+
+def make_block_qubo(stats: HeadStats, idx: torch.Tensor, cfg: BuildConfig, block_id: int = 0) -> BlockQUBO:
+    """Local model → encoding (optimize mode) → BQM for one block at the head in ``stats``."""
+    t0 = time.perf_counter()
+    model = stats.block(idx)
+    if stats.device.type == "cuda":
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    mu = damping_for(model, cfg)
+    enc = optimize_encoding(model, cfg.bits, cfg.window, mu, cfg.step_rule, cfg.step)
+    bqm = build_bqm(model, enc, mu, cfg.bqm_dtype, cfg.max_qubo_bytes)
+    t2 = time.perf_counter()
+    return BlockQUBO(block_id, model, enc, bqm, mu, {"hessian_s": t1 - t0, "qubo_s": t2 - t1})
+
+
+def plan_blocks(stats: HeadStats, cfg: BuildConfig) -> list[torch.Tensor]:
+    """The block index sets for ``cfg`` at the head in ``stats``, checked against the memory limit."""
+    need_diag = cfg.blocks == "topk" and cfg.saliency == "obd"
+    blocks = select_blocks(cfg.blocks, stats.C, stats.D, per_block=cfg.per_block, size=cfg.size,
+                           num_blocks=cfg.num_blocks, grad=stats.grad,
+                           diag=stats.hessian_diag() if need_diag else None,
+                           saliency=cfg.saliency, seed=cfg.seed)
+    itemsize = np.dtype(_NP_DTYPES.get(cfg.bqm_dtype, np.float64)).itemsize
+    check_fits(max(b.numel() for b in blocks) * cfg.bits, itemsize, cfg.max_qubo_bytes)
+    return blocks
+
+
+def iter_block_qubos(head: Head, feats: FeatureSet, cfg: BuildConfig, progress: bool = False) -> Iterator[BlockQUBO]:
+    """Stream the QUBOs of every block of ``head`` (all at the same head), one at a time."""
+    stats = HeadStats(head, feats, cfg.l2, cfg.device, cfg.dtype, cfg.chunk, cfg.subsample, cfg.seed)
+    blocks = plan_blocks(stats, cfg)
+    for k, idx in enumerate(tqdm(blocks, desc="build", unit="block", disable=not progress)):
+        yield make_block_qubo(stats, idx, cfg, k)
