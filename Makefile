@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/qubo-nn experiment --out results/digits-default
+	$(BIN)/qubo-nn experiment --out runs/digits-default
 
 test: venv
 	$(BIN)/python -m pytest -q
