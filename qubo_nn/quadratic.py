@@ -143,30 +143,34 @@ class HeadStats:
             self._diag = diag.reshape(-1)
         return self._diag
 
+    def _row_chunks(self):
+        """Yield (features, probabilities) of the Hessian's samples, ``chunk`` rows at a time
+        (views when all samples are used, gathered rows for a subsample)."""
+        if self.hess_rows is None:
+            for s in range(0, self.N, self.chunk):
+                yield self.X[s:s + self.chunk], self.P[s:s + self.chunk]
+        else:
+            for s in range(0, self.hess_rows.numel(), self.chunk):
+                r = self.hess_rows[s:s + self.chunk]
+                yield self.X[r], self.P[r]
+
     def block(self, idx: torch.Tensor) -> LocalModel:
-        """The local model of block ``idx`` (sorted flat indices) at the current head."""
+        """The local model of block ``idx`` (sorted flat indices) at the current head.
+
+        One pass over the (sub)sampled rows in chunks: a single-class block is the weighted Gram
+        matrix F̃ᵀ diag(p(1−p)) F̃ (upper panels only, mirrored); a block spanning several classes
+        adds the cross terms −p_c p_c'.
+        """
         idx = _check_idx(idx, self.C, self.D).to(self.device)
         c, d = idx // (self.D + 1), idx % (self.D + 1)
         m = idx.numel()
         single_class = bool((c == c[0]).all())
         full_row = single_class and m == self.D + 1
-        rows = torch.arange(self.N, device=self.device) if self.hess_rows is None else self.hess_rows
-        n = rows.numel()
-        H = torch.zeros(m, m, device=self.device, dtype=self.dtype)
-        for s in range(0, n, self.chunk):
-            r = rows[s:s + self.chunk]
-            Xc = self.X[r]
-            F = torch.cat([Xc, torch.ones(Xc.shape[0], 1, device=self.device, dtype=self.dtype)], 1)
-            if not full_row:
-                F = F[:, d]
-            P = self.P[r][:, c]  # (n_chunk, m): p_{n, c_i}
-            if single_class:
-                # H_cc = mean p(1-p) f fᵀ: one product
-                H.addmm_((F * (P * (1 - P))).T, F)
-            else:
-                FP = F * P
-                H.add_((FP.T @ F) * (c[:, None] == c[None, :]))
-                H.sub_(FP.T @ FP)
+        n = self.N if self.hess_rows is None else self.hess_rows.numel()
+        if full_row:
+            H = self._full_row_hessian(int(c[0]))
+        else:
+            H = self._general_hessian(c, d, single_class)
         H /= n
         H = 0.5 * (H + H.T)
         if self.l2:
@@ -174,6 +178,65 @@ class HeadStats:
         return LocalModel(idx=idx, g=self.grad[idx].clone(), H=H, L0=self.loss,
                           theta0=self.theta[idx].clone(), l2=self.l2,
                           info={"hessian_samples": int(n), "single_class": single_class})
+
+    def _full_row_hessian(self, cls: int) -> torch.Tensor:
+        """Σ_n w_n f̃_n f̃_nᵀ, w = p_c(1 − p_c), f̃ = [f, 1] ((D+1) × (D+1), not yet divided by n).
+
+        The ones column is never materialized: the bias row is Σ w f and the corner Σ w.
+        """
+        D = self.D
+        H = torch.zeros(D + 1, D + 1, device=self.device, dtype=self.dtype)
+        Hff, hfb = H[:D, :D], H[:D, D]
+        for Xc, Pc in self._row_chunks():
+            p = Pc[:, cls]
+            w = p * (1 - p)
+            Xw = Xc * w[:, None]
+            _gram_upper_(Hff, Xw, Xc)
+            hfb.addmv_(Xc.T, w)
+            H[D, D] += w.sum()
+        _mirror_upper_(Hff)
+        H[D, :D] = hfb
+        return H
+
+    def _general_hessian(self, c: torch.Tensor, d: torch.Tensor, single_class: bool) -> torch.Tensor:
+        """Any block: F = f̃[:, d] per chunk (bias columns = 1), P = p[:, c]."""
+        m = c.numel()
+        is_b = d == self.D
+        dcol = d.clamp(max=self.D - 1)
+        H = torch.zeros(m, m, device=self.device, dtype=self.dtype)
+        same = (c[:, None] == c[None, :]).to(self.dtype) if not single_class else None
+        for Xc, Pc in self._row_chunks():
+            F = Xc[:, dcol]
+            F[:, is_b] = 1.0
+            if single_class:
+                p = Pc[:, c[0]]
+                _gram_upper_(H, F * (p * (1 - p))[:, None], F)
+            else:
+                FP = F * Pc[:, c]
+                H.add_((FP.T @ F) * same)
+                H.sub_(FP.T @ FP)
+        if single_class:
+            _mirror_upper_(H)
+        return H
+
+
+def _panels(m: int) -> list[int]:
+    """Panel boundaries for symmetric Gram products: 2 panels (3/4 of the flops) for big blocks."""
+    return [0, m] if m < 256 else [0, m // 2, m]
+
+
+def _gram_upper_(H: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> None:
+    """H += AᵀB on the diagonal panels and above (AᵀB is symmetric); see :func:`_mirror_upper_`."""
+    cuts = _panels(H.shape[0])
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        H[lo:hi, lo:].addmm_(A[:, lo:hi].T, B[:, lo:])
+
+
+def _mirror_upper_(H: torch.Tensor) -> None:
+    """Copy the panels above the diagonal below it (inverse of the panel split of :func:`_gram_upper_`)."""
+    cuts = _panels(H.shape[0])
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        H[hi:, lo:hi] = H[lo:hi, hi:].T
 
 
 def local_model(head: Head, feats: FeatureSet, idx: torch.Tensor, l2: float = 0.0,
