@@ -1,9 +1,133 @@
-"""Placeholder: replaced by the issue that implements these commands."""
+"""``qubo-nn quantize``: a low-bit FC head by round-to-nearest, GPTQ-style greedy or QUBO rounding."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+import torch
+
+from ..errors import QuboNNError
+from ..features import get_features
+from ..head import Head
+from ..quantize import MAX_BITS, METHODS, MIN_BITS, SCALE_RULES, QuantizeConfig, quantize_head
+from ..runtime import atomic_path, atomic_write_json, tensor_digest, versions
+from ..train import SGDConfig, train_sgd
+from .common import emit, handle_errors, json_option, seed_option
+from .features_cmd import feature_config, feature_options
+
+
+def load_head(path: str | Path) -> Head:
+    """A head from a torch state dict file ``{"weight": C × D, "bias": C}``."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise QuboNNError(f"cannot read head checkpoint {str(path)!r}: expected a torch state dict "
+                          f"with 'weight' and 'bias' ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(sd, dict):
+        raise QuboNNError(f"head checkpoint {str(path)!r} must hold a state dict, got {type(sd).__name__}")
+    return Head.from_state_dict(sd)
+
+
+def _parse_params(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QuboNNError(f"--params must be a JSON object, e.g. '{{\"num_sweeps\": 2000}}', got {text!r} ({exc})")
+    if not isinstance(params, dict):
+        raise QuboNNError(f"--params must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _table(rec: dict, method: str) -> str:
+    ref = rec["reference"]
+    lines = [f"{'method':<8} {'test acc %':>10} {'test loss':>10} {'train loss':>10} {'QUBO energy':>12}",
+             f"{'fp32':<8} {ref['test_acc']:>10.2f} {ref['test_loss']:>10.4f} {ref['train_loss']:>10.4f} {'':>12}"]
+    for name, m in rec["methods"].items():
+        mark = " *" if name == method else ""
+        lines.append(f"{name:<8} {m.get('test_acc', float('nan')):>10.2f} {m.get('test_loss', float('nan')):>10.4f} "
+                     f"{m['train_loss']:>10.4f} {m['energy']:>12.6f}{mark}")
+    return "\n".join(lines)
 
 
 @click.command()
-def quantize_command() -> None:
-    """Not implemented yet."""
-    raise click.ClickException('not implemented yet')
-
+@click.option("--bits", type=int, default=4, show_default=True,
+              help=f"Bits per weight ({MIN_BITS}–{MAX_BITS}); codes q ∈ [−2^(b−1), 2^(b−1)−1], w = s_row·q.")
+@click.option("--method", type=click.Choice(METHODS), default="qubo", show_default=True,
+              help="Rounding whose head is written: round-to-nearest, GPTQ-style greedy, or QUBO "
+                   "(rtn and greedy are always computed and recorded; qubo starts from them).")
+@click.option("--sampler", default="neal", show_default=True,
+              help="Registered sampler for --method qubo (see `qubo-nn samplers`).")
+@click.option("--scale", "scale_rule", type=click.Choice(SCALE_RULES), default="mse", show_default=True,
+              help="Per-row scale: max-abs, or the MSE-optimal clipping ratio.")
+@click.option("--window-bits", type=click.IntRange(min=1), default=1, show_default=True,
+              help="QUBO bits per weight: a window of 2^k grid levels (1 = round up or down, AdaRound).")
+@click.option("--damping", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Hessian damping as a fraction of the mean diagonal of each row block (GPTQ's percdamp).")
+@click.option("--grad/--no-grad", "use_grad", default=False, show_default=True,
+              help="Include the gradient term gᵀΔ in the rounding objective (greedy and QUBO).")
+@click.option("--num-reads", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Sampler reads per row (for samplers that take num_reads).")
+@click.option("--params", "params_json", default=None,
+              help="More sampler parameters as a JSON object, e.g. '{\"num_sweeps\": 2000}'.")
+@click.option("--polish", is_flag=True, help="Steepest-descent polish of every sample.")
+@click.option("--refit-bias", is_flag=True, help="Re-fit the (full-precision) bias with the weights frozen (L-BFGS).")
+@click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="L2 term (l2/2)·‖W‖² of the loss the Hessian blocks come from.")
+@click.option("--subsample", type=click.IntRange(min=1), default=None,
+              help="Hessian blocks from a seeded random subset of this many training samples.")
+@click.option("--head", "head_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Head to quantize (torch state dict: weight, bias) [default: train the SGD baseline].")
+@click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True,
+              help="SGD epochs of the baseline head (without --head).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="SGD learning rate of the baseline head (without --head).")
+@feature_options
+@seed_option
+@click.option("--out", type=click.Path(dir_okay=False), default="head-quantized.pt", show_default=True,
+              help="Where to write the quantized head (torch state dict: weight, bias, scale, codes).")
+@click.option("--record", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the JSON record [default: --out with suffix .json].")
+@click.option("--progress/--no-progress", default=False, show_default=True, help="Progress bars (stderr).")
+@json_option
+@handle_errors
+def quantize_command(bits: int, method: str, sampler: str, scale_rule: str, window_bits: int, damping: float,
+                     use_grad: bool, num_reads: int, params_json: str | None, polish: bool, refit_bias: bool,
+                     l2: float, subsample: int | None, head_path: str | None, epochs: int, lr: float, seed: int,
+                     out: str, record: str | None, progress: bool, as_json: bool, **opts: Any) -> None:
+    """Quantize the FC head to --bits per weight (per-row symmetric grids, bias in full precision)
+    and record accuracy, loss and every method's QUBO energy on the same per-row BQMs."""
+    t0 = time.perf_counter()
+    cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler,
+                         sampler_params=_parse_params(params_json), num_reads=num_reads, window_bits=window_bits,
+                         damping_rel=damping, use_grad=use_grad, polish=polish, refit_bias=refit_bias, l2=l2,
+                         subsample=subsample, device=opts["device"], seed=seed)
+    cfg.validate()
+    head = load_head(head_path) if head_path else None  # before the features: fail fast on a bad file
+    fcfg = feature_config(opts)
+    feats = get_features(fcfg, progress=progress)
+    source: dict[str, Any] = {"features": fcfg.__dict__, "features_path": feats.path}
+    if head is None:
+        sgd = SGDConfig(epochs=epochs, lr=lr, seed=seed)
+        head0 = Head.init_like_linear(feats.train.num_classes, feats.train.dim, seed=seed)
+        head, _ = train_sgd(head0, feats.train, feats.test, sgd, device=opts["device"])
+        source["head"] = {"sgd": vars(sgd)}
+    else:
+        source["head"] = {"path": str(head_path)}
+    head = head.to("cpu")
+    source["head_digest"] = tensor_digest(head.W, head.b)
+    res = quantize_head(head, feats.train, feats.test, cfg, progress=progress)
+    chosen = res.methods[method]
+    with atomic_path(out) as tmp:
+        torch.save({**res.head.state_dict(), "scale": res.scale, "codes": chosen.codes, "bits": bits,
+                    "method": method}, tmp)
+    rec = {**res.record(), "source": source, "out": str(out), "versions": versions(),
+           "seconds": time.perf_counter() - t0}
+    record_path = Path(record) if record else Path(out).with_suffix(".json")
+    atomic_write_json(record_path, rec)
+    emit({**rec, "record": str(record_path)}, as_json,
+         _table(rec, method) + f"\n{bits}-bit {method} head written to {out}; record {record_path}")

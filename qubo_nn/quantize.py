@@ -1,0 +1,487 @@
+"""Low-bit FC heads: per-row b-bit grids, round-to-nearest, GPTQ-style greedy and QUBO rounding.
+
+Grid. Every class row c of W gets its own scale s_c; a quantized weight is W[c, d] = s_c · q with
+an integer q ∈ [qmin, qmax] = [−2^(b−1), 2^(b−1) − 1] (all 2^b codes of a signed b-bit integer,
+no zero point: the grid is symmetric about 0 up to the one extra negative level). Scale rules:
+
+- ``maxabs``: s_c = 2·max_d |W[c, d]| / (2^b − 1) (as torch's symmetric observers and GPTQ's
+  ``sym`` quantizer): the clipping error at the positive end equals the worst rounding error.
+- ``mse``: s_c = r·s_c^maxabs with the clipping ratio r ∈ [``mse_min_ratio``, 1] (``mse_grid``
+  values) that minimises Σ_d (W[c, d] − s·clamp(round(W[c, d]/s)))², per row.
+
+The bias stays in full precision (common practice: it is C numbers against C·D weights, and its
+quantization error is not reduced by any rounding choice), so the block of row c is its D
+weights only; ``refit_bias`` re-fits it afterwards with the weights frozen (convex, L-BFGS).
+
+Objective. All methods round the same thing: the local model of the row's loss at the fp32 head,
+from :meth:`HeadStats.block` (exact task-loss Hessian block H of the class row), damped as in
+GPTQ by μ = ``damping_rel`` · mean(diag H):
+
+    E(Δ) = L0 + γ·gᵀΔ + ½ Δᵀ (H + μI) Δ,      Δ = w_quantized − w_fp32,
+
+with γ = 1 (``use_grad=True``, default) or 0 (GPTQ's objective: the quadratic of the weight
+change only). The gradient is kept by default because the head need not be at a stationary point
+(SGD stops early; the loss is not minimised to zero gradient); then E is the predicted loss of the
+quantized row, the same quantity the QUBO energy is. For γ = 1, E(Δ) = const + ½ (w − w*)ᵀ H̃ (w − w*)
+with the (damped) Newton target w* = w_fp32 − H̃⁻¹g, so GPTQ's update applied to w* minimises E;
+for γ = 0, w* = w_fp32 and it is classic GPTQ. Rows are treated as independent blocks at the same
+(fp32) head: cross-row Hessian terms are ignored by every method alike.
+
+Methods:
+
+- ``rtn``: q = clamp(round(w/s), qmin, qmax).
+- ``greedy``: GPTQ/OBQ: with U the upper Cholesky factor of H̃⁻¹, for d = 0..D−1 in order:
+  q_d = clamp(round(w_d/s)), e = (w_d − s q_d)/U_dd, w_{d+1:} −= e·U_{d, d+1:} (starting from w*).
+- ``qubo``: the row's BQM (:func:`qubo.build_bqm`, energy = E) over a window of 2^``window_bits``
+  levels per weight (:func:`encoding.quantize_encoding`: 1 bit = AdaRound's floor/ceil), solved
+  with any registered sampler; the window is shifted, weight by weight, just enough to contain the
+  greedy level (so the greedy and, where it fits, the RTN solutions are feasible), and both are
+  offered as initial states when the sampler takes them. The returned solution is the
+  lowest-energy one among the sampler's samples and the offered incumbents (so its energy is never
+  above greedy's); ``info["rows_improved"]`` counts the rows where the sampler beat them.
+
+Every method's solution is scored on the same per-row BQM (``energy``: Σ_rows E_row − (C−1)·L0,
+the predicted loss with all rows changed, cross-row terms ignored). Solutions that do not fit a
+row's window (RTN can fall outside when greedy moved a weight ≥ 2 levels with ``window_bits=1``)
+are scored with the same formula straight from the local model and counted in ``outside_window``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import dimod
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .encoding import Encoding, quantize_encoding
+from .errors import QuboNNError
+from .featureset import FeatureSet
+from .head import Head, check_compatible, evaluate
+from .quadratic import HeadStats, LocalModel
+from .qubo import build_bqm
+from .runtime import resolve_device, resolve_dtype
+
+METHODS = ("rtn", "greedy", "qubo")
+SCALE_RULES = ("maxabs", "mse")
+MIN_BITS, MAX_BITS = 1, 8
+
+
+# ---------------------------------------------------------------- grids
+
+def check_bits(bits: int) -> int:
+    """``bits`` as an int in [1, 8], else QuboNNError."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise QuboNNError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    return int(bits)
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    """(qmin, qmax) = (−2^(b−1), 2^(b−1) − 1): the integer codes of a signed b-bit grid."""
+    b = check_bits(bits)
+    return -(2 ** (b - 1)), 2 ** (b - 1) - 1
+
+
+def round_to_grid(W: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes q = clamp(round(W/s), qmin, qmax) (same shape as W; ``scale`` (C,) per row)."""
+    qmin, qmax = qrange(bits)
+    return torch.clamp(torch.round(W / scale[:, None]), qmin, qmax)
+
+
+def grid_scale(W: torch.Tensor, bits: int, rule: str = "mse", mse_grid: int = 81,
+               mse_min_ratio: float = 0.2) -> torch.Tensor:
+    """Per-row scale s (C,) of W (C × D) for a b-bit grid; see the module docstring for the rules.
+
+    Rows that are all zero get s = 1 (every code 0 reproduces them exactly).
+    """
+    bits = check_bits(bits)
+    if rule not in SCALE_RULES:
+        raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {rule!r}")
+    if W.ndim != 2:
+        raise QuboNNError(f"weights must be a C × D matrix, got shape {tuple(W.shape)}")
+    maxabs = W.abs().amax(1)
+    base = torch.where(maxabs > 0, 2 * maxabs / (2 ** bits - 1), torch.ones_like(maxabs))
+    if rule == "maxabs":
+        return base
+    if not 0 < mse_min_ratio <= 1 or mse_grid < 1:
+        raise QuboNNError(f"mse search needs 0 < mse_min_ratio <= 1 and mse_grid >= 1, "
+                          f"got {mse_min_ratio} and {mse_grid}")
+    ratios = torch.linspace(1.0, mse_min_ratio, mse_grid, dtype=W.dtype, device=W.device)
+    qmin, qmax = qrange(bits)
+    best_err = torch.full_like(maxabs, math.inf)
+    best = base.clone()
+    for r in ratios:  # one (C × D) pass per ratio: memory stays O(C·D)
+        s = r * base
+        err = ((W - s[:, None] * torch.clamp(torch.round(W / s[:, None]), qmin, qmax)) ** 2).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    return best
+
+
+# ---------------------------------------------------------------- the row objective and GPTQ
+
+def newton_target(w: torch.Tensor, g: torch.Tensor | None, H: torch.Tensor, damping: float) -> torch.Tensor:
+    """w* = w − (H + μI)⁻¹ g (w when ``g`` is None): the minimiser of gᵀΔ + ½ΔᵀH̃Δ over real Δ."""
+    if g is None:
+        return w.clone()
+    Ht = H.to(torch.float64) + damping * torch.eye(H.shape[0], dtype=torch.float64, device=H.device)
+    L = _cholesky(Ht)
+    return (w.to(torch.float64) - torch.cholesky_solve(g.to(torch.float64)[:, None], L)[:, 0]).to(w.dtype)
+
+
+def gptq_row(w: torch.Tensor, H: torch.Tensor, scale: float, bits: int, damping: float = 0.0,
+             g: torch.Tensor | None = None) -> torch.Tensor:
+    """GPTQ/OBQ greedy rounding of one row w (D,) against H (D × D): integer codes q (D,).
+
+    Minimises, greedily in index order, E(Δ) = gᵀΔ + ½ Δᵀ(H + μI)Δ with Δ = s·q − w (``g`` None:
+    the quadratic of the weight change only, as GPTQ). Computed in float64.
+    """
+    bits = check_bits(bits)
+    qmin, qmax = qrange(bits)
+    if not damping >= 0:
+        raise QuboNNError(f"damping must be >= 0, got {damping}")
+    D = w.numel()
+    if H.shape != (D, D):
+        raise QuboNNError(f"Hessian must be {D} × {D}, got {tuple(H.shape)}")
+    H64 = H.to(torch.float64) + damping * torch.eye(D, dtype=torch.float64, device=H.device)
+    t = newton_target(w.to(torch.float64), None if g is None else g.to(torch.float64), H64, 0.0)
+    Hinv = torch.cholesky_inverse(_cholesky(H64))
+    U = _cholesky(Hinv, upper=True)
+    x = t.clone()
+    q = torch.empty(D, dtype=torch.float64, device=H.device)
+    for d in range(D):
+        q[d] = torch.clamp(torch.round(x[d] / scale), qmin, qmax)
+        err = (x[d] - scale * q[d]) / U[d, d]
+        x[d + 1:] -= err * U[d, d + 1:]
+    return q.to(w.dtype)
+
+
+def _cholesky(A: torch.Tensor, upper: bool = False) -> torch.Tensor:
+    L, bad = torch.linalg.cholesky_ex(A, upper=upper)
+    if int(bad):
+        raise QuboNNError("Hessian block is not positive definite even after damping: "
+                          "raise damping_rel (expected a PD matrix, Cholesky failed at pivot "
+                          f"{int(bad)})")
+    return L
+
+
+# ---------------------------------------------------------------- QUBO window
+
+def window_encoding(model: LocalModel, scale: float, bits: int, window_bits: int,
+                    must_hold: torch.Tensor | None = None) -> Encoding:
+    """:func:`quantize_encoding` window of 2^window_bits levels around w/s, shifted weight by
+    weight (minimally) so that the integer codes ``must_hold`` (m,) lie inside it."""
+    qmin, qmax = qrange(bits)
+    if not 1 <= window_bits <= bits:
+        raise QuboNNError(f"window_bits must be in [1, bits={bits}], got {window_bits}")
+    s = torch.full_like(model.theta0, float(scale))
+    enc = quantize_encoding(model, s, qmin, qmax, bits=window_bits)
+    if must_hold is None:
+        return enc
+    span = 2 ** window_bits - 1
+    base = -enc.offset  # zero = 0, offset = −base
+    need = must_hold.to(base)
+    base = torch.minimum(torch.maximum(base, need - span), need).clamp(qmin, qmax - span)
+    return Encoding(idx=enc.idx, theta0=enc.theta0, ref=enc.ref, step=enc.step, offset=-base,
+                    bits=window_bits, mode="quantize", info={**enc.info, "shifted": int((base != -enc.offset).sum())})
+
+
+def codes_in_window(enc: Encoding, q: torch.Tensor) -> torch.Tensor:
+    """Boolean (m,): which integer codes q lie inside the encoding's window."""
+    base = -enc.offset
+    q = q.to(base)
+    return (q >= base) & (q <= base + 2 ** enc.bits - 1)
+
+
+def codes_to_bits(enc: Encoding, q: torch.Tensor) -> np.ndarray:
+    """Bits (n,) of integer codes q (m,) that lie in the window (k = q − base)."""
+    k = (q.to(enc.offset) + enc.offset).long()
+    bits = (k[:, None] >> torch.arange(enc.bits, device=k.device)) & 1
+    return bits.reshape(-1).cpu().numpy().astype(np.int8)
+
+
+# ---------------------------------------------------------------- the whole head
+
+@dataclass
+class QuantizeConfig:
+    """How a head is quantized. ``method`` names the head returned in ``QuantizeResult.head``;
+    ``rtn`` and ``greedy`` are always computed (they are cheap, and they seed the QUBO).
+
+    ``sampler_params`` go to :func:`qubo_nn.samplers.sample` (validated there); ``num_reads`` is
+    added for samplers that take it unless given. ``polish`` asks the sampler registry for a
+    steepest-descent polish of every sample.
+    """
+
+    bits: int = 4
+    method: str = "qubo"
+    scale: str = "mse"
+    sampler: str = "neal"
+    sampler_params: dict = field(default_factory=dict)
+    num_reads: int = 4
+    window_bits: int = 1
+    damping_rel: float = 0.01
+    use_grad: bool = True
+    polish: bool = False
+    refit_bias: bool = False
+    l2: float = 0.0
+    subsample: int | None = None
+    mse_grid: int = 81
+    mse_min_ratio: float = 0.2
+    dtype: str = "float32"
+    device: str = "auto"
+    chunk: int = 4096
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_bits(self.bits)
+        if self.method not in METHODS:
+            raise QuboNNError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.scale not in SCALE_RULES:
+            raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {self.scale!r}")
+        if isinstance(self.window_bits, bool) or not isinstance(self.window_bits, int) \
+                or not 1 <= self.window_bits <= self.bits:
+            raise QuboNNError(f"window_bits must be an integer in [1, bits={self.bits}], got {self.window_bits!r}")
+        if not (isinstance(self.damping_rel, (int, float)) and math.isfinite(self.damping_rel)
+                and self.damping_rel >= 0):
+            raise QuboNNError(f"damping_rel must be a finite number >= 0, got {self.damping_rel!r}")
+        if self.num_reads < 1:
+            raise QuboNNError(f"num_reads must be >= 1, got {self.num_reads}")
+        if not isinstance(self.sampler_params, dict):
+            raise QuboNNError(f"sampler_params must be a dict, got {type(self.sampler_params).__name__}")
+        resolve_dtype(self.dtype)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MethodResult:
+    """One method's quantized head, its integer codes (C × D), true metrics and QUBO scores.
+
+    ``energy``: predicted loss (nats) on the per-row BQMs, Σ_rows E_row − (C−1)·L0;
+    ``row_energies`` (C,): E_row, each the energy of that row's BQM.
+    """
+
+    head: Head
+    codes: torch.Tensor
+    metrics: dict
+    energy: float
+    row_energies: list[float]
+    outside_window: int
+    wall_time_s: float
+    info: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {**self.metrics, "energy": self.energy, "row_energies": self.row_energies,
+                "outside_window": self.outside_window, "wall_time_s": self.wall_time_s, **self.info}
+
+
+@dataclass
+class QuantizeResult:
+    """The head of ``config.method``, every computed method, the fp32 reference and timings."""
+
+    head: Head
+    scale: torch.Tensor
+    methods: dict[str, MethodResult]
+    reference: dict
+    config: dict
+    timings: dict
+
+    def record(self) -> dict:
+        """JSON-able summary (no tensors except the scales as a list)."""
+        return {"config": self.config, "reference": self.reference, "scale": self.scale.tolist(),
+                "methods": {k: v.summary() for k, v in self.methods.items()}, "timings": self.timings}
+
+
+def check_head(head: Head) -> None:
+    """Refuse a head with NaN/Inf weights (the Head checks at construction; this catches later edits)."""
+    for name, t in (("weight", head.W), ("bias", head.b)):
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise QuboNNError(f"head {name} contains {bad} NaN/Inf values: expected finite weights")
+
+
+def metrics(head: Head, train: FeatureSet, test: FeatureSet | None, l2: float = 0.0) -> dict:
+    """True train (and test) loss (nats) and accuracy (%, 0–100)."""
+    out = {}
+    for split, feats in (("train", train), ("test", test)):
+        if feats is None:
+            continue
+        loss, acc = evaluate(head, feats.to(head.W.device, head.W.dtype), l2)
+        out[f"{split}_loss"], out[f"{split}_acc"] = loss, 100.0 * acc
+    return out
+
+
+def refit_bias(head: Head, feats: FeatureSet, max_iter: int = 200, tol: float = 1e-12) -> tuple[Head, dict]:
+    """Re-fit the bias with W frozen: full-batch L-BFGS on mean CE (convex in b), in float64.
+
+    Returns the head (W unchanged, b in W's dtype) and info: loss before/after, iterations, seconds.
+    """
+    W = head.W.detach()
+    X = feats.X.to(W.device, torch.float64)
+    y = feats.y.to(W.device)
+    Z = X @ W.to(torch.float64).T  # (N × C): the logits without bias, computed once
+    b = head.b.detach().to(torch.float64).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Z + b, y)
+        loss.backward()
+        return loss
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        before = float(torch.nn.functional.cross_entropy(Z + b, y))
+    opt.step(closure)
+    with torch.no_grad():
+        after = float(torch.nn.functional.cross_entropy(Z + b, y))
+    n_iter = int(opt.state[b].get("n_iter", 0))
+    return Head(W.clone(), b.detach().to(head.b.dtype)), {
+        "bias_loss_before": before, "bias_loss_after": after, "bias_iterations": n_iter,
+        "bias_wall_time_s": time.perf_counter() - t0}
+
+
+def _sampler_accepts_initial_states(name: str) -> bool:
+    from .samplers import get_sampler
+    return "initial_states" in get_sampler(name).parameters
+
+
+def _sampler_params(cfg: QuantizeConfig) -> dict:
+    from .samplers import get_sampler
+    params = dict(cfg.sampler_params)
+    if "num_reads" in get_sampler(cfg.sampler).parameters:
+        params.setdefault("num_reads", cfg.num_reads)
+    return params
+
+
+def _solve_row(bqm: dimod.BinaryQuadraticModel, incumbents: list[np.ndarray], cfg: QuantizeConfig,
+               params: dict, seed: int) -> tuple[np.ndarray, float, bool, dict]:
+    """Lowest-energy bits among the sampler's samples and the incumbents; (x, E, improved, info)."""
+    from .samplers import sample
+
+    params = dict(params)
+    init = None
+    if incumbents and _sampler_accepts_initial_states(cfg.sampler):
+        reads = params.get("num_reads", len(incumbents))
+        rows = [incumbents[i % len(incumbents)] for i in range(max(reads, len(incumbents)))]
+        init = (np.stack(rows), list(range(bqm.num_variables)))
+        params.setdefault("num_reads", len(rows))
+    ss = sample(bqm, cfg.sampler, seed=seed, polish=cfg.polish, initial_states=init, **params)
+    order = list(range(bqm.num_variables))
+    X = ss.record.sample[:, [ss.variables.index(v) for v in order]] if list(ss.variables) != order \
+        else ss.record.sample
+    E = bqm.energies((X, order))
+    k = int(np.argmin(E))
+    x, e = X[k].astype(np.int8), float(E[k])
+    best_inc = math.inf
+    if incumbents:
+        Ei = bqm.energies((np.stack(incumbents), order))
+        j = int(np.argmin(Ei))
+        best_inc = float(Ei[j])
+        if best_inc <= e:
+            x, e = incumbents[j], best_inc
+    improved = e < best_inc - 1e-12 * max(1.0, abs(best_inc))
+    return x, e, improved, {"wall_time_s": float(ss.info.get("wall_time_s", 0.0))}
+
+
+def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: QuantizeConfig,
+                  progress: bool = False) -> QuantizeResult:
+    """Quantize ``head`` to ``cfg.bits`` per weight by every needed method (see module docstring).
+
+    ``train`` gives the loss, gradient and Hessian blocks (and the bias refit); ``test`` is only
+    evaluated. Returns the quantized head of ``cfg.method`` and every method's record.
+    """
+    cfg.validate()
+    check_head(head)
+    check_compatible(head, train)
+    if test is not None:
+        check_compatible(head, test)
+    t_start = time.perf_counter()
+    params = _sampler_params(cfg) if cfg.method == "qubo" else {}  # unknown sampler: refused before any work
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype)
+    C, D = head.num_classes, head.dim
+    bits = cfg.bits
+    head_d = head.to(device, dtype)
+    ref = metrics(head_d, train, test, cfg.l2)
+
+    W = head_d.W.to(torch.float64)
+    scale = grid_scale(W, bits, cfg.scale, cfg.mse_grid, cfg.mse_min_ratio)
+    methods = ["rtn", "greedy"] + (["qubo"] if cfg.method == "qubo" else [])
+    codes = {m: torch.empty(C, D, dtype=torch.float64, device=device) for m in methods}
+    energies = {m: [] for m in methods}
+    outside = {m: 0 for m in methods}
+    wall = {m: 0.0 for m in methods}
+    t = time.perf_counter()
+    codes["rtn"] = round_to_grid(W, scale, bits)
+    wall["rtn"] += time.perf_counter() - t
+
+    stats = HeadStats(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
+    qinfo = {"rows_improved": 0, "sampler_wall_time_s": 0.0, "num_variables": 0}
+    timings = {"hessian_s": 0.0, "qubo_build_s": 0.0}
+    for c in tqdm(range(C), desc=f"quantize {bits}-bit", unit="row", disable=not progress):
+        idx = torch.arange(c * (D + 1), c * (D + 1) + D)
+        t = time.perf_counter()
+        model = stats.block(idx)
+        model = LocalModel(idx=model.idx, g=model.g.to(torch.float64), H=model.H.to(torch.float64),
+                           L0=model.L0, theta0=model.theta0.to(torch.float64), l2=model.l2, info=model.info)
+        if not cfg.use_grad:
+            model.g = torch.zeros_like(model.g)
+        mu = cfg.damping_rel * float(model.H.diagonal().mean())
+        timings["hessian_s"] += time.perf_counter() - t
+        s = float(scale[c])
+
+        t = time.perf_counter()
+        codes["greedy"][c] = gptq_row(model.theta0, model.H, s, bits, mu, model.g if cfg.use_grad else None)
+        wall["greedy"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        enc = window_encoding(model, s, bits, cfg.window_bits, must_hold=codes["greedy"][c])
+        bqm = build_bqm(model, enc, mu)
+        timings["qubo_build_s"] += time.perf_counter() - t
+        qinfo["num_variables"] = max(qinfo["num_variables"], bqm.num_variables)
+
+        if "qubo" in methods:
+            t = time.perf_counter()
+            inc = [codes_to_bits(enc, codes["greedy"][c])]
+            if bool(codes_in_window(enc, codes["rtn"][c]).all()):
+                inc.append(codes_to_bits(enc, codes["rtn"][c]))
+            x, _, improved, info = _solve_row(bqm, inc, cfg, params, cfg.seed * 100_003 + c)
+            codes["qubo"][c] = enc.decode(x).to(torch.float64).div(s).round()
+            qinfo["rows_improved"] += int(improved)
+            qinfo["sampler_wall_time_s"] += info["wall_time_s"]
+            wall["qubo"] += time.perf_counter() - t
+
+        for m in methods:
+            q = codes[m][c]
+            if bool(codes_in_window(enc, q).all()):
+                energies[m].append(float(bqm.energy(codes_to_bits(enc, q))))
+            else:
+                outside[m] += int((~codes_in_window(enc, q)).sum())
+                energies[m].append(float(model.predict(s * q - model.theta0, mu)))
+
+    results = {}
+    L0 = stats.loss
+    for m in methods:
+        Wq = (scale[:, None] * codes[m]).to(dtype)
+        qh = Head(Wq, head_d.b.clone())
+        info = {}
+        if cfg.refit_bias:
+            info["before_refit"] = metrics(qh, train, test, cfg.l2)
+            qh, binfo = refit_bias(qh, train)
+            info.update(binfo)
+        if m == "qubo":
+            info.update(qinfo)
+        E = energies[m]
+        results[m] = MethodResult(head=qh, codes=codes[m].to(torch.int64).cpu(), metrics=metrics(qh, train, test, cfg.l2),
+                                  energy=float(sum(E) - (C - 1) * L0), row_energies=E, outside_window=outside[m],
+                                  wall_time_s=wall[m], info=info)
+    timings["total_s"] = time.perf_counter() - t_start
+    reference = {**ref, "loss_at_fp32": L0}
+    return QuantizeResult(head=results[cfg.method].head.to("cpu"), scale=scale.to(torch.float32).cpu(),
+                          methods=results, reference=reference, config=cfg.to_dict(), timings=timings)
