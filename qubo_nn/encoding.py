@@ -102,8 +102,9 @@ class Encoding:
         return (x.reshape(*x.shape[:-1], self.m, self.bits) * self.powers).sum(-1)
 
     def delta(self, x) -> torch.Tensor:
-        """Δ = A x + c, shape (..., m)."""
-        return self.step * self.levels(x) + self.c
+        """Δ = A x + c, shape (..., m), evaluated as step·(k − offset) + (ref − θ0) so that the
+        current point gives Δ = 0 exactly in optimize mode."""
+        return self.step * (self.levels(x) - self.offset) + (self.ref - self.theta0)
 
     def decode(self, x) -> torch.Tensor:
         """New weight values w = ref + step·(k − offset), shape (..., m)."""

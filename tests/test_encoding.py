@@ -1,0 +1,140 @@
+"""Binary encodings: Δ = A x + c, encode/decode round trips, step and offset rules, quantize grids."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from qubo_nn.encoding import Encoding, optimize_encoding, quantize_encoding
+from qubo_nn.errors import QuboNNError
+from qubo_nn.quadratic import LocalModel
+
+f64 = torch.float64
+
+
+def toy_model(m: int = 6, seed: int = 0) -> LocalModel:
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(m, m, generator=g, dtype=f64)
+    grad = torch.randn(m, generator=g, dtype=f64)
+    grad[0] = 0.0  # a weight with no gradient: frozen by the curvature rule
+    return LocalModel(idx=torch.arange(10, 10 + m), g=grad, H=B @ B.T / m + 0.1 * torch.eye(m, dtype=f64),
+                      L0=2.5, theta0=torch.randn(m, generator=g, dtype=f64))
+
+
+def all_samples(n: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product([0, 1], repeat=n)), dtype=f64)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
+def test_optimize_encoding_layout_and_rules(bits):
+    model = toy_model()
+    mu = 0.3
+    enc = optimize_encoding(model, bits=bits, window=1.5, damping=mu)
+    m, half = model.m, 2 ** (bits - 1)
+    assert enc.mode == "optimize" and enc.num_variables == m * bits
+    assert torch.equal(enc.ref, model.theta0) and torch.equal(enc.idx, model.idx)
+    # offset: the longer side of the window points downhill
+    assert torch.equal(enc.offset, torch.where(model.g > 0, torch.full_like(model.g, half),
+                                               torch.full_like(model.g, half - 1)))
+    # curvature rule: the downhill end of the window is window × the diagonal Newton step
+    newton = model.g.abs() / (model.H.diagonal() + mu)
+    assert torch.allclose(enc.step, 1.5 * newton / half, rtol=1e-15, atol=0)
+    lo = enc.ref + enc.step * (0 - enc.offset)
+    hi = enc.ref + enc.step * (2 ** bits - 1 - enc.offset)
+    down = torch.where(model.g > 0, lo, hi)
+    assert torch.allclose(down, model.theta0 - 1.5 * model.g / (model.H.diagonal() + mu), rtol=1e-14, atol=1e-15)
+    assert enc.info["frozen_weights"] == 1 and enc.step[0] == 0
+    # A is block diagonal with a[i, j] = step_i 2^j at column i*bits + j
+    A = enc.A()
+    assert A.shape == (m, m * bits)
+    for i in range(m):
+        for j in range(bits):
+            assert A[i, i * bits + j] == enc.step[i] * 2 ** j
+    assert int((A != 0).sum()) == (m - 1) * bits
+
+
+@pytest.mark.parametrize("bits", [1, 3])
+def test_optimize_round_trip(bits):
+    model = toy_model(seed=1)
+    enc = optimize_encoding(model, bits=bits, window=2.0, damping=0.1)
+    x0 = enc.current_bits()
+    assert x0.dtype == torch.int8 and x0.shape == (enc.num_variables,)
+    assert torch.equal(enc.decode(x0), model.theta0)          # exactly the current weights
+    assert torch.equal(enc.delta(x0), torch.zeros_like(model.theta0))
+    X = torch.randint(0, 2, (40, enc.num_variables), generator=torch.Generator().manual_seed(0)).to(f64)
+    A, c = enc.A(), enc.c
+    for x in X:
+        assert torch.allclose(enc.delta(x), A @ x + c, rtol=0, atol=1e-15)
+        assert torch.allclose(enc.decode(x), model.theta0 + A @ x + c, rtol=0, atol=1e-15)
+        back = enc.encode(enc.decode(x))
+        free = (enc.step != 0).repeat_interleave(bits)
+        assert torch.equal(back[free].to(f64), x[free])       # grid points map back to themselves
+    assert torch.allclose(enc.delta(X), X @ A.T + c, rtol=0, atol=1e-15)  # batched
+    # off-grid values go to the nearest level, outside the window to its ends
+    far = enc.encode(model.theta0 + 1e6 * torch.sign(enc.step + 1e-30))
+    assert torch.equal(enc.levels(far)[1:], torch.full((model.m - 1,), 2.0 ** bits - 1, dtype=f64))
+
+
+def test_fixed_step_rule_and_arrays_round_trip():
+    model = toy_model(seed=2)
+    enc = optimize_encoding(model, bits=4, step_rule="fixed", step=0.01)
+    assert torch.equal(enc.step, torch.full((model.m,), 0.01, dtype=f64))
+    arrs = enc.arrays()
+    assert set(arrs) == {"idx", "theta0", "ref", "step", "offset", "bits", "A_values", "c"}
+    assert arrs["A_values"].shape == (model.m, 4)
+    back = Encoding.from_arrays(arrs, mode="optimize")
+    X = torch.randint(0, 2, (7, enc.num_variables), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(back.decode(X), enc.decode(X)) and torch.equal(back.idx, enc.idx)
+    assert torch.equal(back.A(), enc.A()) and torch.equal(back.c, enc.c)
+
+
+@pytest.mark.parametrize("bits,qmin,qmax", [(1, -8, 7), (2, -8, 7), (2, 0, 15), (3, -4, 3)])
+def test_quantize_encoding_grid(bits, qmin, qmax):
+    model = toy_model(seed=3)
+    scale = torch.linspace(0.2, 0.5, model.m, dtype=f64)
+    zero = torch.full((model.m,), 0.0 if qmin < 0 else 8.0, dtype=f64)
+    enc = quantize_encoding(model, scale, qmin, qmax, bits=bits, zero=zero)
+    assert enc.mode == "quantize"
+    X = all_samples(enc.num_variables) if enc.num_variables <= 12 else \
+        torch.randint(0, 2, (300, enc.num_variables), generator=torch.Generator().manual_seed(2)).to(f64)
+    W = enc.decode(X)
+    q = W / scale + zero
+    assert torch.allclose(q, q.round(), atol=1e-12, rtol=0)    # every level is on the grid s·(q − z)
+    assert q.round().min() >= qmin and q.round().max() <= qmax
+    u = model.theta0 / scale + zero
+    if bits == 1:  # AdaRound: round down or up, clipped to the grid
+        lo = torch.floor(u).clamp(qmin, qmax - 1)
+        assert ((q.round() == lo) | (q.round() == lo + 1)).all()
+    for x in X[:20]:
+        assert torch.equal(enc.encode(enc.decode(x)).to(f64), x)   # grid points map back to themselves
+    # the current weights decode to their nearest level (within half a step unless clipped)
+    w0 = enc.decode(enc.current_bits())
+    inside = (u >= qmin) & (u <= qmax)
+    assert ((w0 - model.theta0).abs()[inside] <= 0.5 * scale[inside] + 1e-12).all()
+
+
+def test_bad_encodings_are_refused():
+    model = toy_model()
+    for bits in (0, 17, 2.5, "4"):
+        with pytest.raises(QuboNNError, match=r"bits per weight must be an integer in \[1, 16\], got"):
+            optimize_encoding(model, bits=bits)
+    with pytest.raises(QuboNNError, match="window must be > 0, got 0"):
+        optimize_encoding(model, window=0)
+    with pytest.raises(QuboNNError, match="step_rule 'fixed' needs step > 0, got None"):
+        optimize_encoding(model, step_rule="fixed")
+    with pytest.raises(QuboNNError, match="step_rule must be 'curvature' or 'fixed', got 'newton'"):
+        optimize_encoding(model, step_rule="newton")
+    with pytest.raises(QuboNNError, match="scale must be positive and finite with shape"):
+        quantize_encoding(model, torch.zeros(model.m, dtype=f64), -8, 7)
+    with pytest.raises(QuboNNError, match="a 3-bit window needs 8 levels but the grid has 4"):
+        quantize_encoding(model, torch.ones(model.m, dtype=f64), -2, 1, bits=3)
+    enc = optimize_encoding(model, bits=2)
+    with pytest.raises(QuboNNError, match="sample must have 12 bits, got 11"):
+        enc.decode(torch.zeros(11))
+    with pytest.raises(QuboNNError, match=r"encoding step must have shape \(6,\), got \(5,\)"):
+        Encoding(enc.idx, enc.theta0, enc.ref, enc.step[:5], enc.offset, 2)
+    with pytest.raises(QuboNNError, match="mode must be one of"):
+        Encoding(enc.idx, enc.theta0, enc.ref, enc.step, enc.offset, 2, mode="round")
+    assert np.asarray(enc.arrays()["bits"]) == 2
