@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,7 +214,8 @@ def _load(path: Path, key: str):
         test = FeatureSet(payload["test_X"], payload["test_y"], C, {**meta, "split": "test"})
     except FileNotFoundError as exc:
         return None, f"cache entry incomplete ({exc.filename} missing)"
-    except (ValueError, KeyError, TypeError, RuntimeError, OSError, QuboNNError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError, EOFError,
+            pickle.UnpicklingError, QuboNNError) as exc:
         return None, f"cache entry unreadable ({type(exc).__name__}: {exc})"
     return (train, test, meta), None
 

@@ -106,7 +106,7 @@ def train_sgd(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: SGDCo
         lr = lr_at(cfg, epoch, total)
         for group in opt.param_groups:
             group["lr"] = lr
-        perm = torch.randperm(n, generator=torch_generator(_epoch_seed(cfg.seed, epoch))).to(dev)
+        perm = epoch_permutation(n, cfg.seed, epoch).to(dev)
         t0 = time.perf_counter()
         for s in range(0, n, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
@@ -130,8 +130,10 @@ def train_sgd(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: SGDCo
     return out, history
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which (0-based) ``epoch`` visits the n samples: a CPU generator seeded by
+    (seed, epoch), so that any piece of a run, on any device, shuffles the same way."""
+    return torch.randperm(n, generator=torch_generator((int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)))
 
 
 def convex_optimum(train: FeatureSet, l2: float = 0.0, device: str = "auto", max_iter: int = 500,
