@@ -45,25 +45,27 @@ def check_fits(num_variables: int, itemsize: int = 8, max_bytes: int = DEFAULT_M
             f"{max_bytes / 2**30:.1f} GiB: use smaller blocks (fewer classes/weights per block) or fewer bits")
 
 
-def qubo_arrays(model: LocalModel, enc: Encoding, damping: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+def qubo_arrays(model: LocalModel, enc: Encoding, damping: float = 0.0,
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(Q (n × n) with the linear term on its diagonal, linear (n,), offset) such that
-    E(x) = Σ_i Q_ii x_i + Σ_{i<j} (Q_ij + Q_ji) x_i x_j + offset, computed on the model's device."""
-    if damping < 0:
+    E(x) = Σ_i Q_ii x_i + Σ_{i<j} (Q_ij + Q_ji) x_i x_j + offset, computed on the model's device
+    in ``dtype`` (default: the model's)."""
+    if not damping >= 0:
         raise QuboNNError(f"damping must be >= 0, got {damping}")
     if not torch.equal(model.idx.cpu(), enc.idx.cpu()):
         raise QuboNNError("encoding and local model describe different blocks")
-    H = model.H.clone()
+    H = model.H.to(dtype or model.H.dtype, copy=True)
     H.diagonal().add_(damping)
     a = enc.a.to(H)  # (m, b)
     c = enc.c.to(H)
     m, b = a.shape
     n = m * b
     Hc = H @ c
-    lin = (a * (model.g + Hc)[:, None]).reshape(n)
+    lin = (a * (model.g.to(H) + Hc)[:, None]).reshape(n)
     # ½ M with M[(i,j),(k,l)] = a_ij H_ik a_kl
-    Q = (0.5 * a[:, :, None, None] * H[:, None, :, None] * a[None, None, :, :]).reshape(n, n)
+    Q = ((0.5 * a)[:, :, None, None] * H[:, None, :, None] * a[None, None, :, :]).reshape(n, n)
     Q.diagonal().add_(lin)
-    offset = model.L0 + float(model.g @ c) + 0.5 * float(c @ Hc)
+    offset = model.L0 + float(model.g.to(H) @ c) + 0.5 * float(c @ Hc)
     return Q, lin, offset
 
 
@@ -71,14 +73,16 @@ def build_bqm(model: LocalModel, enc: Encoding, damping: float = 0.0, dtype: str
               max_bytes: int = DEFAULT_MAX_QUBO_BYTES) -> dimod.BinaryQuadraticModel:
     """The block's QUBO as a BINARY BQM over variables 0..n−1 (bit j of weight i is i·bits + j).
 
-    One dense NumPy array crosses into dimod in one call; energy(x) == predicted loss.
+    One dense NumPy array crosses into dimod in one call; energy(x) == predicted loss. The
+    arithmetic runs in the BQM's dtype (a float32 model gives a float64 BQM without a second copy).
     """
     if dtype not in _NP_DTYPES:
         raise QuboNNError(f"BQM dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
     np_dtype = _NP_DTYPES[dtype]
     check_fits(enc.num_variables, np.dtype(np_dtype).itemsize, max_bytes)
-    Q, _, offset = qubo_arrays(model, enc, damping)
-    Qn = Q.detach().to("cpu", torch.float64 if np_dtype is np.float64 else torch.float32).numpy()
+    Q, _, offset = qubo_arrays(model, enc, damping, torch.float64 if np_dtype is np.float64 else torch.float32)
+    Qn = Q.detach().cpu().numpy()
+    del Q
     return dimod.BinaryQuadraticModel(Qn, "BINARY", offset=offset, dtype=np_dtype)
 
 
@@ -122,6 +126,43 @@ class BuildConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Refuse bad settings up front (before any Hessian pass), saying what was expected."""
+        from .encoding import MAX_BITS
+        from .quadratic import BLOCK_KINDS, SALIENCIES
+
+        if self.blocks not in BLOCK_KINDS:
+            raise QuboNNError(f"block kind must be one of {BLOCK_KINDS}, got {self.blocks!r}")
+        if self.saliency not in SALIENCIES:
+            raise QuboNNError(f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or not 1 <= self.bits <= MAX_BITS:
+            raise QuboNNError(f"bits per weight must be an integer in [1, {MAX_BITS}], got {self.bits!r}")
+        for name in ("per_block", "chunk"):
+            if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
+                raise QuboNNError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("size", "num_blocks", "subsample"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 1):
+                raise QuboNNError(f"{name} must be None or an integer >= 1, got {v!r}")
+        if self.blocks in ("topk", "random") and self.size is None:
+            raise QuboNNError(f"block kind {self.blocks!r} needs size >= 1 (weights per block), got None")
+        if not np.isfinite(self.window) or self.window <= 0:
+            raise QuboNNError(f"window must be > 0, got {self.window}")
+        if self.step_rule not in ("curvature", "fixed"):
+            raise QuboNNError(f"step_rule must be 'curvature' or 'fixed', got {self.step_rule!r}")
+        if self.step_rule == "fixed" and (self.step is None or not self.step > 0):
+            raise QuboNNError(f"step_rule 'fixed' needs step > 0, got {self.step}")
+        for name in ("damping_rel", "damping_abs", "l2"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                raise QuboNNError(f"{name} must be finite and >= 0, got {v}")
+        if self.dtype not in _NP_DTYPES:
+            raise QuboNNError(f"dtype must be one of {sorted(_NP_DTYPES)}, got {self.dtype!r}")
+        if self.bqm_dtype not in _NP_DTYPES:
+            raise QuboNNError(f"BQM dtype must be one of {sorted(_NP_DTYPES)}, got {self.bqm_dtype!r}")
+        if not self.max_qubo_bytes > 0:
+            raise QuboNNError(f"max_qubo_bytes must be > 0, got {self.max_qubo_bytes}")
 
 
 @dataclass
@@ -167,7 +208,12 @@ def plan_blocks(stats: HeadStats, cfg: BuildConfig) -> list[torch.Tensor]:
 
 
 def iter_block_qubos(head: Head, feats: FeatureSet, cfg: BuildConfig, progress: bool = False) -> Iterator[BlockQUBO]:
-    """Stream the QUBOs of every block of ``head`` (all at the same head), one at a time."""
+    """Stream the QUBOs of every block of ``head`` (all at the same head), one at a time.
+
+    Settings are checked, and the largest block's QUBO is checked against ``cfg.max_qubo_bytes``,
+    before the first Hessian pass.
+    """
+    cfg.validate()
     stats = HeadStats(head, feats, cfg.l2, cfg.device, cfg.dtype, cfg.chunk, cfg.subsample, cfg.seed)
     blocks = plan_blocks(stats, cfg)
     for k, idx in enumerate(tqdm(blocks, desc="build", unit="block", disable=not progress)):
