@@ -1,0 +1,517 @@
+"""QUBO files: dimod's native BQM format, COO text and qbsolv ``.qubo`` text; block sidecars
+and whole-head builds with a manifest.
+
+Formats (``FORMATS``; the suffix tells :func:`read_bqm` which one a file is):
+
+- ``dimod`` (``.bqm``): ``bqm.to_file()`` / ``BinaryQuadraticModel.from_file`` — exact (biases,
+  offset, vartype, labels, dtype), binary, the fastest to write and read.
+- ``coo`` (``.coo``): one ``i j bias`` line per variable (``i i``, every variable, zeros included)
+  and per interaction (``i < j``, every stored interaction), biases printed with ``repr(float)``
+  (shortest exact round trip). Header comments carry what the triplets cannot::
+
+      # vartype=BINARY            (dimod's header line, so dimod's reader finds the vartype)
+      # format=qubo-nn-coo 1
+      # num_variables=2052
+      # num_interactions=2103326
+      # offset=4.605170185988091
+      # dtype=float64
+      ...
+      # end                       (the last line: a file without it is truncated)
+
+  The reader also takes plain COO files made elsewhere (``dimod.serialization.coo``; with or
+  without a vartype header (BINARY when absent), exponents, ``i > j``, repeated pairs summed).
+- ``qubo`` (``.qubo``, qbsolv): ``p qubo 0 maxNodes nNodes nCouplers``, then ``i i w`` for every
+  node, then ``i j w`` (``i < j``) for every nonzero coupler (the format forbids zero couplers);
+  ``c`` comment lines carry offset and dtype, and ``c end`` closes the file. BINARY only (a SPIN
+  model is converted). Plain ``.qubo`` files made elsewhere are read too (their counts checked).
+
+COO and qbsolv files need non-negative integer labels; a file read back has variables
+0..max label (its BQM's variables in that order), so models labelled 0..n−1 (every QUBO built
+here) come back with the same variables and identical energies.
+
+A block written by :func:`write_block` is ``block_NNNNN.<suffix>`` beside ``block_NNNNN.json``
+(the sidecar: mode, bits, damping, block id, predicted loss L0, digests of the head and features
+it was built from, the sha256 and size of the block file and of the ``.npz``) and
+``block_NNNNN.npz`` (:meth:`Encoding.arrays`: idx, theta0, ref, step, offset, bits, A_values, c).
+:func:`read_block` refuses a file whose sha256 differs from its sidecar's.
+
+:func:`build_to_dir` writes ``head.pt``, the blocks (streamed: one BQM in memory at a time) and,
+last, ``manifest.json``: a directory without a manifest is an unfinished build.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import dimod
+import numpy as np
+import torch
+
+from .encoding import Encoding
+from .errors import QuboNNError
+from .featureset import FeatureSet
+from .head import Head, check_compatible
+from .qubo import BlockQUBO, BuildConfig, iter_block_qubos
+from .runtime import atomic_path, atomic_write_json, sha256_file, tensor_digest, versions
+
+FORMATS = ("dimod", "coo", "qubo")
+SUFFIXES = {"dimod": ".bqm", "coo": ".coo", "qubo": ".qubo"}
+MANIFEST_NAME = "manifest.json"
+HEAD_NAME = "head.pt"
+MANIFEST_FORMAT = "qubo-nn-manifest"
+SIDECAR_FORMAT = "qubo-nn-block"
+FILE_VERSION = 1
+_COO_TAG = "qubo-nn-coo"
+_QUBO_TAG = "qubo-nn-qubo"
+_NP_DTYPES = {"float32": np.float32, "float64": np.float64}
+_KEYVAL = re.compile(r"([A-Za-z_]+)[:=][ \t]*(\S+)")
+
+
+# --------------------------------------------------------------------------- single BQM files
+
+def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """``fmt`` when given (checked), else the format its suffix names (.bqm, .coo, .qubo)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise QuboNNError(f"format must be one of {FORMATS}, got {fmt!r}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    for name, suf in SUFFIXES.items():
+        if suffix == suf:
+            return name
+    raise QuboNNError(f"cannot tell the format of {str(path)!r} from its suffix: expected one of "
+                      f"{sorted(SUFFIXES.values())} or an explicit format in {FORMATS}")
+
+
+def write_bqm(bqm: dimod.BinaryQuadraticModel, path: str | os.PathLike, fmt: str | None = None) -> None:
+    """Write ``bqm`` to ``path`` atomically, at full precision, with its offset.
+
+    ``fmt`` defaults to the format the suffix names (see the module docstring).
+    """
+    fmt = format_of(path, fmt)
+    with atomic_path(path) as tmp:
+        if fmt == "dimod":
+            with bqm.to_file() as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        elif fmt == "coo":
+            _write_text(bqm, tmp, qbsolv=False)
+        else:
+            _write_text(bqm, tmp, qbsolv=True)
+
+
+def read_bqm(path: str | os.PathLike, fmt: str | None = None) -> dimod.BinaryQuadraticModel:
+    """Read a BQM written by :func:`write_bqm`, or a plain COO/.qubo/dimod file made elsewhere.
+
+    A truncated or malformed file raises :class:`QuboNNError` saying what is wrong.
+    """
+    fmt = format_of(path, fmt)
+    path = Path(path)
+    if not path.is_file():
+        raise QuboNNError(f"QUBO file {str(path)!r} does not exist")
+    if fmt == "dimod":
+        try:
+            with open(path, "rb") as fh:
+                bqm = dimod.BinaryQuadraticModel.from_file(fh)
+        except Exception as exc:  # dimod raises assorted errors on a damaged file
+            raise QuboNNError(f"{str(path)!r} is not a readable dimod BQM file (truncated or corrupted?): "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(bqm, dimod.BinaryQuadraticModel):
+            raise QuboNNError(f"{str(path)!r} holds a {type(bqm).__name__}, expected a BinaryQuadraticModel")
+        return bqm
+    return _read_text(path, qbsolv=fmt == "qubo")
+
+
+def _integer_labels(bqm: dimod.BinaryQuadraticModel, fmt: str) -> np.ndarray:
+    labels = list(bqm.variables)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in labels):
+        bad = next(v for v in labels if not (isinstance(v, (int, np.integer)) and v >= 0))
+        raise QuboNNError(f"the {fmt} format needs non-negative integer variable labels, got {bad!r}")
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _write_text(bqm: dimod.BinaryQuadraticModel, tmp: Path, qbsolv: bool) -> None:
+    """COO or qbsolv text, biases as repr(float) (exact), one pass, no Python loop per coupler
+    beyond the C-level joins."""
+    fmt = "qubo" if qbsolv else "coo"
+    if qbsolv and bqm.vartype is not dimod.BINARY:
+        bqm = bqm.change_vartype(dimod.BINARY, inplace=False)
+    labels = _integer_labels(bqm, fmt)
+    order = np.argsort(labels, kind="stable")
+    labels = labels[order]
+    lin, (irow, icol, qdata), offset = bqm.to_numpy_vectors(variable_order=labels.tolist())
+    lin, qdata = lin.astype(np.float64), qdata.astype(np.float64)
+    u, v = labels[irow], labels[icol]
+    swap = u > v
+    u, v = np.where(swap, v, u), np.where(swap, u, v)
+    key = np.lexsort((v, u))
+    u, v, qdata = u[key], v[key], qdata[key]
+    if qbsolv:
+        keep = qdata != 0
+        u, v, qdata = u[keep], v[keep], qdata[keep]
+    comment = "c" if qbsolv else "#"
+    head = [] if qbsolv else [f"# vartype={bqm.vartype.name}"]
+    head += [f"{comment} format={_QUBO_TAG if qbsolv else _COO_TAG} {FILE_VERSION}",
+             f"{comment} num_variables={labels.size}", f"{comment} num_interactions={u.size}",
+             f"{comment} offset={float(offset)!r}", f"{comment} dtype={np.dtype(bqm.dtype).name}"]
+    if qbsolv:
+        max_nodes = int(labels[-1]) + 1 if labels.size else 0
+        head.append(f"p qubo 0 {max_nodes} {labels.size} {u.size}")
+    names: dict[int, str] = {}
+    with open(tmp, "w", encoding="ascii", newline="\n") as fh:
+        fh.write("\n".join(head) + "\n")
+        fh.write(_triplets(labels, labels, lin, names))
+        fh.write(_triplets(u, v, qdata, names))
+        fh.write(f"{comment} end\n")
+
+
+def _triplets(u: np.ndarray, v: np.ndarray, w: np.ndarray, names: dict[int, str]) -> str:
+    if u.size == 0:
+        return ""
+    top = int(max(u.max(), v.max())) + 1
+    if len(names) < top:
+        names.update((k, str(k)) for k in range(len(names), top))
+    lab = [names[k] for k in range(top)]
+    vals = repr(w.tolist())[1:-1].split(", ")  # C-level repr of every float: shortest exact form
+    return "\n".join(map(" ".join, zip(map(lab.__getitem__, u.tolist()), map(lab.__getitem__, v.tolist()),
+                                       vals))) + "\n"
+
+
+def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
+    fmt = "qbsolv .qubo" if qbsolv else "COO"
+    try:
+        text = path.read_text(encoding="ascii")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise QuboNNError(f"{str(path)!r} is not a {fmt} text file: {exc}") from exc
+    comment = "c" if qbsolv else "#"
+    header: dict[str, str] = {}
+    ended = False
+    problem = None
+    for line in _comment_lines(text):
+        mark, rest = line[0], line[1:]
+        if mark == "p":
+            if not qbsolv:
+                raise QuboNNError(f"{str(path)!r}: unexpected line {line!r} in a COO file")
+            if problem is not None:
+                raise QuboNNError(f"{str(path)!r}: more than one 'p' line")
+            problem = rest.split()
+            continue
+        if mark != comment and not (qbsolv and mark == "#"):
+            continue
+        if rest.strip() == "end":
+            ended = True
+        for key, val in _KEYVAL.findall(rest):
+            header.setdefault(key, val)
+    ours = header.get("format") in (_COO_TAG, _QUBO_TAG)
+    if ours and not ended:
+        raise QuboNNError(f"{str(path)!r} is truncated: its '{comment} end' line is missing")
+    try:
+        data = np.loadtxt(io.StringIO(text), dtype=np.float64, comments=["c", "p", "#"] if qbsolv else "#",
+                          ndmin=2)
+    except ValueError as exc:
+        raise QuboNNError(f"{str(path)!r} is not a valid {fmt} file (expected lines 'i j bias'): {exc}") from exc
+    if data.size == 0:
+        data = np.zeros((0, 3))
+    if data.shape[1] != 3:
+        raise QuboNNError(f"{str(path)!r}: expected 3 columns 'i j bias' per line, got {data.shape[1]}")
+    ij, w = data[:, :2], data[:, 2]
+    if ij.size and ((ij < 0).any() or (ij != np.floor(ij)).any()):
+        raise QuboNNError(f"{str(path)!r}: variable labels must be non-negative integers")
+    if not np.isfinite(w).all():
+        raise QuboNNError(f"{str(path)!r}: {int((~np.isfinite(w)).sum())} biases are NaN/Inf")
+    u, v = ij[:, 0].astype(np.int64), ij[:, 1].astype(np.int64)
+    diag = u == v
+    n = int(max(u.max(), v.max())) + 1 if u.size else 0
+    n = max(n, _int(header, "num_variables", path, 0))
+    if problem is not None:
+        if len(problem) != 5 or problem[0] != "qubo":
+            raise QuboNNError(f"{str(path)!r}: expected 'p qubo 0 maxNodes nNodes nCouplers', "
+                              f"got 'p {' '.join(problem)}'")
+        try:
+            _, max_nodes, n_nodes, n_couplers = problem[1], *map(int, problem[2:])
+        except ValueError as exc:
+            raise QuboNNError(f"{str(path)!r}: bad 'p' line 'p {' '.join(problem)}'") from exc
+        if int(diag.sum()) != n_nodes or int((~diag).sum()) != n_couplers:
+            raise QuboNNError(f"{str(path)!r}: the 'p' line promises {n_nodes} nodes and {n_couplers} couplers, "
+                              f"the file has {int(diag.sum())} and {int((~diag).sum())} (truncated?)")
+        if n > max_nodes:
+            raise QuboNNError(f"{str(path)!r}: label {n - 1} exceeds maxNodes = {max_nodes}")
+        n = max_nodes
+    elif qbsolv:
+        raise QuboNNError(f"{str(path)!r}: no 'p qubo 0 maxNodes nNodes nCouplers' line")
+    if ours and "num_interactions" in header and int((~diag).sum()) != _int(header, "num_interactions", path, 0):
+        raise QuboNNError(f"{str(path)!r}: header says {header['num_interactions']} interactions, "
+                          f"the file has {int((~diag).sum())} (truncated?)")
+    vartype = header.get("vartype", "BINARY").upper()
+    if vartype not in ("BINARY", "SPIN") or (qbsolv and vartype != "BINARY"):
+        raise QuboNNError(f"{str(path)!r}: vartype must be BINARY{'' if qbsolv else ' or SPIN'}, got {vartype!r}")
+    dtype = _NP_DTYPES.get(header.get("dtype", "float64"))
+    if dtype is None:
+        raise QuboNNError(f"{str(path)!r}: dtype must be float32 or float64, got {header['dtype']!r}")
+    try:
+        offset = float(header.get("offset", 0.0))
+    except ValueError as exc:
+        raise QuboNNError(f"{str(path)!r}: bad offset {header['offset']!r}") from exc
+    lin = np.zeros(n, dtype=np.float64)
+    np.add.at(lin, u[diag], w[diag])
+    return dimod.BinaryQuadraticModel.from_numpy_vectors(lin, (u[~diag], v[~diag], w[~diag]), offset, vartype,
+                                                         dtype=dtype)
+
+
+def _comment_lines(text: str):
+    """The non-data lines (stripped) before the first and after the last data line; comments in
+    between are skipped by the number parser and need no scan of the whole text."""
+    lines = []
+    pos = 0
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        line = text[pos:end].strip()
+        pos = end + 1
+        if line and line[0] not in "#cp":
+            break
+        if line:
+            lines.append(line)
+    tail = []
+    stop = len(text)
+    while stop > pos:
+        start = text.rfind("\n", pos, stop - 1) + 1 if stop > 0 else 0
+        start = max(start, pos)
+        line = text[start:stop].strip()
+        stop = start
+        if line and line[0] not in "#cp":
+            break
+        if line:
+            tail.append(line)
+    return lines + tail[::-1]
+
+
+def _int(header: dict[str, str], key: str, path: Path, default: int) -> int:
+    try:
+        return int(header.get(key, default))
+    except ValueError as exc:
+        raise QuboNNError(f"{str(path)!r}: header {key} must be an integer, got {header[key]!r}") from exc
+
+
+# --------------------------------------------------------------------------- blocks and sidecars
+
+def block_stem(block_id: int) -> str:
+    return f"block_{int(block_id):05d}"
+
+
+def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_digest: str,
+                features_digest: str) -> dict[str, Any]:
+    """Write ``blk``'s BQM (``block_NNNNN.<suffix>``) and its sidecar (``.json`` + ``.npz``);
+    return the block's manifest entry (names relative to ``out_dir``)."""
+    fmt = format_of("", fmt) if fmt is not None else "dimod"
+    out = Path(out_dir)
+    stem = block_stem(blk.block_id)
+    file, npz, side = out / (stem + SUFFIXES[fmt]), out / (stem + ".npz"), out / (stem + ".json")
+    t0 = time.perf_counter()
+    write_bqm(blk.bqm, file, fmt)
+    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **blk.enc.arrays())
+    t1 = time.perf_counter()
+    entry = {
+        "block_id": int(blk.block_id),
+        "file": file.name,
+        "sidecar": side.name,
+        "npz": npz.name,
+        "file_format": fmt,
+        "num_weights": blk.enc.m,
+        "num_variables": int(blk.bqm.num_variables),
+        "num_interactions": int(blk.bqm.num_interactions),
+        "bytes": file.stat().st_size,
+        "damping": float(blk.damping),
+        "L0": float(blk.model.L0),
+        "timings": {**blk.timings, "write_s": t1 - t0},
+    }
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "version": FILE_VERSION,
+        **entry,
+        "file_sha256": sha256_file(file),
+        "npz_sha256": sha256_file(npz),
+        "npz_bytes": npz.stat().st_size,
+        "mode": blk.enc.mode,
+        "bits": int(blk.enc.bits),
+        "offset": float(blk.bqm.offset),
+        "vartype": blk.bqm.vartype.name,
+        "dtype": np.dtype(blk.bqm.dtype).name,
+        "head_digest": head_digest,
+        "features_digest": features_digest,
+        "encoding_info": blk.enc.info,
+        "model_info": blk.model.info,
+    }
+    atomic_write_json(side, sidecar)
+    return entry
+
+
+def read_block(path: str | os.PathLike, head_digest: str | None = None,
+               features_digest: str | None = None) -> tuple[dimod.BinaryQuadraticModel, Encoding | None, dict]:
+    """(BQM, Encoding, sidecar dict) of a block file (or of its ``.json`` sidecar).
+
+    A bare file made elsewhere (no sidecar beside it) gives ``(bqm, None, {})``. A sidecar whose
+    file digest, npz digest, size or variable count does not match, or (when given) whose head or
+    features digest differs, raises :class:`QuboNNError`.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        side_path = path
+        side = _load_sidecar(side_path)
+        file = side_path.parent / side["file"]
+    else:
+        file, side_path = path, path.with_suffix(".json")
+        if not side_path.exists():
+            return read_bqm(file), None, {}
+        side = _load_sidecar(side_path)
+        if side["file"] != file.name:
+            raise QuboNNError(f"sidecar {str(side_path)!r} describes {side['file']!r}, not {file.name!r}")
+    if not file.is_file():
+        raise QuboNNError(f"block file {str(file)!r} named by sidecar {str(side_path)!r} does not exist")
+    size = file.stat().st_size
+    if size != side["bytes"]:
+        raise QuboNNError(f"block file {str(file)!r} has {size} bytes but its sidecar says {side['bytes']} "
+                          f"(truncated, or the file and sidecar are from different builds)")
+    if sha256_file(file) != side["file_sha256"]:
+        raise QuboNNError(f"block file {str(file)!r} does not match its sidecar {side_path.name!r} (sha256 differs): "
+                          f"the file was altered or the two are from different builds")
+    for what, want, got in (("head", head_digest, side["head_digest"]),
+                            ("features", features_digest, side["features_digest"])):
+        if want is not None and want != got:
+            raise QuboNNError(f"block {str(file)!r} was built from {what} {got}, expected {what} {want}")
+    npz = side_path.parent / side["npz"]
+    if not npz.is_file() or sha256_file(npz) != side["npz_sha256"]:
+        raise QuboNNError(f"encoding file {str(npz)!r} is missing or does not match its sidecar {side_path.name!r}")
+    with np.load(npz) as z:
+        arrs = {k: z[k] for k in z.files}
+    enc = Encoding.from_arrays(arrs, mode=side["mode"])
+    enc.info = dict(side.get("encoding_info", {}))
+    bqm = read_bqm(file, side["file_format"])
+    if bqm.num_variables != enc.num_variables or bqm.num_variables != side["num_variables"]:
+        raise QuboNNError(f"block file {str(file)!r} has {bqm.num_variables} variables, its encoding "
+                          f"{enc.num_variables} and its sidecar {side['num_variables']}")
+    return bqm, enc, side
+
+
+def _load_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        side = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise QuboNNError(f"sidecar {str(path)!r} does not exist") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QuboNNError(f"sidecar {str(path)!r} is not valid JSON (truncated?): {exc}") from exc
+    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
+        raise QuboNNError(f"{str(path)!r} is not a qubo-nn block sidecar (expected format {SIDECAR_FORMAT!r})")
+    if side.get("version") != FILE_VERSION:
+        raise QuboNNError(f"sidecar {str(path)!r} has version {side.get('version')!r}, expected {FILE_VERSION}")
+    missing = [k for k in ("file", "npz", "file_format", "bytes", "file_sha256", "npz_sha256", "mode",
+                           "num_variables", "head_digest", "features_digest") if k not in side]
+    if missing:
+        raise QuboNNError(f"sidecar {str(path)!r} lacks {missing}")
+    return side
+
+
+# --------------------------------------------------------------------------- whole-head builds
+
+def head_digest(head: Head) -> str:
+    return tensor_digest(head.W, head.b)
+
+
+def features_digest(feats: FeatureSet) -> str:
+    return tensor_digest(feats.X, feats.y)
+
+
+def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str | os.PathLike, fmt: str = "dimod",
+                 features_ref: dict | None = None, progress: bool = False) -> Path:
+    """Build every block of ``head`` (:func:`~qubo_nn.qubo.iter_block_qubos`, one BQM in memory at
+    a time) into ``out_dir``: ``head.pt``, block files and sidecars, then ``manifest.json``.
+
+    ``features_ref`` (a :class:`~qubo_nn.features.FeatureConfig` as dict, or None) lets a later
+    ``decode`` reload the features. Returns the manifest path. An existing manifest in
+    ``out_dir`` is removed first, so an interrupted build leaves no manifest.
+    """
+    fmt = format_of("", fmt)
+    cfg.validate()
+    check_compatible(head, feats)
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise QuboNNError(f"output {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST_NAME
+    manifest_path.unlink(missing_ok=True)
+    hd, fd = head_digest(head), features_digest(feats)
+    with atomic_path(out / HEAD_NAME) as tmp:
+        torch.save(head.state_dict(), tmp)
+    entries: list[dict[str, Any]] = []
+    L0 = None
+    for blk in iter_block_qubos(head, feats, cfg, progress=progress):
+        entries.append(write_block(out, blk, fmt, hd, fd))
+        L0 = blk.model.L0
+        del blk  # hold one BQM at a time
+    seconds = time.perf_counter() - t0
+    totals = {"blocks": len(entries),
+              "variables": sum(e["num_variables"] for e in entries),
+              "interactions": sum(e["num_interactions"] for e in entries),
+              "bytes": sum(e["bytes"] for e in entries),
+              "seconds": seconds}
+    for key in ("hessian_s", "qubo_s", "write_s"):
+        totals[key] = sum(e["timings"].get(key, 0.0) for e in entries)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": FILE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "file_format": fmt,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "features": features_ref,
+        "head": HEAD_NAME,
+        "head_digest": hd,
+        "features_digest": fd,
+        "num_classes": head.num_classes,
+        "dim": head.dim,
+        "num_samples": feats.n,
+        "L0": L0,
+        "blocks": entries,
+        "totals": totals,
+    }
+    atomic_write_json(manifest_path, manifest)
+    return manifest_path
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a build directory (``path`` is the directory or its ``manifest.json``).
+
+    Names inside are relative to the directory; this adds ``"dir"`` (absolute) and, per block,
+    ``"path"`` (absolute path of the block file). Missing files raise :class:`QuboNNError`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise QuboNNError(f"no manifest at {str(path)!r} (is the build finished? a build writes its manifest last)")
+    try:
+        man = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QuboNNError(f"manifest {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT:
+        raise QuboNNError(f"{str(path)!r} is not a qubo-nn manifest (expected format {MANIFEST_FORMAT!r})")
+    if man.get("version") != FILE_VERSION:
+        raise QuboNNError(f"manifest {str(path)!r} has version {man.get('version')!r}, expected {FILE_VERSION}")
+    root = path.parent.resolve()
+    missing = [name for name in [man.get("head", HEAD_NAME)]
+               + [n for b in man.get("blocks", []) for n in (b["file"], b["sidecar"], b["npz"])]
+               if not (root / name).is_file()]
+    if missing:
+        raise QuboNNError(f"manifest {str(path)!r} lists files that are missing: {missing[:5]}"
+                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    man["dir"] = str(root)
+    for b in man["blocks"]:
+        b["path"] = str(root / b["file"])
+    return man
