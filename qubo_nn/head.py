@@ -54,8 +54,9 @@ class Head:
     @classmethod
     def init_like_linear(cls, num_classes: int, dim: int, seed: int = 0) -> "Head":
         """torch.nn.Linear's default initialization, seeded."""
-        torch.manual_seed(seed)  # nn.Linear has no generator argument
-        fc = torch.nn.Linear(dim, num_classes)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear has no generator; keep the caller's RNG
+            torch.manual_seed(seed)
+            fc = torch.nn.Linear(dim, num_classes)
         return cls.from_linear(fc)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
