@@ -44,7 +44,6 @@ from .errors import QuboNNError
 from .featureset import FeatureSet, synthetic_features
 from .head import Head, evaluate
 from .hybrid import HybridConfig, hybrid_sweeps
-from .qubo import BuildConfig
 from .runtime import atomic_write_json, atomic_write_text, resolve_device, tensor_digest, versions
 
 METHODS = ("sgd", "hybrid", "lbfgs")
@@ -52,10 +51,6 @@ METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)", "
 RESULT_FORMAT = 1
 # config keys that do not change results: a run directory may be resumed with other values
 _RUNTIME_KEYS = ("out", "overwrite", "cache_dir", "data_root", "download", "device", "seeds")
-
-
-def _default_hybrid() -> HybridConfig:
-    return HybridConfig(build=BuildConfig(bits=4))
 
 
 @dataclass
@@ -90,7 +85,7 @@ class ExperimentConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     seeds: tuple[int, ...] = (0, 1, 2)
-    hybrid: HybridConfig = field(default_factory=_default_hybrid)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     lbfgs_max_iter: int = 500
     out: str | None = None
     overwrite: bool = False
