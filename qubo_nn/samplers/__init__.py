@@ -22,6 +22,7 @@ import dimod
 import numpy as np
 
 from ..errors import QuboNNError
+from . import anneal, bifurcation, dwave_leap, exact, random_baseline, steepest, tabu_search
 from .anneal import NealSampler, vectorized_beta_range
 from .base import check_seed, child_seed, draw_seed, jsonable, rescore, samples_array
 from .bifurcation import SBSampler
@@ -46,6 +47,8 @@ SAMPLERS: dict[str, type[dimod.Sampler]] = {
     "dwave": DWaveLeapSampler,
 }
 DEFAULT_SAMPLER = "neal"
+_MODULES = {"neal": anneal, "tabu": tabu_search, "steepest": steepest, "exact": exact, "sb": bifurcation,
+            "random": random_baseline, "dwave": dwave_leap}
 
 # Handled by sample() itself, never passed through **params.
 _OWN_ARGS = ("seed", "initial_states")
@@ -72,9 +75,9 @@ def describe() -> list[dict[str, Any]]:
         except QuboNNError as exc:
             params = sorted(getattr(cls, "PARAMETER_NAMES", ()))
             available, reason = False, str(exc)
-        doc = inspect.getdoc(cls) or ""
+        doc = (inspect.getdoc(_MODULES[name]) or "").split("\n")[0]
         rows.append({"name": name, "available": available, "reason": reason, "parameters": params,
-                     "class": f"{cls.__module__}.{cls.__qualname__}", "summary": doc.split("\n")[0]})
+                     "class": f"{cls.__module__}.{cls.__qualname__}", "summary": doc.split(": ", 1)[-1]})
     return rows
 
 

@@ -1,4 +1,4 @@
-"""``sb``: simulated bifurcation (the ``simulated-bifurcation`` PyTorch package), GPU when present.
+"""``sb``: simulated bifurcation (the simulated-bifurcation PyTorch package), on the GPU when present.
 
 The package minimizes xᵀQx + lᵀx + c summed over ALL i, j, so the BQM goes in as an
 upper-triangular Q holding each interaction once (zero diagonal) and the linear biases as l:

@@ -1,4 +1,4 @@
-"""``exact``: dimod's brute-force :class:`~dimod.ExactSolver`, guarded against large models."""
+"""``exact``: brute force over all states (dimod's ExactSolver), refused above 24 variables."""
 from __future__ import annotations
 
 import dimod

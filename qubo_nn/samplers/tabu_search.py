@@ -1,4 +1,4 @@
-"""``tabu``: dwave-tabu's multistart tabu search (MST2) with ``time_limit`` in seconds."""
+"""``tabu``: dwave-tabu's multistart tabu search (MST2), with time_limit in seconds."""
 from __future__ import annotations
 
 import time
