@@ -75,7 +75,7 @@ class HeadStats:
     """
 
     def __init__(self, head: Head, feats: FeatureSet, l2: float = 0.0, device: str | torch.device = "auto",
-                 dtype: str | torch.dtype = "float32", chunk: int = 4096, subsample: int | None = None,
+                 dtype: str | torch.dtype = "float32", chunk: int = 16384, subsample: int | None = None,
                  seed: int = 0) -> None:
         check_compatible(head, feats)
         if l2 < 0:
@@ -182,20 +182,26 @@ class HeadStats:
     def _full_row_hessian(self, cls: int) -> torch.Tensor:
         """Σ_n w_n f̃_n f̃_nᵀ, w = p_c(1 − p_c), f̃ = [f, 1] ((D+1) × (D+1), not yet divided by n).
 
-        The ones column is never materialized: the bias row is Σ w f and the corner Σ w.
+        Per chunk, ``buf = [w·f, w]`` (one scaling pass into a reused buffer; no ones column is
+        ever attached to the features) and each row panel of the upper block triangle is one
+        product f[:, panel]ᵀ · buf[:, panel start:] — the bias column comes with it. The corner is
+        Σ w; the rest is mirrored.
         """
         D = self.D
         H = torch.zeros(D + 1, D + 1, device=self.device, dtype=self.dtype)
-        Hff, hfb = H[:D, :D], H[:D, D]
+        cuts = _panels(D)
+        buf = torch.empty(min(self.chunk, self.N), D + 1, device=self.device, dtype=self.dtype)
         for Xc, Pc in self._row_chunks():
+            k = Xc.shape[0]
             p = Pc[:, cls]
-            w = p * (1 - p)
-            Xw = Xc * w[:, None]
-            _gram_upper_(Hff, Xw, Xc)
-            hfb.addmv_(Xc.T, w)
-            H[D, D] += w.sum()
-        _mirror_upper_(Hff)
-        H[D, :D] = hfb
+            b = buf[:k]
+            torch.mul(p, 1 - p, out=b[:, D])
+            torch.mul(Xc, b[:, D:], out=b[:, :D])
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                H[lo:hi, lo:].addmm_(Xc[:, lo:hi].T, b[:, lo:])
+            H[D, D] += b[:, D].sum()
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            H[hi:, lo:hi] = H[lo:hi, hi:].T
         return H
 
     def _general_hessian(self, c: torch.Tensor, d: torch.Tensor, single_class: bool) -> torch.Tensor:
@@ -241,7 +247,7 @@ def _mirror_upper_(H: torch.Tensor) -> None:
 
 def local_model(head: Head, feats: FeatureSet, idx: torch.Tensor, l2: float = 0.0,
                 device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
-                chunk: int = 4096, subsample: int | None = None, seed: int = 0) -> LocalModel:
+                chunk: int = 16384, subsample: int | None = None, seed: int = 0) -> LocalModel:
     """Local quadratic model of one block (see :class:`HeadStats` for many blocks of one head)."""
     return HeadStats(head, feats, l2, device, dtype, chunk, subsample, seed).block(idx)
 

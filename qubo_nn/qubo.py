@@ -120,7 +120,7 @@ class BuildConfig:
     dtype: str = "float32"
     bqm_dtype: str = "float64"
     device: str = "auto"
-    chunk: int = 4096
+    chunk: int = 16384
     seed: int = 0
     max_qubo_bytes: int = DEFAULT_MAX_QUBO_BYTES
 

@@ -81,7 +81,7 @@ def _summary(man: dict[str, Any], out: Path, seconds: float) -> str:
               help="Precision of the Hessian computation.")
 @click.option("--bqm-dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True,
               help="Precision of the stored QUBOs.")
-@click.option("--chunk", type=click.IntRange(min=1), default=4096, show_default=True,
+@click.option("--chunk", type=click.IntRange(min=1), default=16384, show_default=True,
               help="Samples per Hessian chunk (memory O(chunk·D)).")
 @click.option("--max-qubo-gib", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_MAX_QUBO_BYTES / 2**30, show_default=True,
