@@ -253,18 +253,23 @@ def test_dwave_without_token_fails_clearly(monkeypatch):
 
 # --------------------------------------------------------------------------- neal specifics
 
-def test_vectorized_beta_range_matches_a_loop_reference():
-    bqm, _ = random_qubo(9, 3)
+@pytest.mark.parametrize("make", [lambda: random_qubo(9, 3)[0],
+                                  lambda: dimod.generators.randint(12, "SPIN", low=-3, high=3, seed=1)])
+def test_vectorized_beta_range_matches_loop_references(make):
+    """Hot end: a per-spin loop over the Ising biases; cold end: dwave-neal's own (looped) rule."""
+    from neal import default_beta_range
+
+    bqm = make()
     h, J, _ = bqm.to_ising()
     rms = {v: h[v] ** 2 for v in bqm.variables}
     for (u, v), j in J.items():
         rms[u] += j * j
         rms[v] += j * j
-    r = np.sqrt(np.array(list(rms.values())))
-    expect = [np.log(2) / (2 * r.max()), np.log(100) / (2e-3 * r.min())]
+    hot = np.log(2) / (2 * np.median(np.sqrt(list(rms.values()))))
+    expect = [hot, default_beta_range(bqm)[1]]
     np.testing.assert_allclose(anneal.vectorized_beta_range(bqm), expect, rtol=1e-12)
-    spin = bqm.change_vartype("SPIN", inplace=False)
-    np.testing.assert_allclose(anneal.vectorized_beta_range(spin), expect, rtol=1e-12)
+    other = bqm.change_vartype("SPIN" if bqm.vartype is dimod.BINARY else "BINARY", inplace=False)
+    np.testing.assert_allclose(anneal.vectorized_beta_range(other), expect, rtol=1e-9)
     ss = S.sample(bqm, "neal", seed=0)
     np.testing.assert_allclose(ss.info["params"]["beta_range"], expect, rtol=1e-12)
     ss = S.sample(bqm, "neal", seed=0, beta_range=[0.5, 3.0])
@@ -277,7 +282,7 @@ def test_vectorized_beta_range_is_fast_on_a_dense_block():
     bqm = dimod.BinaryQuadraticModel(A @ A.T / 1500, "BINARY")
     t0 = time.perf_counter()
     lo, hi = anneal.vectorized_beta_range(bqm)
-    assert time.perf_counter() - t0 < 1.0  # dwave-neal's loop takes seconds here
+    assert time.perf_counter() - t0 < 1.0  # dwave-neal's loop takes ~2 s here (0.1 s vectorized)
     assert 0 < lo < hi and np.isfinite(hi)
 
 

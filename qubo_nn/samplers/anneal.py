@@ -21,36 +21,39 @@ from .base import ising_fields
 TIME_LIMIT_MAX_READS = 1000
 
 
-def vectorized_beta_range(bqm: dimod.BinaryQuadraticModel, hot_accept: float = 0.5, cold_accept: float = 0.01,
-                          resolution: float = 1e-3) -> list[float]:
-    """[β_hot, β_cold] for a geometric schedule, from the Ising field scales of ``bqm``.
+def vectorized_beta_range(bqm: dimod.BinaryQuadraticModel, hot_accept: float = 0.5, cold_excite: float = 0.01
+                          ) -> list[float]:
+    """[β_hot, β_cold] for a geometric schedule, from the Ising biases of ``bqm`` (vectorized).
 
-    With rms_i = sqrt(h_i² + Σ_j J_ij²), the typical |local field| of spin i at a random state
-    (a flip costs 2·|field|):
+    With h, J the Ising biases and rms_i = sqrt(h_i² + Σ_j J_ij²) the typical |local field| of
+    spin i at a random state (a flip costs 2·|field|):
 
-        β_hot  = ln(1/hot_accept)  / (2 · max_i rms_i)               typical flips of the most
-                                                                     strongly coupled spin are
-                                                                     accepted with prob. 1/2
-        β_cold = ln(1/cold_accept) / (2 · resolution · min_i rms_i)   a flip costing 1/1000 of the
-                                                                     weakest spin's typical field
-                                                                     is accepted with prob. 1/100
+        β_hot  = ln(1/hot_accept) / (2 · median_i rms_i)    a typical flip of a typical spin
+                                                           is accepted with probability 1/2
+        β_cold = ln(k/cold_excite) / (2 · δ)               dwave-neal's cold end: δ = the smallest
+                                                           nonzero |h_i| or |J_ij|, k = how many
+                                                           spins have a bias that small
 
-    dwave-neal's own heuristic takes the worst case Σ_j|J_ij| for the hot end (√n too hot for
-    dense real-valued models, and the hot sweeps are the expensive ones) and the smallest
-    single bias for the cold end (1e7–1e9 with real-valued biases, so most sweeps are a
-    zero-temperature quench). ``resolution`` = 1e-3 was the best of 3e-5…3e-2 on random
-    ±1-weighted graphs, random integer Ising models and loss QUBOs of FC heads; each pass here
-    is a NumPy bincount over the interactions. Zero-field spins are ignored; an all-zero model
-    gets [0.1, 1.0] like dwave-neal.
+    The cold end is dwave-neal's rule, computed with NumPy instead of its Python loop over every
+    interaction (seconds for a dense 2,000-variable block). The hot end differs: dwave-neal uses
+    the worst case Σ_j|J_ij| of the strongest spin, far too hot for dense real-valued models,
+    and the hot sweeps are the expensive ones (each accepted flip updates every neighbour's
+    field). On loss QUBOs of FC heads (1/2/4-bit, 513–2052 variables, 1000 sweeps from the
+    current weights) the median rule ran 1.5–3× faster and found lower energies. An all-zero
+    model gets [0.1, 1.0] like dwave-neal.
     """
     if bqm.num_variables == 0:
         return [0.1, 1.0]
-    rms, _ = ising_fields(bqm)
-    rms = rms[rms > 0]
-    if rms.size == 0:
+    rms, h, row, col, J = ising_fields(bqm)
+    if not (rms > 0).any():
         return [0.1, 1.0]
-    hot = float(np.log(1.0 / hot_accept) / (2.0 * rms.max()))
-    cold = float(np.log(1.0 / cold_accept) / (2.0 * resolution * rms.min()))
+    hot = float(np.log(1.0 / hot_accept) / (2.0 * np.median(rms[rms > 0])))
+    # δ = smallest nonzero |bias|; k = spins with a bias that small (own field or a coupling)
+    ah, aj = np.abs(h), np.abs(J)
+    delta = min(ah[ah > 0].min(initial=np.inf), aj[aj > 0].min(initial=np.inf))
+    at_delta = aj == delta
+    count = np.unique(np.concatenate([np.flatnonzero(ah == delta), row[at_delta], col[at_delta]])).size
+    cold = float(np.log(count / cold_excite) / (2.0 * delta))
     return [hot, max(cold, hot)]
 
 

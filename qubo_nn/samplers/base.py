@@ -41,16 +41,14 @@ def as_binary(bqm: dimod.BinaryQuadraticModel) -> dimod.BinaryQuadraticModel:
     return bqm.change_vartype(dimod.BINARY, inplace=False)
 
 
-def ising_fields(bqm: dimod.BinaryQuadraticModel) -> tuple[np.ndarray, np.ndarray]:
-    """Per-spin field scales of the Ising form of ``bqm``, vectorized over the interactions.
+def ising_fields(bqm: dimod.BinaryQuadraticModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """Ising biases of ``bqm`` and each spin's typical field, vectorized over the interactions.
 
-    Returns ``(rms, total)`` (n,), with h, J the Ising biases (for BINARY: h_i = a_i/2 + Σ_j
-    b_ij/4, J_ij = b_ij/4):
-
-        rms_i   = sqrt(h_i² + Σ_j J_ij²)   the typical |local field| at a random state
-        total_i = |h_i| + Σ_j |J_ij|        the largest possible |local field|
-
-    A single flip of spin i changes the energy by 2·|field_i|.
+    Returns ``(rms, h, row, col, J)``: rms_i = sqrt(h_i² + Σ_j J_ij²) (n,), the typical
+    |local field| of spin i at a random state (a flip costs 2·|field|); h (n,) and the
+    interactions (row, col, J) of the Ising form, in ``bqm.variables`` order. For a BINARY model
+    h_i = a_i/2 + Σ_j b_ij/4 and J_ij = b_ij/4.
     """
     n = bqm.num_variables
     lin, (row, col, quad), _ = bqm.to_numpy_vectors()
@@ -62,10 +60,8 @@ def ising_fields(bqm: dimod.BinaryQuadraticModel) -> tuple[np.ndarray, np.ndarra
     else:
         J, h = quad, lin
     j2 = J * J
-    aj = np.abs(J)
     rms = np.sqrt(h * h + np.bincount(row, j2, n) + np.bincount(col, j2, n))
-    total = np.abs(h) + np.bincount(row, aj, n) + np.bincount(col, aj, n)
-    return rms, total
+    return rms, h, row, col, J
 
 
 def samples_array(samples_like: Any, bqm: dimod.BinaryQuadraticModel, what: str = "initial_states"
