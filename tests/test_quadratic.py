@@ -212,3 +212,21 @@ def test_bad_input_is_refused_clearly():
         select_blocks("random", C, D)
     with pytest.raises(QuboNNError, match="top-k blocks need the gradient"):
         select_blocks("topk", C, D, size=2)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_blocks_on_every_device_match_autograd(device):
+    head, feats = tiny(6)
+    _, g, H = reference(head, feats, 0.02)
+    stats = HeadStats(head, feats, l2=0.02, device=device, dtype="float64", chunk=9, subsample=None)
+    for idx in [torch.arange(D + 1), torch.arange(2 * (D + 1)), torch.tensor([1, 8, 15])]:
+        model = stats.block(idx)
+        assert model.H.device.type == device
+        assert torch.allclose(model.H.cpu(), H[idx][:, idx], atol=TOL, rtol=0)
+        assert torch.allclose(model.g.cpu(), g[idx], atol=TOL, rtol=0)
+    sub = HeadStats(head, feats, device=device, dtype="float64", chunk=4, subsample=20, seed=1)
+    _, _, Hs = reference(head, feats, 0.0, rows=sub.hess_rows.cpu())
+    assert torch.allclose(sub.block(torch.arange(D + 1)).H.cpu(), Hs[:D + 1, :D + 1], atol=TOL, rtol=0)
