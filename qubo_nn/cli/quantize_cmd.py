@@ -75,6 +75,9 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--params", "params_json", default=None,
               help="More sampler parameters as a JSON object, e.g. '{\"num_sweeps\": 2000}'.")
 @click.option("--polish", is_flag=True, help="Steepest-descent polish of every sample.")
+@click.option("--refine-span", type=click.FloatRange(min=0), default=100.0, show_default=True,
+              help="Samplers with a beta_range (neal), started from the greedy/RTN incumbents, anneal from "
+                   "β_cold/SPAN to β_cold (a low-temperature refinement); 0 = the sampler's own schedule.")
 @click.option("--refit-bias", is_flag=True, help="Re-fit the (full-precision) bias with the weights frozen (L-BFGS).")
 @click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="L2 term (l2/2)·‖W‖² of the loss the Hessian blocks come from.")
@@ -96,7 +99,8 @@ def _table(rec: dict, method: str) -> str:
 @json_option
 @handle_errors
 def quantize_command(bits: int, method: str, sampler: str, scale_rule: str, window_bits: int, damping: float,
-                     use_grad: bool, num_reads: int, params_json: str | None, polish: bool, refit_bias: bool,
+                     use_grad: bool, num_reads: int, params_json: str | None, polish: bool, refine_span: float,
+                     refit_bias: bool,
                      l2: float, subsample: int | None, head_path: str | None, epochs: int, lr: float, seed: int,
                      out: str, record: str | None, progress: bool, as_json: bool, **opts: Any) -> None:
     """Quantize the FC head to --bits per weight (per-row symmetric grids, bias in full precision)
@@ -104,7 +108,8 @@ def quantize_command(bits: int, method: str, sampler: str, scale_rule: str, wind
     t0 = time.perf_counter()
     cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler,
                          sampler_params=_parse_params(params_json), num_reads=num_reads, window_bits=window_bits,
-                         damping_rel=damping, use_grad=use_grad, polish=polish, refit_bias=refit_bias, l2=l2,
+                         damping_rel=damping, use_grad=use_grad, polish=polish,
+                         refine_span=refine_span or None, refit_bias=refit_bias, l2=l2,
                          subsample=subsample, device=opts["device"], seed=seed)
     cfg.validate()
     head = load_head(head_path) if head_path else None  # before the features: fail fast on a bad file
