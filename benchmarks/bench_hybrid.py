@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads during the QUBO phase [default: CPU cores − workers on CPU, unchanged on GPU]")
     p.add_argument("--subsample", type=int, default=None, help="Hessian on this many samples")
     p.add_argument("--max-retries", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for everything else (SGD epochs); 1: tiny mini-batch kernels gain nothing "
+                        "from more and stall on a busy machine")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results")
@@ -95,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dev = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
     machine = machine_info(dev)
     t0 = time.perf_counter()
     train, test = synthetic_features(n=args.n, dim=args.dim, num_classes=args.classes, seed=args.seed,
@@ -140,7 +144,7 @@ def main(argv=None) -> dict:
         "hybrid": {"wall_s": hybrid_s, "warmup_s": warm_s, "qubo_phase_s": rec["total_wall_s"], "finetune_s": fine_s,
                    **final_b, "qubo_loss_before": rec["loss_start"], "qubo_loss_after": rec["loss_end"],
                    "accepted": rec["accepted"], "blocks_visited": rec["blocks_visited"], "retries": rec["retries"],
-                   "variables_per_block": attempts[0]["num_variables"]},
+                   "variables_per_block": attempts[0]["num_variables"], "device_threads": threads},
         "qubo_timing": {k: rec[k] for k in ("wall_s", "device_s", "anneal_s", "anneal_cpu_s", "intersection_s",
                                             "gap_s", "hidden_s", "overlap", "setup_s", "final_eval_s", "total_wall_s")},
         "per_attempt_mean_s": per_block,
@@ -166,7 +170,8 @@ def report(r: dict) -> str:
         f"{m.get('load_average_1m_start', float('nan')):.1f} -> {m.get('load_average_1m_end', float('nan')):.1f}",
         f"QUBO: {a['bits']} bits/weight ({h['variables_per_block']} variables/block), window {a['window']}, sampler {a['sampler']} "
         f"num_reads={a['num_reads']} num_sweeps={a['num_sweeps']}{' +polish' if a['polish'] else ''}, "
-        f"workers={a['workers']}, sweeps={a['sweeps']}, subsample={a['subsample']}",
+        f"workers={a['workers']}, sweeps={a['sweeps']}, subsample={a['subsample']}; torch threads {a['threads']} "
+        f"(QUBO phase: {r['hybrid']['device_threads']})",
         "",
         f"SGD baseline   : {r['sgd']['wall_s']:8.2f} s  ({r['sgd']['per_epoch_s']:.2f} s/epoch)  "
         f"train loss {r['sgd']['train_loss']:.4f}  test acc {100 * r['sgd']['test_acc']:.2f} %",

@@ -4,12 +4,13 @@ One sweep visits every block of :func:`qubo_nn.qubo.plan_blocks`. For each block
 *device* (GPU when present, else the main thread's CPU) computes the local model at the
 current head (:meth:`HeadStats.block`), encodes it and builds the BQM; a *CPU worker thread*
 anneals it (:func:`qubo_nn.samplers.sample`; neal releases the GIL); the device decodes the
-best sample and evaluates the TRUE training loss (:meth:`HeadStats.update`, exact and
-incremental). The step is accepted only if the loss fell by more than ``accept_tol``; else
-(or when the best sample predicts no gain over the current weights) it is undone and the
-block is retried with more damping (μ × ``damping_growth``, the local model
-recomputed at the then-current head, re-encoded, BQM rebuilt) up to ``max_retries`` times,
-after which the old weights are kept.
+best sample and evaluates the TRUE training loss of the step (:func:`trial_loss`: exact,
+from the current logits, without moving the head). The step is accepted only if the loss fell
+by more than ``accept_tol``, and then applied with :meth:`HeadStats.update` (whose incremental
+loss must agree, else the step is undone). Otherwise, and when the best sample predicts no
+gain over the current weights, the block is retried with more damping (μ × ``damping_growth``;
+the local model recomputed at the then-current head, re-encoded, BQM rebuilt) up to
+``max_retries`` times, after which the old weights are kept.
 
 Pipelining (``workers`` = W anneals in flight). The schedule is fixed, not timing-driven, so a
 run is reproducible: while block k anneals, the device evaluates block k−1 and then builds
@@ -226,7 +227,7 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
     anneal_iv: list[tuple[float, float]] = []
     n_accepted = [0]
     per_block: dict[int, dict] = {}
-    bar = tqdm(total=len(blocks), desc=f"QUBO sweep {sweep + 1}", unit="block", disable=not progress)
+    bar = tqdm(total=len(blocks), desc=f"QUBO sweep {sweep + 1}", unit="block", leave=False, disable=not progress)
 
     def build(job: _Job) -> None:
         t0 = time.perf_counter()
@@ -280,13 +281,19 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
                        accepted=False, reason="no predicted gain")
             retry = job.attempt < cfg.max_retries  # more damping = a finer grid: may find a gain
         else:
-            old = stats.theta[blk.enc.idx.to(stats.device)].clone()
-            stats.update(blk.enc.idx, blk.enc.decode(x))
-            true_change = stats.loss - loss_before_step
-            accepted = true_change < -cfg.accept_tol
-            if not accepted:
-                stats.update(blk.enc.idx, old)
-            att.update(true_change=true_change, loss_before=loss_before_step, loss_after=stats.loss,
+            new_values = blk.enc.decode(x)
+            trial = trial_loss(stats, blk.enc.idx, new_values)
+            accepted = trial - loss_before_step < -cfg.accept_tol
+            loss_after = loss_before_step
+            if accepted:
+                old = stats.theta[blk.enc.idx.to(stats.device)].clone()
+                stats.update(blk.enc.idx, new_values)
+                loss_after = stats.loss
+                if not loss_after - loss_before_step < -cfg.accept_tol:  # rounding disagreement: stay safe
+                    stats.update(blk.enc.idx, old)
+                    accepted, loss_after = False, stats.loss
+            att.update(true_change=(loss_after if accepted else trial) - loss_before_step, trial_loss=trial,
+                       loss_before=loss_before_step, loss_after=loss_after,
                        accepted=accepted, reason="loss fell" if accepted else "loss did not fall")
             if accepted:
                 n_accepted[0] += 1
@@ -335,6 +342,38 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
             "anneals": len(anneal_iv), "setup_s": setup_s}
     srec.update(interval_accounting(dev_iv, anneal_iv, t_start, t_end))
     return stats.head(), srec
+
+
+@torch.no_grad()
+def trial_loss(stats: HeadStats, idx: torch.Tensor, new_values: torch.Tensor) -> float:
+    """Exact training loss of the head in ``stats`` with θ[idx] = new_values, without moving it.
+
+    Same objective as :class:`HeadStats` (mean CE + (l2/2)‖W‖²) from its logits: the classes the
+    block touches get logits += X ΔW_clsᵀ + Δb_cls (one product, O(N·D·|classes|)) when the
+    block covers a good part of those classes' rows, else the per-weight columns are added
+    (O(N·|idx|)). A rejected step thus costs one logits pass and no update/undo of ``stats``.
+    """
+    dev, dt = stats.device, stats.dtype
+    idx = idx.to(dev)
+    new = new_values.to(dev, dt)
+    D1 = stats.D + 1
+    delta = new - stats.theta[idx]
+    c, d = idx // D1, idx % D1
+    classes = torch.unique(c)
+    logits = stats.logits.clone()
+    if classes.numel() * D1 <= 8 * idx.numel():
+        dM = torch.zeros(classes.numel(), D1, device=dev, dtype=dt)
+        dM[torch.searchsorted(classes, c), d] = delta
+        logits[:, classes] += torch.addmm(dM[:, stats.D], stats.X, dM[:, : stats.D].T)
+    else:
+        is_b = d == stats.D
+        cols = stats.X[:, d.clamp(max=stats.D - 1)] * (~is_b) + is_b.to(dt)
+        logits.index_add_(1, c, cols * delta)
+    nll = -torch.log_softmax(logits, dim=1).gather(1, stats.y[:, None]).mean()
+    theta = stats.theta.clone()
+    theta[idx] = new
+    W = theta.reshape(stats.C, D1)[:, : stats.D]
+    return float(nll) + 0.5 * stats.l2 * float((W * W).sum())
 
 
 def _anneal(samplers, bqm, sampler, seed, polish, initial, params):

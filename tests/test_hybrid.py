@@ -138,3 +138,22 @@ def test_config_validation(tiny, kw, match):
 def test_overlapping_blocks_refused():
     with pytest.raises(QuboNNError, match="blocks of a sweep must be disjoint"):
         _check_disjoint([torch.tensor([0, 1]), torch.tensor([1, 2])])
+
+
+@pytest.mark.parametrize("kind, kw", [("rows", {}), ("rows", {"per_block": 2}), ("columns", {}),
+                                      ("random", {"size": 7})])
+def test_trial_loss_matches_update_and_evaluate(tiny, kind, kw):
+    from qubo_nn.hybrid import trial_loss
+    from qubo_nn.quadratic import HeadStats, select_blocks
+
+    train, head = tiny
+    stats = HeadStats(head, train, l2=0.01, device="cpu", dtype="float64")
+    idx = select_blocks(kind, 4, 8, **kw)[0]
+    new = stats.theta[idx] + 0.3 * torch.randn(idx.numel(), generator=torch.Generator().manual_seed(1),
+                                                dtype=torch.float64)
+    before = stats.theta.clone()
+    trial = trial_loss(stats, idx, new)
+    assert torch.equal(stats.theta, before)                       # the head did not move
+    stats.update(idx, new)
+    assert trial == pytest.approx(stats.loss, abs=1e-12)
+    assert trial == pytest.approx(evaluate(stats.head(), train.to("cpu", torch.float64), l2=0.01)[0], abs=1e-12)
