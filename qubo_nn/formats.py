@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +212,10 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
     if ours and not ended:
         raise QuboNNError(f"{str(path)!r} is truncated: its '{comment} end' line is missing")
     try:
-        data = np.loadtxt(io.StringIO(text), dtype=np.float64, comments=["c", "p", "#"] if qbsolv else "#",
-                          ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # "input contained no data": an empty model
+            data = np.loadtxt(io.StringIO(text), dtype=np.float64, comments=["c", "p", "#"] if qbsolv else "#",
+                              ndmin=2)
     except ValueError as exc:
         raise QuboNNError(f"{str(path)!r} is not a valid {fmt} file (expected lines 'i j bias'): {exc}") from exc
     if data.size == 0:

@@ -64,6 +64,17 @@ def test_every_format_round_trips_exactly(tmp_path, fmt, dtype):
     assert not list(tmp_path.glob(".*.tmp"))                            # no temporary left behind
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_empty_and_isolated_variables_round_trip(tmp_path, fmt):
+    empty = dimod.BinaryQuadraticModel({}, {}, 2.5, "BINARY")
+    write_bqm(empty, tmp_path / ("e" + SUFFIXES[fmt]))
+    back = read_bqm(tmp_path / ("e" + SUFFIXES[fmt]))
+    assert back.num_variables == 0 and back.offset == 2.5
+    lonely = dimod.BinaryQuadraticModel({0: 0.0, 1: 0.0, 2: 1.0}, {}, 0.0, "BINARY")
+    write_bqm(lonely, tmp_path / ("l" + SUFFIXES[fmt]))
+    assert read_bqm(tmp_path / ("l" + SUFFIXES[fmt])) == lonely
+
+
 def test_native_file_is_read_by_plain_dimod(tmp_path):
     bqm = awkward_bqm()
     write_bqm(bqm, tmp_path / "m.bqm")
