@@ -71,6 +71,7 @@ FILE_VERSION = 1
 _COO_TAG = "qubo-nn-coo"
 _QUBO_TAG = "qubo-nn-qubo"
 _NP_DTYPES = {"float32": np.float32, "float64": np.float64}
+_TEXT_SLICE = 1 << 18
 _KEYVAL = re.compile(r"([A-Za-z_]+)[:=][ \t]*(\S+)")
 
 
@@ -163,24 +164,21 @@ def _write_text(bqm: dimod.BinaryQuadraticModel, tmp: Path, qbsolv: bool) -> Non
     if qbsolv:
         max_nodes = int(labels[-1]) + 1 if labels.size else 0
         head.append(f"p qubo 0 {max_nodes} {labels.size} {u.size}")
-    names: dict[int, str] = {}
     with open(tmp, "w", encoding="ascii", newline="\n") as fh:
         fh.write("\n".join(head) + "\n")
-        fh.write(_triplets(labels, labels, lin, names))
-        fh.write(_triplets(u, v, qdata, names))
+        fh.write(_triplets(labels, labels, lin))
+        for s in range(0, u.size, _TEXT_SLICE):   # slices bound the memory of the strings
+            fh.write(_triplets(u[s:s + _TEXT_SLICE], v[s:s + _TEXT_SLICE], qdata[s:s + _TEXT_SLICE]))
         fh.write(f"{comment} end\n")
 
 
-def _triplets(u: np.ndarray, v: np.ndarray, w: np.ndarray, names: dict[int, str]) -> str:
+def _triplets(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> str:
+    """Lines ``u v w``: labels via str(int), biases via the C-level repr of a float list
+    (the shortest string that reads back to the same float)."""
     if u.size == 0:
         return ""
-    top = int(max(u.max(), v.max())) + 1
-    if len(names) < top:
-        names.update((k, str(k)) for k in range(len(names), top))
-    lab = [names[k] for k in range(top)]
-    vals = repr(w.tolist())[1:-1].split(", ")  # C-level repr of every float: shortest exact form
-    return "\n".join(map(" ".join, zip(map(lab.__getitem__, u.tolist()), map(lab.__getitem__, v.tolist()),
-                                       vals))) + "\n"
+    vals = repr(w.tolist())[1:-1].split(", ")
+    return "\n".join(map(" ".join, zip(map(str, u.tolist()), map(str, v.tolist()), vals))) + "\n"
 
 
 def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
