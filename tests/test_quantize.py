@@ -23,6 +23,15 @@ from qubo_nn.quantize import (QuantizeConfig, check_bits, codes_in_window, codes
 from qubo_nn.qubo import build_bqm
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (seconds on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------- helpers
 
 def _objective(q, s, w, H, mu, g=None):
@@ -359,6 +368,7 @@ def test_cli_end_to_end_with_head_file(tmp_path, monkeypatch):
 
     head, train, test = _tiny_problem()
     monkeypatch.setattr(qc, "get_features", lambda cfg, progress=False: FeatureResult(train, test, None, False, 0.0))
+    monkeypatch.setattr(qc, "versions", lambda: {"test": "stub"})  # runtime.versions imports torchvision (slow)
     hp = tmp_path / "head.pt"
     torch.save(head.state_dict(), hp)
     out = tmp_path / "q.pt"
