@@ -81,9 +81,14 @@ def build_bqm(model: LocalModel, enc: Encoding, damping: float = 0.0, dtype: str
     np_dtype = _NP_DTYPES[dtype]
     check_fits(enc.num_variables, np.dtype(np_dtype).itemsize, max_bytes)
     Q, _, offset = qubo_arrays(model, enc, damping, torch.float64 if np_dtype is np.float64 else torch.float32)
+    lin = Q.diagonal().detach().cpu().numpy().copy()
+    Q.diagonal().zero_()   # dimod's constructor would copy the whole matrix to zero the diagonal
     Qn = Q.detach().cpu().numpy()
-    del Q
-    return dimod.BinaryQuadraticModel(Qn, "BINARY", offset=offset, dtype=np_dtype)
+    bqm = dimod.BinaryQuadraticModel("BINARY", dtype=np_dtype)
+    bqm.add_linear_from_array(lin)
+    bqm.add_quadratic_from_dense(Qn)
+    bqm.offset = offset
+    return bqm
 
 
 def predicted_loss(model: LocalModel, enc: Encoding, x, damping: float = 0.0) -> np.ndarray:
