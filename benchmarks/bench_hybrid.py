@@ -11,6 +11,10 @@ the shorter of device time and anneal time hidden behind the other).
 
 Targets: hybrid wall time within 10× of SGD's; overlap >= 80%.
 
+Defaults are those of experiments/cifar100.sh for this shape: 2 bits per weight (1,026
+variables per row block), window 0.5, neal 1 read × 100 sweeps, one anneal worker, Hessian
+blocks on a 10,000-sample subsample (``--subsample 0`` for all samples).
+
 Usage:
   python benchmarks/bench_hybrid.py                 # full size (50,000 × 512 × 100)
   python benchmarks/bench_hybrid.py --reduced       # 10,000 × 512 × 20: a quick check
@@ -79,7 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="anneals in flight")
     p.add_argument("--device-threads", type=int, default=None,
                    help="torch threads during the QUBO phase [default: CPU cores − workers on CPU, unchanged on GPU]")
-    p.add_argument("--subsample", type=int, default=None, help="Hessian on this many samples")
+    p.add_argument("--subsample", type=int, default=10_000,
+                   help="Hessian blocks on this many training samples (0: all); gradients, losses and the "
+                        "acceptance test always use all of them")
     p.add_argument("--max-retries", type=int, default=1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for everything else (SGD epochs); 1: tiny mini-batch kernels gain nothing "
@@ -116,7 +122,8 @@ def main(argv=None) -> dict:
     threads = args.device_threads
     if threads is None and dev.type == "cpu":
         threads = max(1, (os.cpu_count() or 1) - args.workers)
-    hcfg = HybridConfig(build=BuildConfig(bits=args.bits, window=args.window, subsample=args.subsample), sampler=args.sampler,
+    subsample = min(args.subsample, args.n) if args.subsample else None
+    hcfg = HybridConfig(build=BuildConfig(bits=args.bits, window=args.window, subsample=subsample), sampler=args.sampler,
                         sampler_params={"num_reads": args.num_reads, "num_sweeps": args.num_sweeps},
                         polish=args.polish, sweeps=args.sweeps, max_retries=args.max_retries,
                         workers=args.workers, device_threads=threads, seed=args.seed)

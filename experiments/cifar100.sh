@@ -15,11 +15,13 @@
 #
 #   experiments/cifar100.sh                       # writes results/cifar100-imagenet
 #   WORKERS=4 BITS=4 experiments/cifar100.sh --epochs 30 --warmup-epochs 5
+#   OUT=results/cifar100-4bit BITS=4 SUBSAMPLE=50000 experiments/cifar100.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUBO_NN=${QUBO_NN:-.venv/bin/qubo-nn}
 OUT=${OUT:-results/cifar100-imagenet}
 BITS=${BITS:-2}
+SUBSAMPLE=${SUBSAMPLE:-10000}   # Hessian blocks on 10,000 of the 50,000 images (losses use all)
 WORKERS=${WORKERS:-$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))}
 exec "$QUBO_NN" experiment --dataset cifar100 --arch resnet18 --weights imagenet --image-size 64 \
-    --epochs 10 --warmup-epochs 2 --seeds 3 --bits "$BITS" --workers "$WORKERS" --out "$OUT" "$@"
+    --epochs 10 --warmup-epochs 2 --seeds 3 --bits "$BITS" --subsample "$SUBSAMPLE" --workers "$WORKERS" --out "$OUT" "$@"
