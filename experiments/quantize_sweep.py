@@ -152,38 +152,49 @@ def targets(ds: str, d: dict) -> list[str]:
 
 
 def plot(runs: dict, path: Path) -> None:
+    """Top row: test accuracy vs bits (mean ± std over seeds), fp32 as a dashed line. Bottom row:
+    the paired change vs the fp32 head of the same seed (the seeds' fp32 heads differ by points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     S = summarize(runs)
-    fig, axes = plt.subplots(1, len(S), figsize=(6.2 * len(S), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(S), figsize=(6.2 * len(S), 8.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
     styles = {"rtn": ("tab:gray", "s"), "greedy": ("tab:blue", "o"), "qubo-neal": ("tab:red", "^"),
               "qubo-tabu": ("tab:green", "v"), "qubo-steepest": ("tab:purple", "D")}
-    for ax, (ds, d) in zip(axes[0], S.items()):
+    for col, (ds, d) in enumerate(S.items()):
+        top, bottom = axes[0, col], axes[1, col]
         bits = sorted(d["bits"])
         names = sorted({n for b in bits for n in d["bits"][b]}, key=_order)
         for k, name in enumerate(names):
-            xs, ms, ss = [], [], []
+            xs, ms, ss, dm, ds_ = [], [], [], [], []
             for b in bits:
                 cell = d["bits"][b].get(name)
                 if cell:
-                    a = np.array([v["acc"] for v in cell.values()])
+                    a = np.array([cell[s]["acc"] for s in sorted(cell)])
+                    delta = a - np.array([d["fp32"][s]["acc"] for s in sorted(cell)])
                     xs.append(b + (k - (len(names) - 1) / 2) * 0.06)
                     ms.append(a.mean())
                     ss.append(a.std())
+                    dm.append(delta.mean())
+                    ds_.append(delta.std())
             color, marker = styles.get(name, (None, "x"))
-            ax.errorbar(xs, ms, yerr=ss, color=color, marker=marker, capsize=3, label=name)
+            top.errorbar(xs, ms, yerr=ss, color=color, marker=marker, capsize=3, label=name)
+            bottom.errorbar(xs, dm, yerr=ds_, color=color, marker=marker, capsize=3, label=name)
         fp = np.array([v["acc"] for v in d["fp32"].values()])
-        ax.axhline(fp.mean(), color="black", ls="--", lw=1, label=f"fp32 head ({fp.mean():.2f}%)")
-        ax.set_xticks(bits)
-        ax.set_xlabel("bits per weight (per-row symmetric grid; bias fp32)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{ds}: mean ± std over {len(fp)} seed(s)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle("Quantized FC head: test accuracy vs bits per method")
+        top.axhline(fp.mean(), color="black", ls="--", lw=1, label=f"fp32 head ({fp.mean():.2f}%)")
+        bottom.axhline(0.0, color="black", ls="--", lw=1, label="fp32 head")
+        top.set_title(f"{ds}: mean ± std over {len(fp)} seed(s)")
+        top.set_ylabel("test accuracy (%)")
+        bottom.set_ylabel("test accuracy − fp32, same seed (points)")
+        bottom.set_xlabel("bits per weight (per-row symmetric grid; bias fp32)")
+        for ax in (top, bottom):
+            ax.set_xticks(bits)
+            ax.grid(alpha=0.3)
+        top.legend(loc="lower right", fontsize=8)
+    fig.suptitle("Quantized FC head (no bias refit): test accuracy vs bits per method")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format="png")
@@ -254,6 +265,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="keep finished runs of an existing sweep.json")
     p.add_argument("--ablation", action="store_true", help="also run the one-change-at-a-time ablation (digits)")
+    p.add_argument("--replot", action="store_true", help="only rewrite table.md and the plot from sweep.json")
     args = p.parse_args(argv)
     out = Path(args.out)
     sampler_params = json.loads(args.sampler_params)
@@ -262,6 +274,11 @@ def main(argv=None) -> int:
     if args.resume and (out / "sweep.json").exists():
         old = json.loads((out / "sweep.json").read_text())
         runs, abl = old["runs"], old.get("ablation", [])
+    if args.replot:
+        old = json.loads((out / "sweep.json").read_text())
+        atomic_write_text(out / "table.md", table(old["runs"], old["meta"]))
+        plot(old["runs"], out / "accuracy_vs_bits.png")
+        return 0
     meta = {"settings": (f"per-row symmetric grid, scale `{args.scale}`, bias fp32, Hessian damping "
                          f"{args.damping} × mean diag, objective without the gradient term (GPTQ's), QUBO window "
                          f"1 bit (floor/ceil, shifted to hold the greedy level), {args.num_reads} reads per row started from the "
