@@ -39,7 +39,9 @@ from tqdm.auto import tqdm
 
 from .errors import QuboNNError
 from .featureset import FeatureSet
+from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest
 from .head import Head, evaluate
+from .qubo import apply
 from .runtime import atomic_path, atomic_write_json, resolve_device, tensor_digest, versions
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, child_seed, get_sampler
 from .samplers import sample as run_sampler
@@ -104,8 +106,6 @@ def plan(source: str | os.PathLike) -> dict[str, Any]:
     A directory or a ``manifest.json`` is a whole build; anything else is one QUBO file (or a
     block sidecar ``.json``), with an encoding when a sidecar lies beside it.
     """
-    from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
-
     path = Path(source)
     if not path.exists():
         raise QuboNNError(f"{str(path)!r} does not exist: expected a QUBO file or a build's manifest.json")
@@ -170,8 +170,6 @@ def solve(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: SolveConfi
 
 def _solve_block(blk: dict[str, Any], cfg: SolveConfig, staging: Path,
                  digests: tuple[str | None, str | None]) -> dict[str, Any]:
-    from .formats import read_block
-
     t0 = time.perf_counter()
     bqm, enc, side = read_block(blk["path"], *digests)
     t1 = time.perf_counter()
@@ -337,9 +335,6 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
     of the old one: loss_before, accuracy_before), taylor_error = true − predicted, test
     accuracy when a test set is known, and per-block energies.
     """
-    from .formats import read_block, read_manifest
-    from .qubo import apply
-
     t0 = time.perf_counter()
     sol = read_solution(solution_dir)
     if not sol.get("manifest"):
