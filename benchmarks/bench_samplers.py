@@ -143,12 +143,14 @@ def throughput(head: Head, feats, bits: int, workers: int, seed: int) -> dict:
         t0 = time.perf_counter()
         man = build_to_dir(head, feats, BuildConfig(bits=bits, device="cpu", seed=seed), tmp / "build")
         build_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s = solve(man, tmp / "sol", SolveConfig(workers=workers, seed=seed), progress=False)
-        solve_s = time.perf_counter() - t0
+        solve_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         rep = decode(tmp / "sol", feats=feats, device="cpu")
         rows = s["blocks"]
         return {"blocks": len(rows), "bits": bits, "workers": workers, "build_s": build_s, "solve_s": solve_s,
+                "cpu_s": cpu_s, "cpu_share": cpu_s / solve_s / workers,
+                "idle_estimate_s": cpu_s / min(workers, os.cpu_count() or 1),
                 "per_block_s": solve_s / len(rows),
                 "sample_s_mean": float(np.mean([r["timings"]["sample_s"] for r in rows])),
                 "read_s_mean": float(np.mean([r["timings"]["read_s"] for r in rows])),
@@ -200,8 +202,9 @@ def main() -> None:
         samplers = ["neal"] + [s for s in samplers if s != "neal"]
     ref_samplers = [s for s in args.ref_samplers.split(",") if s]
 
-    say(f"bench_samplers: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads {torch.get_num_threads()}")
+    say(f"bench_samplers{' --quick (reduced size)' if args.quick else ''}: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
     head, train = current_head(args.n, args.dim, args.classes, args.warmup_epochs, args.seed)
     loss0, acc0 = evaluate(head, train)
@@ -260,6 +263,8 @@ def main() -> None:
         say(f"  build (not counted) {tp['build_s']:.1f} s; solve {tp['solve_s']:.1f} s = "
             f"{tp['per_block_s']:.2f} s per block (sampling {tp['sample_s_mean']:.2f} s, read "
             f"{tp['read_s_mean']:.2f} s per block per worker)")
+        say(f"  CPU time {tp['cpu_s']:.1f} s: the workers got {tp['cpu_share']:.0%} of their cores (other load); "
+            f"on idle cores about {tp['idle_estimate_s']:.0f} s")
         say(f"  predicted loss {tp['predicted_loss']:.5f} (L0 {tp['L0']:.5f}), true loss of the decoded head "
             f"{tp['true_loss']:.5f}; accuracy {tp['accuracy_before']:.3f} -> {tp['accuracy']:.3f}")
         scale = f" (scaled to {tp['blocks']} blocks)" if tp["blocks"] != 100 else ""

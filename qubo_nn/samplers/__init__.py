@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import dimod
-import numpy as np
 
 from ..errors import QuboNNError
 from . import anneal, bifurcation, dwave_leap, exact, random_baseline, steepest, tabu_search
@@ -149,9 +148,7 @@ def sample(bqm: dimod.BinaryQuadraticModel, sampler: str | dimod.Sampler = DEFAU
     if hasattr(raw, "resolve"):
         raw.resolve()
 
-    out = rescore(raw, bqm)
-    energy_error = (float(np.max(np.abs(np.sort(raw.record.energy) - out.record.energy)))
-                    if len(raw) else 0.0)
+    out, energy_error = rescore(raw, bqm)
     sampler_info = jsonable(raw.info)
     used = jsonable(params)
     if "beta_range" in sampler_info and "beta_range" not in used:

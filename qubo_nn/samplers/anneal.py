@@ -81,7 +81,7 @@ class NealSampler(SimulatedAnnealingSampler):
         if time_limit is not None:
             if not time_limit > 0:
                 raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
-            if num_reads is None and kwargs.get("initial_states") is None:
+            if num_reads is None:  # initial states, if any, start the first reads
                 num_reads = TIME_LIMIT_MAX_READS
             deadline = time.perf_counter() + float(time_limit)
             user_interrupt = interrupt_function

@@ -103,12 +103,12 @@ def samples_array(samples_like: Any, bqm: dimod.BinaryQuadraticModel, what: str 
     return np.ascontiguousarray(arr, dtype=np.int8), variables
 
 
-def rescore(sampleset: dimod.SampleSet, bqm: dimod.BinaryQuadraticModel, info: dict | None = None
-            ) -> dimod.SampleSet:
-    """The same samples with energies recomputed by ``bqm.energies``, lowest energy first.
+def rescore(sampleset: dimod.SampleSet, bqm: dimod.BinaryQuadraticModel) -> tuple[dimod.SampleSet, float]:
+    """The same samples with energies recomputed by ``bqm.energies``, lowest energy first, and
+    the largest difference between the sampler's own energies and dimod's (per sample).
 
-    Extra per-sample vectors (num_occurrences, num_steps, ...) follow their samples; ``info``
-    replaces the sample set's info when given.
+    Extra per-sample vectors (num_occurrences, num_steps, ...) follow their samples; the info
+    is copied.
     """
     if sampleset.vartype is not bqm.vartype:
         sampleset = sampleset.change_vartype(bqm.vartype, inplace=False)
@@ -118,12 +118,13 @@ def rescore(sampleset: dimod.SampleSet, bqm: dimod.BinaryQuadraticModel, info: d
         energies = np.asarray(bqm.energies((samples, variables)), dtype=np.float64)
     else:
         energies = np.full(len(sampleset), float(bqm.offset))
+    error = float(np.max(np.abs(energies - sampleset.record.energy), initial=0.0))
     order = np.argsort(energies, kind="stable")
     vectors = {k: sampleset.record[k][order] for k in sampleset.record.dtype.names
                if k not in ("sample", "energy")}
-    return dimod.SampleSet.from_samples((samples[order], variables), vartype=bqm.vartype,
-                                        energy=energies[order],
-                                        info=dict(sampleset.info) if info is None else info, **vectors)
+    out = dimod.SampleSet.from_samples((samples[order], variables), vartype=bqm.vartype, energy=energies[order],
+                                       info=dict(sampleset.info), **vectors)
+    return out, error
 
 
 def jsonable(obj: Any) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from typing import Any
 
 import dimod
 import numpy as np

@@ -21,7 +21,6 @@ class TabuSampler(_DWaveTabuSampler):
     def __init__(self) -> None:
         super().__init__()
         self.parameters = {**self.parameters, "time_limit": []}
-        self._t0 = 0.0
 
     def sample(self, bqm: dimod.BinaryQuadraticModel, *, time_limit: float | None = None,
                **kwargs: Any) -> dimod.SampleSet:
