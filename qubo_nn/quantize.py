@@ -275,6 +275,10 @@ class QuantizeConfig:
             raise QuboNNError(f"num_reads must be >= 1, got {self.num_reads}")
         if not isinstance(self.sampler_params, dict):
             raise QuboNNError(f"sampler_params must be a dict, got {type(self.sampler_params).__name__}")
+        own = sorted({"seed", "initial_states"} & set(self.sampler_params))
+        if own:
+            raise QuboNNError(f"sampler_params must not set {', '.join(own)}: the seed comes from the config "
+                              "and the initial states are the greedy/RTN solutions")
         resolve_dtype(self.dtype)
 
     def to_dict(self) -> dict:

@@ -321,6 +321,7 @@ def test_head_with_nan_is_refused():
     (dict(bits=2, window_bits=3), r"window_bits must be an integer in \[1, bits=2\], got 3"),
     (dict(damping_rel=-0.1), r"damping_rel must be a finite number >= 0, got -0.1"),
     (dict(num_reads=0), r"num_reads must be >= 1, got 0"),
+    (dict(sampler_params={"seed": 3}), r"sampler_params must not set seed: the seed comes from the config"),
 ])
 def test_bad_config_is_refused(kw, msg):
     with pytest.raises(QuboNNError, match=msg):
