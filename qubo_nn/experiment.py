@@ -1,12 +1,14 @@
-"""The comparison: SGD baseline vs hybrid (SGD warm-up, QUBO sweeps, SGD fine-tuning) vs the
-convex optimum of the head, on the same cached features, over several seeds.
+"""The comparison: SGD baseline vs hybrid (SGD warm-up, QUBO sweeps, SGD fine-tuning) vs SGD
+given the hybrid's time vs the convex optimum of the head, on the same cached features, over
+several seeds.
 
 Per seed both trained methods start from the same head (``Head.init_like_linear(C, D, seed)``)
 and use the same SGD settings, learning-rate schedule over the same E epochs and the same
 per-epoch shuffles (``train_sgd`` seeds epoch e by (seed, e)): the baseline runs epochs
 [0, E); the hybrid runs [0, W), the QUBO sweep(s), then [W, E). The L-BFGS optimum of the same
 convex objective (:func:`qubo_nn.train.convex_optimum`, from the same init) bounds what any
-head optimizer can reach on the training loss.
+head optimizer can reach on the training loss. ``sgd_matched`` (optional, on by default) is
+SGD run for about as long as the hybrid took (see :class:`ExperimentConfig`).
 
 Run directory ``out`` (files written atomically):
 
@@ -46,11 +48,12 @@ from .head import Head, evaluate
 from .hybrid import HybridConfig, hybrid_sweeps
 from .runtime import atomic_write_json, atomic_write_text, resolve_device, tensor_digest, versions
 
-METHODS = ("sgd", "hybrid", "lbfgs")
-METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)", "lbfgs": "L-BFGS optimum"}
+METHODS = ("sgd", "hybrid", "sgd_matched", "lbfgs")
+METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)",
+                 "sgd_matched": "SGD, time-matched", "lbfgs": "L-BFGS optimum"}
 RESULT_FORMAT = 1
 # config keys that do not change results: a run directory may be resumed with other values
-_RUNTIME_KEYS = ("out", "overwrite", "cache_dir", "data_root", "download", "device", "seeds")
+_RUNTIME_KEYS = ("out", "overwrite", "cache_dir", "data_root", "download", "device", "seeds", "threads")
 
 
 @dataclass
@@ -61,7 +64,15 @@ class ExperimentConfig:
     :class:`qubo_nn.train.SGDConfig` (``epochs`` E in total, ``warmup_epochs`` W of them before
     the QUBO phase of the hybrid), ``hybrid`` as in :class:`qubo_nn.hybrid.HybridConfig` (its
     ``seed`` and ``build.l2`` are set per run: the seed, and ``weight_decay`` so that every
-    method minimizes the same objective), ``seeds`` the seeds, ``out`` the run directory."""
+    method minimizes the same objective), ``seeds`` the seeds, ``out`` the run directory.
+    ``time_matched``: also run SGD for as many epochs as the hybrid's optimizer time allows
+    (``sgd_matched``: E × t_hybrid / t_sgd epochs of the same seed, rounded, at least E, at most
+    ``matched_max_factor`` × E; its own schedule over those epochs), the baseline that answers
+    "what would SGD have reached in the same time?".
+    ``threads``: torch CPU threads during the run (None: leave torch's setting). The default 1
+    keeps wall times comparable on a shared CPU: the head's mini-batch kernels are tiny, and
+    with more threads than free cores their thread pool stalls (per-epoch times then vary by
+    10× or more between identical runs) and competes with the annealing thread."""
 
     dataset: str = "digits"
     arch: str = "resnet18"
@@ -87,6 +98,9 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     lbfgs_max_iter: int = 500
+    time_matched: bool = True
+    matched_max_factor: int = 100
+    threads: int | None = 1
     out: str | None = None
     overwrite: bool = False
 
@@ -102,6 +116,10 @@ class ExperimentConfig:
             raise QuboNNError(f"seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise QuboNNError(f"seeds must be distinct, got {self.seeds!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise QuboNNError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if not isinstance(self.matched_max_factor, int) or self.matched_max_factor < 1:
+            raise QuboNNError(f"matched_max_factor must be an integer >= 1, got {self.matched_max_factor!r}")
         if not isinstance(self.lbfgs_max_iter, int) or self.lbfgs_max_iter < 1:
             raise QuboNNError(f"lbfgs_max_iter must be an integer >= 1, got {self.lbfgs_max_iter!r}")
         if self.dataset == "synthetic-features":
@@ -187,6 +205,16 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> dict:
     ``warnings``, ``plots`` and ``table`` (the text table).
     """
     cfg.validate()
+    old_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(cfg: ExperimentConfig, progress: bool) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg.dataset)
     cfg.out = str(out)
     t_start = time.perf_counter()
@@ -199,19 +227,25 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> dict:
     digest = _config_digest(cfg, finfo)
     dev = resolve_device(cfg.device)
 
-    results: dict[str, list[dict]] = {m: [] for m in METHODS}
+    methods = [m for m in METHODS if m != "sgd_matched" or cfg.time_matched]
+    results: dict[str, list[dict]] = {m: [] for m in methods}
     computed, loaded, warnings = [], [], []
-    todo = [(m, s) for s in cfg.seeds for m in METHODS]
+    todo = [(m, s) for s in cfg.seeds for m in methods]
     bar = tqdm(todo, desc="runs", unit="run", disable=not progress)
     for method, seed in bar:
         name = f"{method}-seed{seed}"
         bar.set_postfix_str(name)
         path = out / "runs" / f"{name}.json"
         res, problem = _load_result(path, method, seed, digest)
+        if res is not None and method == "sgd_matched":
+            hyb = results["hybrid"][-1]["final"]["wall_time_s"]
+            if res["matched"]["hybrid_time_s"] != hyb:
+                res, problem = None, "matched to another hybrid run (its hybrid result was recomputed)"
         if res is None:
             if problem is not None:
                 warnings.append(f"{path.name}: {problem}; recomputed")
-            res = _RUNNERS[method](cfg, seed, train, test, dev, progress)
+            prior = {m: results[m][-1] for m in methods if results[m] and results[m][-1]["seed"] == seed}
+            res = _RUNNERS[method](cfg, seed, train, test, dev, progress, prior)
             res.update(method=method, seed=seed, config_digest=digest, features_digest=finfo["digest"],
                        device=str(dev), format=RESULT_FORMAT)
             _write_result(path, res)
@@ -258,22 +292,41 @@ def _epoch_bar(total: int, desc: str, progress: bool):
     return bar, (lambda rec, head: bar.update(1))
 
 
-def _run_sgd(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool) -> dict:
+def _run_sgd(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict,
+             epochs: int | None = None) -> dict:
     from .train import train_sgd
 
+    sgd = cfg.sgd(seed, epochs)
     head = Head.init_like_linear(train.num_classes, train.dim, seed)
     t0 = time.perf_counter()
     history = [_point(0, head, train, test, cfg.weight_decay, 0.0, "init")]
-    bar, cb = _epoch_bar(cfg.epochs, f"sgd seed {seed}", progress)
-    head, hist = train_sgd(head, train, test, cfg.sgd(seed), device=str(dev), callback=cb)
+    bar, cb = _epoch_bar(sgd.epochs, f"sgd seed {seed}", progress)
+    head, hist = train_sgd(head, train, test, sgd, device=str(dev), callback=cb)
     bar.close()
     pts, wall = _sgd_points(hist, 0.0, "sgd")
     history += pts
     return {"history": history, "final": _final(history), "elapsed_s": time.perf_counter() - t0,
-            "sgd": asdict(cfg.sgd(seed))}
+            "sgd": asdict(sgd)}
 
 
-def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool) -> dict:
+def matched_epochs(cfg: ExperimentConfig, sgd_time_s: float, hybrid_time_s: float) -> int:
+    """Epochs of SGD that take about the hybrid's optimizer time: E × t_hybrid / t_sgd, clamped."""
+    if not sgd_time_s > 0:
+        return cfg.epochs * cfg.matched_max_factor
+    n = round(cfg.epochs * hybrid_time_s / sgd_time_s)
+    return int(min(max(n, cfg.epochs), cfg.epochs * cfg.matched_max_factor))
+
+
+def _run_sgd_matched(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict) -> dict:
+    t_sgd, t_hyb = prior["sgd"]["final"]["wall_time_s"], prior["hybrid"]["final"]["wall_time_s"]
+    n = matched_epochs(cfg, t_sgd, t_hyb)
+    res = _run_sgd(cfg, seed, train, test, dev, progress, prior, epochs=n)
+    res["matched"] = {"epochs": n, "sgd_time_s": t_sgd, "hybrid_time_s": t_hyb,
+                      "max_factor": cfg.matched_max_factor}
+    return res
+
+
+def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict) -> dict:
     from dataclasses import replace
 
     from .train import train_sgd
@@ -305,7 +358,7 @@ def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bo
             "qubo_phase": phase, "qubo": qrec, "sgd": asdict(cfg.sgd(seed))}
 
 
-def _run_lbfgs(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool) -> dict:
+def _run_lbfgs(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict) -> dict:
     from .train import convex_optimum
 
     init = Head.init_like_linear(train.num_classes, train.dim, seed)
@@ -316,7 +369,7 @@ def _run_lbfgs(cfg: ExperimentConfig, seed: int, train, test, dev, progress: boo
     return {"final": point, "lbfgs": info, "elapsed_s": time.perf_counter() - t0}
 
 
-_RUNNERS = {"sgd": _run_sgd, "hybrid": _run_hybrid, "lbfgs": _run_lbfgs}
+_RUNNERS = {"sgd": _run_sgd, "hybrid": _run_hybrid, "sgd_matched": _run_sgd_matched, "lbfgs": _run_lbfgs}
 
 
 def _final(history: list[dict]) -> dict:
@@ -433,6 +486,8 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             s["overlap"] = _mean_std([x["overlap"] for x in q])
         if m == "lbfgs":
             s["iterations"] = _mean_std([r["lbfgs"]["iterations"] for r in runs])
+        if m == "sgd_matched":
+            s["epochs"] = _mean_std([r["matched"]["epochs"] for r in runs])
         methods[m] = s
     return {"methods": methods}
 
@@ -454,6 +509,8 @@ def format_table(summary: dict) -> str:
                      f"overlap {100 * s['overlap']['mean']:.0f}%")
         elif m == "lbfgs":
             notes = f"convex optimum, {s['iterations']['mean']:.0f} iterations"
+        elif m == "sgd_matched":
+            notes = f"{s['epochs']['mean']:.0f} epochs (about the hybrid's time)"
         rows.append((m, str(len(s["seeds"])), _fmt(s["train_loss"]), _fmt(s["train_acc"], 100, 2),
                      _fmt(s["test_acc"], 100, 2), _fmt(s["wall_time_s"], digits=2), notes))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -15,8 +15,9 @@ from matplotlib.figure import Figure
 
 from .runtime import atomic_path
 
-COLORS = {"sgd": "tab:blue", "hybrid": "tab:orange", "lbfgs": "tab:green"}
-LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)", "lbfgs": "L-BFGS optimum"}
+COLORS = {"sgd": "tab:blue", "hybrid": "tab:orange", "sgd_matched": "tab:purple", "lbfgs": "tab:green"}
+LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)",
+          "sgd_matched": "SGD, time-matched", "lbfgs": "L-BFGS optimum"}
 PLOTS = ("train_loss_vs_epoch.png", "train_loss_vs_time.png", "test_acc_vs_epoch.png", "final_test_acc.png")
 
 
@@ -58,9 +59,18 @@ def _line_plot(results: dict, key: str, x: str, xlabel: str, ylabel: str, title:
                scale: float = 1.0) -> Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    for m in ("sgd", "hybrid"):
+    # the time-matched SGD run has many more epochs: shown against time only
+    methods = ("sgd", "hybrid") if x == "epoch" else ("sgd", "hybrid", "sgd_matched")
+    for m in methods:
         runs = results.get(m) or []
         if not runs:
+            continue
+        if m == "sgd_matched":  # epoch counts differ per seed: one thin line per seed
+            epochs = ", ".join(str(len(r["history"]) - 1) for r in runs)
+            for i, r in enumerate(runs):
+                h = r["history"]
+                ax.plot([p[x] for p in h], [scale * p[key] for p in h], color=COLORS[m], lw=1, alpha=0.8,
+                        label=f"{LABELS[m]} ({epochs} epochs; one line per seed)" if i == 0 else None)
             continue
         mx, my, sd = _curve(runs, key, x)
         ax.plot(mx, my * scale, marker="o", ms=3, color=COLORS[m], label=f"{LABELS[m]} (mean of {len(runs)})")
@@ -69,6 +79,14 @@ def _line_plot(results: dict, key: str, x: str, xlabel: str, ylabel: str, title:
     ref = _ref(results, key if key != "test_acc" else "test_acc")
     if ref is not None:
         ax.axhline(ref * scale, color=COLORS["lbfgs"], ls="--", lw=1.2, label=ref_label)
+    if x != "epoch":
+        # times span orders of magnitude (SGD epochs vs the QUBO phase): log scale, linear below
+        # the first recorded time so that t = 0 (the initial head) stays on the axis
+        times = [p[x] for runs in results.values() for r in runs for p in r.get("history", []) if p[x] > 0]
+        if times:
+            ax.set_xscale("symlog", linthresh=min(times), linscale=1.0)
+            ax.set_xlim(0, max(times) * 1.3)
+            xlabel += " (log scale above the first epoch's time)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -98,9 +116,9 @@ def make_plots(results: dict[str, list[dict]], out_dir: str | Path, title: str =
 
 
 def _bar_plot(results: dict, sub: str) -> Figure:
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
-    names = [m for m in ("sgd", "hybrid") if results.get(m)]
+    names = [m for m in ("sgd", "hybrid", "sgd_matched") if results.get(m)]
     for i, m in enumerate(names):
         vals = [100.0 * r["final"]["test_acc"] for r in results[m]]
         mean = statistics.fmean(vals)

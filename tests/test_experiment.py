@@ -44,7 +44,8 @@ def first_run(tmp_path_factory):
 
 def test_pipeline_writes_results_and_hybrid_steps_lower_the_loss(first_run):
     out, summary = first_run
-    assert sorted(summary["computed"]) == sorted(f"{m}-seed{s}" for m in ("sgd", "hybrid", "lbfgs") for s in (0, 1))
+    methods = ("sgd", "hybrid", "sgd_matched", "lbfgs")
+    assert sorted(summary["computed"]) == sorted(f"{m}-seed{s}" for m in methods for s in (0, 1))
     assert summary["loaded"] == [] and summary["warnings"] == []
     for name in ("config.json", "versions.json", "summary.json", "summary.txt"):
         assert (out / name).is_file()
@@ -73,8 +74,13 @@ def test_pipeline_writes_results_and_hybrid_steps_lower_the_loss(first_run):
         assert after["wall_time_s"] == pytest.approx(phase["end_s"])
         lb = json.loads((out / "runs" / f"lbfgs-seed{seed}.json").read_text())
         assert lb["final"]["train_loss"] <= sgd["final"]["train_loss"] + 1e-6
+        # time-matched SGD: E × t_hybrid / t_sgd epochs (clamped to [E, 100 E])
+        mt = json.loads((out / "runs" / f"sgd_matched-seed{seed}.json").read_text())
+        ratio = hyb["final"]["wall_time_s"] / sgd["final"]["wall_time_s"]
+        assert mt["matched"]["epochs"] == min(max(round(3 * ratio), 3), 300)
+        assert len(mt["history"]) == mt["matched"]["epochs"] + 1 and mt["sgd"]["epochs"] == mt["matched"]["epochs"]
     methods = summary["methods"]
-    assert set(methods) == {"sgd", "hybrid", "lbfgs"}
+    assert set(methods) == {"sgd", "hybrid", "sgd_matched", "lbfgs"}
     assert methods["hybrid"]["test_acc"]["n"] == 2
     assert "hybrid" in summary["table"] and "overlap" in summary["table"]
 
@@ -92,14 +98,20 @@ def test_resume_recomputes_only_missing_and_corrupt_results(first_run):
     runs = out / "runs"
     before = {p.name: p.read_bytes() for p in runs.glob("*.json")}
     again = run_experiment(tiny_config(out))
-    assert again["computed"] == [] and len(again["loaded"]) == 6
-    (runs / "hybrid-seed1.json").unlink()
+    assert again["computed"] == [] and len(again["loaded"]) == 8
+    (runs / "sgd-seed1.json").unlink()
     again = run_experiment(tiny_config(out))
-    assert again["computed"] == ["hybrid-seed1"] and again["warnings"] == []
+    assert again["computed"] == ["sgd-seed1"] and again["warnings"] == []
     # untouched results were loaded, not rewritten
     for name, data in before.items():
-        if name != "hybrid-seed1.json":
+        if name != "sgd-seed1.json":
             assert (runs / name).read_bytes() == data
+    # a recomputed hybrid run (new timing) also recomputes the SGD run matched to its time
+    (runs / "hybrid-seed0.json").unlink()
+    again = run_experiment(tiny_config(out))
+    assert again["computed"] == ["hybrid-seed0", "sgd_matched-seed0"]
+    assert again["warnings"] == ["sgd_matched-seed0.json: matched to another hybrid run (its hybrid result "
+                                 "was recomputed); recomputed"]
     # a truncated file and an edited one are both detected and recomputed
     (runs / "sgd-seed0.json").write_bytes(before["sgd-seed0.json"][:200])
     edited = json.loads(before["lbfgs-seed1.json"])
@@ -119,10 +131,10 @@ def test_config_mismatch_refused_unless_overwrite(tmp_path):
     with pytest.raises(QuboNNError, match=r"holds a run with other settings \(epochs: 3 -> 4\)"):
         run_experiment(tiny_config(out, seeds=(0,), epochs=4))
     s = run_experiment(tiny_config(out, seeds=(0,), epochs=4, overwrite=True))
-    assert len(s["computed"]) == 3
+    assert len(s["computed"]) == 4
     # other seeds resume the same directory (seeds are not a result setting)
     s = run_experiment(tiny_config(out, seeds=(0, 1), epochs=4))
-    assert len(s["loaded"]) == 3 and len(s["computed"]) == 3
+    assert len(s["loaded"]) == 4 and len(s["computed"]) == 4
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -152,7 +164,7 @@ def test_cli_json_and_bad_input(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     obj = json.loads(res.output.strip().splitlines()[-1])
-    assert obj["ok"] and obj["out"] == str(out) and len(obj["computed"]) == 3
+    assert obj["ok"] and obj["out"] == str(out) and len(obj["computed"]) == 4
     assert json.loads((out / "config.json").read_text())["experiment"]["hybrid"]["sampler_params"]["num_sweeps"] == 20
     res = CliRunner().invoke(main, args[:-1] + ["--sampler-params", "[1]"])
     assert res.exit_code == 2 and "--sampler-params expects a JSON object" in res.output

@@ -105,6 +105,12 @@ def parse_params(text: str | None) -> dict[str, Any]:
 @click.option("--workers", type=click.IntRange(min=1), default=_H.workers, help="Anneals in flight (CPU threads).")
 @click.option("--device-threads", type=click.IntRange(min=1), default=None,
               help="Torch threads during the QUBO phase [default: unchanged].")
+@click.option("--time-matched/--no-time-matched", default=_D.time_matched,
+              help="Also run SGD for about as long as the hybrid took (sgd_matched).")
+@click.option("--matched-max-factor", type=click.IntRange(min=1), default=_D.matched_max_factor,
+              help="sgd_matched runs at most this many × E epochs.")
+@click.option("--threads", type=click.IntRange(min=0), default=_D.threads,
+              help="Torch CPU threads during the run (0: torch's default). 1 keeps timings stable on a shared CPU.")
 @click.option("--lbfgs-max-iter", type=click.IntRange(min=1), default=_D.lbfgs_max_iter, help="L-BFGS iterations at most.")
 # output
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -114,8 +120,9 @@ def parse_params(text: str | None) -> dict[str, Any]:
 @json_option
 @handle_errors
 def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
-    """Compare SGD, the hybrid (SGD warm-up, QUBO sweeps, SGD fine-tuning) and the L-BFGS optimum
-    of the FC head on the same cached features over several seeds; write JSON and PNG plots.
+    """Compare SGD, the hybrid (SGD warm-up, QUBO sweeps, SGD fine-tuning), SGD given the
+    hybrid's time and the L-BFGS optimum of the FC head on the same cached features over
+    several seeds; write JSON and PNG plots.
 
     \b
     Defaults: digits (offline), resnet18, --weights none, 64×64, 3 seeds.
@@ -139,6 +146,7 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
         feature_seed=o["feature_seed"], device=o["device"], epochs=o["epochs"], warmup_epochs=o["warmup_epochs"],
         lr=o["lr"], momentum=o["momentum"], batch_size=o["batch_size"], weight_decay=o["weight_decay"],
         schedule=o["schedule"], seeds=parse_seeds(o["seeds"]), hybrid=hybrid, lbfgs_max_iter=o["lbfgs_max_iter"],
+        threads=o["threads"] or None, time_matched=o["time_matched"], matched_max_factor=o["matched_max_factor"],
         out=o["out"] or str(default_out(o["dataset"])), overwrite=o["overwrite"])
     summary = run_experiment(cfg, progress=progress and not as_json)
     text = summary["table"]
