@@ -14,7 +14,7 @@ Run directory ``out`` (files written atomically):
 
 - ``config.json`` (the :class:`ExperimentConfig`, the features' digest and settings),
   ``versions.json``;
-- ``runs/<method>-seed<seed>.json``: one per (method, seed), written when it completes, with a
+- ``per-seed/<method>-seed<seed>.json``: one per (method, seed), written when it completes, with a
   ``checksum`` of its content. ``history`` holds one point per epoch (``epoch``, ``train_loss``,
   ``train_acc``, ``test_loss``, ``test_acc``, ``wall_time_s`` = cumulative optimizer time: SGD
   steps plus the QUBO phase, without the per-epoch monitoring evaluations, ``phase``), starting
@@ -52,6 +52,7 @@ METHODS = ("sgd", "hybrid", "sgd_matched", "lbfgs")
 METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)",
                  "sgd_matched": "SGD, time-matched", "lbfgs": "L-BFGS optimum"}
 RESULT_FORMAT = 1
+RESULTS_SUBDIR = "per-seed"   # one JSON per (method, seed); not "runs/", which .gitignore reserves for scratch runs
 # config keys that do not change results: a run directory may be resumed with other values
 _RUNTIME_KEYS = ("out", "overwrite", "cache_dir", "data_root", "download", "device", "seeds", "threads")
 
@@ -235,7 +236,7 @@ def _run(cfg: ExperimentConfig, progress: bool) -> dict:
     for method, seed in bar:
         name = f"{method}-seed{seed}"
         bar.set_postfix_str(name)
-        path = out / "runs" / f"{name}.json"
+        path = out / RESULTS_SUBDIR / f"{name}.json"
         res, problem = _load_result(path, method, seed, digest)
         if res is not None and method == "sgd_matched":
             hyb = results["hybrid"][-1]["final"]["wall_time_s"]
@@ -418,7 +419,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _clear_run(out: Path) -> None:
     """Delete the files a run writes (and nothing else) from ``out``."""
-    for p in list((out / "runs").glob("*.json")) + list(out.glob("*.png")):
+    for p in list((out / RESULTS_SUBDIR).glob("*.json")) + list(out.glob("*.png")):
         p.unlink()
     for name in ("config.json", "versions.json", "summary.json", "summary.txt"):
         (out / name).unlink(missing_ok=True)

@@ -52,8 +52,8 @@ def test_pipeline_writes_results_and_hybrid_steps_lower_the_loss(first_run):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["experiment"]["seeds"] == [0, 1] and cfg["features"]["shape_train"] == [300, 8]
     for seed in (0, 1):
-        sgd = json.loads((out / "runs" / f"sgd-seed{seed}.json").read_text())
-        hyb = json.loads((out / "runs" / f"hybrid-seed{seed}.json").read_text())
+        sgd = json.loads((out / "per-seed" / f"sgd-seed{seed}.json").read_text())
+        hyb = json.loads((out / "per-seed" / f"hybrid-seed{seed}.json").read_text())
         # same init, same first (warm-up) epoch: same shuffles and learning rate
         assert hyb["history"][0] == sgd["history"][0] | {"wall_time_s": 0.0}
         assert hyb["history"][1]["train_loss"] == pytest.approx(sgd["history"][1]["train_loss"], abs=1e-6)
@@ -72,10 +72,10 @@ def test_pipeline_writes_results_and_hybrid_steps_lower_the_loss(first_run):
         assert phase["after_epoch"] == 1
         assert phase["end_s"] - phase["start_s"] == pytest.approx(q["total_wall_s"])
         assert after["wall_time_s"] == pytest.approx(phase["end_s"])
-        lb = json.loads((out / "runs" / f"lbfgs-seed{seed}.json").read_text())
+        lb = json.loads((out / "per-seed" / f"lbfgs-seed{seed}.json").read_text())
         assert lb["final"]["train_loss"] <= sgd["final"]["train_loss"] + 1e-6
         # time-matched SGD: E × t_hybrid / t_sgd epochs (clamped to [E, 100 E])
-        mt = json.loads((out / "runs" / f"sgd_matched-seed{seed}.json").read_text())
+        mt = json.loads((out / "per-seed" / f"sgd_matched-seed{seed}.json").read_text())
         ratio = hyb["final"]["wall_time_s"] / sgd["final"]["wall_time_s"]
         assert mt["matched"]["epochs"] == min(max(round(3 * ratio), 3), 300)
         assert len(mt["history"]) == mt["matched"]["epochs"] + 1 and mt["sgd"]["epochs"] == mt["matched"]["epochs"]
@@ -95,7 +95,7 @@ def test_plots_are_pngs(first_run):
 
 def test_resume_recomputes_only_missing_and_corrupt_results(first_run):
     out, _ = first_run
-    runs = out / "runs"
+    runs = out / "per-seed"
     before = {p.name: p.read_bytes() for p in runs.glob("*.json")}
     again = run_experiment(tiny_config(out))
     assert again["computed"] == [] and len(again["loaded"]) == 8

@@ -154,5 +154,5 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
         text += f"\nresumed: loaded {len(summary['loaded'])} completed run(s), computed {len(summary['computed'])}"
     for w in summary["warnings"]:
         text += f"\nwarning: {w}"
-    text += f"\nresults: {summary['out']} (summary.json, runs/, {len(summary['plots'])} plots)"
+    text += f"\nresults: {summary['out']} (summary.json, per-seed/, {len(summary['plots'])} plots)"
     emit({k: v for k, v in summary.items() if k != "table"}, as_json, text)
