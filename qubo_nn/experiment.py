@@ -70,7 +70,8 @@ class ExperimentConfig:
     (``sgd_matched``: E × t_hybrid / t_sgd epochs of the same seed, rounded, at least E, at most
     ``matched_max_factor`` × E; its own schedule over those epochs), the baseline that answers
     "what would SGD have reached in the same time?".
-    ``threads``: torch CPU threads during the run (None: leave torch's setting). The default 1
+    ``threads``: torch CPU threads for the optimizers (None: leave torch's setting; the feature
+    extraction before them keeps torch's own). The default 1
     keeps wall times comparable on a shared CPU: the head's mini-batch kernels are tiny, and
     with more threads than free cores their thread pool stalls (per-epoch times then vary by
     10× or more between identical runs) and competes with the annealing thread."""
@@ -206,20 +207,21 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> dict:
     ``warnings``, ``plots`` and ``table`` (the text table).
     """
     cfg.validate()
+    t_start = time.perf_counter()
+    train, test, finfo = load_features(cfg, progress)  # the backbone runs with torch's own thread count
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, progress)
+        return _run(cfg, progress, train, test, finfo, t_start)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(cfg: ExperimentConfig, progress: bool) -> dict:
+def _run(cfg: ExperimentConfig, progress: bool, train: FeatureSet, test: FeatureSet, finfo: dict,
+         t_start: float) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg.dataset)
     cfg.out = str(out)
-    t_start = time.perf_counter()
-    train, test, finfo = load_features(cfg, progress)
     config_record = {"experiment": cfg.to_dict(), "result_settings": cfg.result_dict(),
                      "features": finfo, "format": RESULT_FORMAT}
     _prepare_out(out, cfg, finfo)
