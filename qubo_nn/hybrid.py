@@ -274,7 +274,8 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
                "predicted_change": predicted,
                "stale_steps": n_accepted[0] - job.built_after, "seed": job.seed,
                "build_s": job.build_s, "hessian_s": blk.timings["hessian_s"], "qubo_s": blk.timings["qubo_s"],
-               "solve_s": te - ts, "moved_weights": moved}
+               "solve_s": te - ts, "moved_weights": moved,
+               "sampler_params": sampleset.info.get("params"), "sampler_wall_s": sampleset.info.get("wall_time_s")}
         loss_before_step = stats.loss
         if not e_best < e_current or att["moved_weights"] == 0:
             att.update(predicted_change=0.0, true_change=0.0, loss_before=loss_before_step, loss_after=loss_before_step,
