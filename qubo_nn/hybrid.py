@@ -4,7 +4,7 @@ One sweep visits every block of :func:`qubo_nn.qubo.plan_blocks`. For each block
 *device* (GPU when present, else the main thread's CPU) computes the local model at the
 current head (:meth:`HeadStats.block`), encodes it and builds the BQM; a *CPU worker thread*
 anneals it (:func:`qubo_nn.samplers.sample`; neal releases the GIL); the device decodes the
-best sample and evaluates the TRUE training loss of the step (:func:`trial_loss`: exact,
+best sample and evaluates the TRUE training loss of the step (:meth:`HeadStats.trial_loss`: exact,
 from the current logits, without moving the head). The step is accepted only if the loss fell
 by more than ``accept_tol``, and then applied with :meth:`HeadStats.update` (whose incremental
 loss must agree, else the step is undone). Otherwise, and when the best sample predicts no
@@ -283,7 +283,7 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
             retry = job.attempt < cfg.max_retries  # more damping = a finer grid: may find a gain
         else:
             new_values = blk.enc.decode(x)
-            trial = trial_loss(stats, blk.enc.idx, new_values)
+            trial = stats.trial_loss(blk.enc.idx, new_values)
             accepted = trial - loss_before_step < -cfg.accept_tol
             loss_after = loss_before_step
             if accepted:
@@ -346,37 +346,6 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
 
 
 @torch.no_grad()
-def trial_loss(stats: HeadStats, idx: torch.Tensor, new_values: torch.Tensor) -> float:
-    """Exact training loss of the head in ``stats`` with θ[idx] = new_values, without moving it.
-
-    Same objective as :class:`HeadStats` (mean CE + (l2/2)‖W‖²) from its logits: the classes the
-    block touches get logits += X ΔW_clsᵀ + Δb_cls (one product, O(N·D·|classes|)) when the
-    block covers a good part of those classes' rows, else the per-weight columns are added
-    (O(N·|idx|)). A rejected step thus costs one logits pass and no update/undo of ``stats``.
-    """
-    dev, dt = stats.device, stats.dtype
-    idx = idx.to(dev)
-    new = new_values.to(dev, dt)
-    D1 = stats.D + 1
-    delta = new - stats.theta[idx]
-    c, d = idx // D1, idx % D1
-    classes = torch.unique(c)
-    logits = stats.logits.clone()
-    if classes.numel() * D1 <= 8 * idx.numel():
-        dM = torch.zeros(classes.numel(), D1, device=dev, dtype=dt)
-        dM[torch.searchsorted(classes, c), d] = delta
-        logits[:, classes] += torch.addmm(dM[:, stats.D], stats.X, dM[:, : stats.D].T)
-    else:
-        is_b = d == stats.D
-        cols = stats.X[:, d.clamp(max=stats.D - 1)] * (~is_b) + is_b.to(dt)
-        logits.index_add_(1, c, cols * delta)
-    nll = -torch.log_softmax(logits, dim=1).gather(1, stats.y[:, None]).mean()
-    theta = stats.theta.clone()
-    theta[idx] = new
-    W = theta.reshape(stats.C, D1)[:, : stats.D]
-    return float(nll) + 0.5 * stats.l2 * float((W * W).sum())
-
-
 def _anneal(samplers, bqm, sampler, seed, polish, initial, params):
     t0 = time.perf_counter()
     kwargs = dict(params)

@@ -107,24 +107,89 @@ class HeadStats:
         nll = -logp.gather(1, self.y[:, None]).mean()
         W = self.theta.reshape(self.C, self.D + 1)[:, : self.D]
         self.loss = float(nll) + 0.5 * self.l2 * float((W * W).sum())
-        R = self.P.clone()
-        R[torch.arange(self.N, device=self.device), self.y] -= 1.0
-        G = torch.empty(self.C, self.D + 1, device=self.device, dtype=self.dtype)
-        G[:, : self.D] = R.T @ self.X / self.N + self.l2 * W
-        G[:, self.D] = R.mean(0)
-        self.grad = G.reshape(-1)
+        # the full gradient (a C × N × D product) and diag H are computed only when asked for
+        self._grad = None
         self._diag = None
 
-    def update(self, idx: torch.Tensor, new_values: torch.Tensor) -> None:
-        """Set θ[idx] = new_values and update logits incrementally (O(N·|idx|), no full pass)."""
+    def _residual(self, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """R = P − onehot(y), restricted to ``classes`` (columns) when given: (N, k)."""
+        if classes is None:
+            classes = torch.arange(self.C, device=self.device)
+        R = self.P[:, classes].clone()
+        hit = self.y[:, None] == classes[None, :]
+        return R - hit.to(self.dtype)
+
+    def grad_rows(self, classes: torch.Tensor) -> torch.Tensor:
+        """Gradient rows [∂L/∂W_c | ∂L/∂b_c] of ``classes`` (k,), shape (k, D+1): one k × N × D product."""
+        classes = classes.to(self.device)
+        if self._grad is not None:
+            return self._grad.reshape(self.C, self.D + 1)[classes]
+        R = self._residual(classes)
+        G = torch.empty(classes.numel(), self.D + 1, device=self.device, dtype=self.dtype)
+        G[:, : self.D] = R.T @ self.X / self.N
+        G[:, self.D] = R.mean(0)
+        if self.l2:
+            G[:, : self.D] += self.l2 * self.theta.reshape(self.C, self.D + 1)[classes, : self.D]
+        return G
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """Full gradient of L over θ, (C·(D+1),)."""
+        if self._grad is None:
+            self._grad = self.grad_rows(torch.arange(self.C, device=self.device)).reshape(-1)
+        return self._grad
+
+    def block_grad(self, idx: torch.Tensor) -> torch.Tensor:
+        """g restricted to the flat indices ``idx``; computes only the touched class rows."""
         idx = idx.to(self.device)
-        delta = new_values.to(self.device, self.dtype) - self.theta[idx]
+        if self._grad is not None:
+            return self._grad[idx].clone()
+        classes, inv = torch.unique(idx // (self.D + 1), return_inverse=True)
+        if classes.numel() * 4 > self.C:  # most rows needed anyway: compute (and keep) the full gradient
+            return self.grad[idx].clone()
+        return self.grad_rows(classes)[inv, idx % (self.D + 1)]
+
+    def logit_change(self, idx: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(classes (k,), Δz (N, k)): the change of the touched logits when θ[idx] += delta.
+
+        When the step touches few classes it is one (N × D)·(D × k) product over a dense per-class
+        change matrix; otherwise the touched feature columns are gathered (O(N·|idx|))."""
+        idx = idx.to(self.device)
+        delta = delta.to(self.device, self.dtype)
         c, d = idx // (self.D + 1), idx % (self.D + 1)
+        classes, inv = torch.unique(c, return_inverse=True)
+        k = classes.numel()
+        if k * (self.D + 1) <= 8 * idx.numel():
+            dM = torch.zeros(k, self.D + 1, device=self.device, dtype=self.dtype)
+            dM[inv, d] = delta
+            return classes, torch.addmm(dM[:, self.D], self.X, dM[:, : self.D].T)
         is_b = d == self.D
         Xa = self.X[:, d.clamp(max=self.D - 1)] * (~is_b)  # (N, |idx|), bias columns -> 0
         Xa = Xa + is_b.to(self.dtype)
-        self.logits.index_add_(1, c, Xa * delta)
-        self.theta[idx] = new_values.to(self.device, self.dtype)
+        dz = torch.zeros(self.N, k, device=self.device, dtype=self.dtype)
+        dz.index_add_(1, inv, Xa * delta)
+        return classes, dz
+
+    def trial_loss(self, idx: torch.Tensor, new_values: torch.Tensor) -> float:
+        """Exact loss (mean CE + (l2/2)‖W‖²) with θ[idx] = new_values, without moving the head."""
+        idx = idx.to(self.device)
+        new_values = new_values.to(self.device, self.dtype)
+        classes, dz = self.logit_change(idx, new_values - self.theta[idx])
+        logits = self.logits.clone()
+        logits[:, classes] += dz
+        nll = -torch.log_softmax(logits, dim=1).gather(1, self.y[:, None]).mean()
+        theta = self.theta.clone()
+        theta[idx] = new_values
+        W = theta.reshape(self.C, self.D + 1)[:, : self.D]
+        return float(nll) + 0.5 * self.l2 * float((W * W).sum())
+
+    def update(self, idx: torch.Tensor, new_values: torch.Tensor) -> None:
+        """Set θ[idx] = new_values and update the logits incrementally (no full pass over W)."""
+        idx = idx.to(self.device)
+        new_values = new_values.to(self.device, self.dtype)
+        classes, dz = self.logit_change(idx, new_values - self.theta[idx])
+        self.logits[:, classes] += dz
+        self.theta[idx] = new_values
         self._refresh()
 
     def head(self) -> Head:
@@ -175,7 +240,7 @@ class HeadStats:
         H = 0.5 * (H + H.T)
         if self.l2:
             H.diagonal().add_(self.l2 * (d < self.D).to(self.dtype))
-        return LocalModel(idx=idx, g=self.grad[idx].clone(), H=H, L0=self.loss,
+        return LocalModel(idx=idx, g=self.block_grad(idx), H=H, L0=self.loss,
                           theta0=self.theta[idx].clone(), l2=self.l2,
                           info={"hessian_samples": int(n), "single_class": single_class})
 
