@@ -281,7 +281,8 @@ def main(argv=None) -> int:
         return 0
     meta = {"settings": (f"per-row symmetric grid, scale `{args.scale}`, bias fp32, Hessian damping "
                          f"{args.damping} × mean diag, objective without the gradient term (GPTQ's), QUBO window "
-                         f"1 bit (floor/ceil, shifted to hold the greedy level), {args.num_reads} reads per row started from the "
+                         f"1 bit (floor/ceil, shifted to hold the greedy level), {args.num_reads} reads per row "
+                         "started from the "
                          f"greedy and RTN solutions (neal: refinement schedule β_cold/100 → β_cold), "
                          f"sampler params {sampler_params or 'defaults'}; SGD baseline {args.epochs} epochs "
                          f"(lr 0.05, momentum 0.9, batch 64)"),

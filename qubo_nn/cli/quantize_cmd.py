@@ -56,7 +56,8 @@ def _table(rec: dict, method: str) -> str:
 
 @click.command()
 @click.option("--bits", type=int, default=4, show_default=True,
-              help=f"Bits per weight ({MIN_BITS}–{MAX_BITS}); codes q ∈ [−2^(b−1), 2^(b−1)−1], w = s_row·q.")
+              help=f"Bits per weight ({MIN_BITS}–{MAX_BITS}); codes q ∈ [−2^(b−1), 2^(b−1)−1], "
+                   "w = s_row·q.")
 @click.option("--method", type=click.Choice(METHODS), default="qubo", show_default=True,
               help="Rounding whose head is written: round-to-nearest, GPTQ-style greedy, or QUBO "
                    "(rtn and greedy are always computed and recorded; qubo starts from them).")
