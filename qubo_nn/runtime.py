@@ -63,18 +63,14 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     out["qubo_nn"] = __version__
-    try:
-        import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
-        out["torchvision"] = torchvision.__version__
-    except Exception:  # pragma: no cover - torchvision optional at runtime
-        pass
-    try:
-        from importlib.metadata import version
-
-        out["dwave-samplers"] = version("dwave-samplers")
-    except Exception:  # pragma: no cover
-        pass
+    # metadata, not imports: importing torchvision pulls in torch._dynamo (seconds per CLI call)
+    for pkg in ("torchvision", "dwave-samplers", "dwave-neal", "dwave-tabu", "simulated-bifurcation"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover - optional at runtime
+            pass
     return out
 
 
@@ -88,6 +84,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results should get the usual mode
     tmp_path = Path(tmp)
     try:
         yield tmp_path
