@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -47,7 +46,7 @@ from qubo_nn.formats import FORMATS, SUFFIXES, read_bqm, write_bqm
 from qubo_nn.head import Head
 from qubo_nn.quadratic import HeadStats
 from qubo_nn.qubo import BuildConfig, iter_block_qubos, make_block_qubo
-from qubo_nn.runtime import atomic_write_json, atomic_write_text, resolve_device, versions
+from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, resolve_device, versions
 
 TARGET_RATIO = 0.70
 TARGET_ALL_S = 60.0
@@ -97,24 +96,6 @@ class Stage:
     def record(self) -> dict:
         return {"seconds": self.seconds, "cpu_s": self.cpu_s, "peak_rss_mib": self.peak_mib, "peak_growth_mib": self.grow_mib,
                 "hwm_reset": self.reset}
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "platform": platform.platform()}
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_start"] = os.getloadavg()[0]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def sync(device: torch.device) -> None:

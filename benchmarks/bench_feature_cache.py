@@ -21,8 +21,6 @@ Writes results/bench_feature_cache.json and .txt (atomically).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,28 +33,10 @@ from qubo_nn.backbones import build_backbone
 from qubo_nn.data import load_dataset
 from qubo_nn.features import FeatureConfig, get_features
 from qubo_nn.head import Head
-from qubo_nn.runtime import atomic_write_json, atomic_write_text, resolve_device, versions
+from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, resolve_device, versions
 from qubo_nn.train import SGDConfig, epoch_permutation, train_sgd
 
 TARGET = 50.0
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "platform": platform.platform()}
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m"] = os.getloadavg()[0]   # the machine may be shared: say how busy it was
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def epoch_with_backbone(backbone, dataset, head: Head, cfg: SGDConfig, device, epoch: int = 0):
@@ -132,7 +112,7 @@ def main() -> None:
     lines = [
         "bench_feature_cache: one SGD epoch of the FC head (digits train, 1,437 images, 64x64, ResNet-18 weights none)",
         f"  device {device}, torch threads {torch.get_num_threads()}, "
-        f"load average {result['machine'].get('load_average_1m', float('nan')):.2f}",
+        f"load average {result['machine'].get('load_average_1m_start', float('nan')):.2f}",
         f"  (a) cached features:           {t_a * 1e3:10.2f} ms / epoch (median of {args.repeats}; "
         f"min {t_a_min * 1e3:.2f} ms)",
         f"  (b) backbone every batch:      {t_b * 1e3:10.2f} ms / epoch",

@@ -24,9 +24,7 @@ Writes results/bench_hybrid.json and .txt (atomically; ``--tag`` appends a suffi
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -36,30 +34,12 @@ from qubo_nn.featureset import synthetic_features
 from qubo_nn.head import Head, evaluate
 from qubo_nn.hybrid import HybridConfig, hybrid_sweeps
 from qubo_nn.qubo import BuildConfig
-from qubo_nn.runtime import atomic_write_json, atomic_write_text, resolve_device, versions
+from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, resolve_device, versions
 from qubo_nn.train import SGDConfig, train_sgd
 
 TARGET_RATIO = 10.0
 TARGET_OVERLAP = 0.80
 REDUCED = {"n": 10_000, "n_test": 2_000, "dim": 512, "classes": 20}
-
-
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "platform": platform.platform()}
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_start"] = os.getloadavg()[0]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def parse_args(argv=None) -> argparse.Namespace:

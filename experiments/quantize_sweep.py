@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from qubo_nn.features import FeatureConfig, get_features
 from qubo_nn.featureset import synthetic_features

@@ -138,3 +138,24 @@ def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gene
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """CPU model, core count, torch threads, device (GPU name) and the 1-minute load average:
+    what a benchmark record needs to say where (and how busy) it ran."""
+    device = torch.device(device)
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "device": str(device), "platform": platform.platform()}
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_start"] = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
