@@ -33,7 +33,7 @@ from qubo_nn.features import FeatureConfig, get_features
 from qubo_nn.featureset import synthetic_features
 from qubo_nn.head import Head
 from qubo_nn.quantize import QuantizeConfig, quantize_head
-from qubo_nn.runtime import atomic_path, atomic_write_json, atomic_write_text, tensor_digest, versions
+from qubo_nn.runtime import atomic_path, atomic_write_json, atomic_write_text, portable_path, tensor_digest, versions
 from qubo_nn.train import SGDConfig, train_sgd
 
 METHOD_ORDER = ("rtn", "greedy")
@@ -43,7 +43,7 @@ def load(dataset: str, args) -> tuple:
     if dataset == "digits":
         cfg = FeatureConfig()
         res = get_features(cfg)
-        return res.train, res.test, {"features": vars(cfg), "path": str(res.path)}
+        return res.train, res.test, {"features": vars(cfg), "path": portable_path(res.path)}
     train, test = synthetic_features(n=args.synthetic_n, dim=512, num_classes=100, seed=0,
                                      n_test=args.synthetic_n_test)
     return train, test, {"features": "synthetic_features", "n": args.synthetic_n, "n_test": args.synthetic_n_test,

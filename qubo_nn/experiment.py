@@ -46,7 +46,7 @@ from .errors import QuboNNError
 from .featureset import FeatureSet, synthetic_features
 from .head import Head, evaluate
 from .hybrid import HybridConfig, hybrid_sweeps
-from .runtime import atomic_write_json, atomic_write_text, resolve_device, tensor_digest, versions
+from .runtime import atomic_write_json, atomic_write_text, portable_path, resolve_device, tensor_digest, versions
 
 METHODS = ("sgd", "hybrid", "sgd_matched", "lbfgs")
 METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)",
@@ -183,7 +183,7 @@ def load_features(cfg: ExperimentConfig, progress: bool = False) -> tuple[Featur
         fcfg = cfg.feature_config()
         res = get_features(fcfg, progress=progress)
         train, test = res.train, res.test
-        info = {"source": "get_features", "config": config_dict(fcfg), "cache_path": str(res.path),
+        info = {"source": "get_features", "config": config_dict(fcfg), "cache_path": portable_path(res.path),
                 "cache_hit": res.hit}
     info.update(seconds=time.perf_counter() - t0, digest=tensor_digest(train.X, train.y, test.X, test.y),
                 shape_train=list(train.X.shape), shape_test=list(test.X.shape), num_classes=train.num_classes)

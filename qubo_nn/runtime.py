@@ -159,3 +159,11 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def portable_path(path: str | os.PathLike | None) -> str | None:
+    """``path`` with the user's home directory written as ``~`` (for records shared across machines)."""
+    if path is None:
+        return None
+    p, home = str(path), str(Path.home())
+    return "~" + p[len(home):] if home not in ("", "/") and (p == home or p.startswith(home + os.sep)) else p
