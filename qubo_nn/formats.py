@@ -400,17 +400,26 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
     return bqm, enc, side
 
 
-def _load_sidecar(path: Path) -> dict[str, Any]:
+def read_tagged_json(path: Path, fmt: str, version: int, what: str, kind: str) -> dict[str, Any]:
+    """A JSON object of ours (manifest, sidecar, solution): checks its ``format`` tag and ``version``.
+
+    ``what`` names the file in messages ("manifest"), ``kind`` what it should be ("block sidecar").
+    """
     try:
-        side = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise QuboNNError(f"sidecar {str(path)!r} does not exist") from exc
+        obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QuboNNError(f"sidecar {str(path)!r} is not valid JSON (truncated?): {exc}") from exc
-    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
-        raise QuboNNError(f"{str(path)!r} is not a qubo-nn block sidecar (expected format {SIDECAR_FORMAT!r})")
-    if side.get("version") != FILE_VERSION:
-        raise QuboNNError(f"sidecar {str(path)!r} has version {side.get('version')!r}, expected {FILE_VERSION}")
+        raise QuboNNError(f"{what} {str(path)!r} is not valid JSON (truncated?): {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise QuboNNError(f"{str(path)!r} is not a qubo-nn {kind} (expected format {fmt!r})")
+    if obj.get("version") != version:
+        raise QuboNNError(f"{what} {str(path)!r} has version {obj.get('version')!r}, expected {version}")
+    return obj
+
+
+def _load_sidecar(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise QuboNNError(f"sidecar {str(path)!r} does not exist")
+    side = read_tagged_json(path, SIDECAR_FORMAT, FILE_VERSION, "sidecar", "block sidecar")
     missing = [k for k in ("file", "npz", "file_format", "bytes", "file_sha256", "npz_sha256", "mode",
                            "num_variables", "head_digest", "features_digest") if k not in side]
     if missing:
@@ -497,14 +506,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise QuboNNError(f"no manifest at {str(path)!r} (is the build finished? a build writes its manifest last)")
-    try:
-        man = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QuboNNError(f"manifest {str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT:
-        raise QuboNNError(f"{str(path)!r} is not a qubo-nn manifest (expected format {MANIFEST_FORMAT!r})")
-    if man.get("version") != FILE_VERSION:
-        raise QuboNNError(f"manifest {str(path)!r} has version {man.get('version')!r}, expected {FILE_VERSION}")
+    man = read_tagged_json(path, MANIFEST_FORMAT, FILE_VERSION, "manifest", "manifest")
     root = path.parent.resolve()
     missing = [name for name in [man.get("head", HEAD_NAME)]
                + [n for b in man.get("blocks", []) for n in (b["file"], b["sidecar"], b["npz"])]

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .errors import QuboNNError
 from .featureset import FeatureSet
-from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest
+from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest, read_tagged_json
 from .head import Head, evaluate
 from .qubo import apply
 from .runtime import atomic_path, atomic_write_json, resolve_device, tensor_digest, versions
@@ -260,14 +260,7 @@ def read_solution(solution_dir: str | os.PathLike) -> dict[str, Any]:
         path = path / SOLUTION_NAME
     if not path.is_file():
         raise QuboNNError(f"no {SOLUTION_NAME} at {str(path)!r} (run `qubo-nn solve ... --out DIR` first)")
-    try:
-        sol = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QuboNNError(f"{str(path)!r} is not valid JSON (truncated?): {exc}") from exc
-    if not isinstance(sol, dict) or sol.get("format") != SOLUTION_FORMAT:
-        raise QuboNNError(f"{str(path)!r} is not a qubo-nn solution (expected format {SOLUTION_FORMAT!r})")
-    if sol.get("version") != SOLUTION_VERSION:
-        raise QuboNNError(f"solution {str(path)!r} has version {sol.get('version')!r}, expected {SOLUTION_VERSION}")
+    sol = read_tagged_json(path, SOLUTION_FORMAT, SOLUTION_VERSION, "solution", "solution")
     if not isinstance(sol.get("blocks"), list) or not sol["blocks"]:
         raise QuboNNError(f"solution {str(path)!r} lists no blocks")
     sol["dir"] = str(path.parent.resolve())
