@@ -169,7 +169,7 @@ def current_head(n: int, dim: int, classes: int, warmup_epochs: int, seed: int):
     if warmup_epochs:
         from qubo_nn.train import SGDConfig, train_sgd
 
-        head, _ = train_sgd(head, train, None, SGDConfig(epochs=warmup_epochs, seed=seed), device="cpu")
+        head, _ = train_sgd(head, train, None, SGDConfig(epochs=warmup_epochs, lr=0.05, seed=seed), device="cpu")
     return head, train
 
 

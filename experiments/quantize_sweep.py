@@ -214,7 +214,7 @@ ABLATION = [  # (label, QuantizeConfig overrides): one change at a time from the
 
 def ablation(train, test, args, seed: int = 0) -> tuple[list[dict], str]:
     """One change at a time, digits seed ``seed``, 2 and 4 bits, neal: records and a markdown table."""
-    sgd = SGDConfig(epochs=args.epochs, seed=seed)
+    sgd = SGDConfig(epochs=args.epochs, lr=0.05, seed=seed)
     head, _ = train_sgd(Head.init_like_linear(train.num_classes, train.dim, seed=seed), train, test, sgd,
                         device=args.device)
     rows = []
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
                     if key in runs:
                         continue
                     if head is None:
-                        sgd = SGDConfig(epochs=args.epochs, seed=seed)
+                        sgd = SGDConfig(epochs=args.epochs, lr=0.05, seed=seed)
                         head0 = Head.init_like_linear(train.num_classes, train.dim, seed=seed)
                         head, _ = train_sgd(head0, train, test, sgd, device=args.device)
                         head = head.to("cpu")
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
                     rec = res.record()
                     runs[key] = {"dataset": ds, "seed": seed, "bits": bits, "sampler": sampler,
                                  "source": source, "head_digest": tensor_digest(head.W, head.b),
-                                 "sgd": vars(SGDConfig(epochs=args.epochs, seed=seed)),
+                                 "sgd": vars(SGDConfig(epochs=args.epochs, lr=0.05, seed=seed)),
                                  "reference": rec["reference"], "config": rec["config"], "timings": rec["timings"],
                                  "methods": {m: {kk: vv for kk, vv in v.items() if kk != "row_energies"}
                                              for m, v in rec["methods"].items()

@@ -324,6 +324,9 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
     (``get_features(FeatureConfig(**manifest["features"]))``). The new head is written to
     ``out`` (a ``{"weight", "bias"}`` state dict) only after everything was read and checked.
 
+    A block whose best sample predicts no gain over its current weights (energy of the current
+    bits) keeps them (``kept_current`` in its row; ``blocks_kept_current`` in all).
+
     Returns predicted_loss (L0 + Σ_k (E_k − L0)), true_loss and accuracy of the new head (and
     of the old one: loss_before, accuracy_before), taylor_error = true − predicted, test
     accuracy when a test set is known, and per-block energies.
@@ -351,9 +354,18 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
         bqm, enc, _ = read_block(key, man["head_digest"], man["features_digest"])
         ss = read_samples(Path(sol["dir"]) / row["samples"])
         x = best_bits(ss, bqm, where=f"block {row['block_id']}")
+        labels = list(range(len(x)))
+        e = float(bqm.energies((x[None, :], labels))[0])
+        # A sampler may end above the current weights (a hot anneal that did not come back down):
+        # never inject a step whose predicted loss is worse than keeping the block as it is.
+        x_cur = enc.current_bits().numpy().astype(x.dtype)
+        e_cur = float(bqm.energies((x_cur[None, :], labels))[0])
+        kept = not e < e_cur
+        if kept:
+            x, e = x_cur, e_cur
         head = apply(head, enc, x)
-        e = float(bqm.energies((x[None, :], list(range(len(x)))))[0])
-        per_block.append({"block_id": row["block_id"], "energy": e, "predicted_decrease": L0 - e,
+        per_block.append({"block_id": row["block_id"], "energy": e, "energy_current": e_cur,
+                          "predicted_decrease": L0 - e, "kept_current": kept,
                           "weights": enc.m, "moved": int((enc.decode(x) != enc.theta0).sum())})
     predicted = L0 + sum(b["energy"] - L0 for b in per_block)
 
@@ -372,6 +384,7 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
     loss1, acc1 = evaluate(head.to(dev), feats_d, l2)
     report: dict[str, Any] = {
         "blocks": len(per_block),
+        "blocks_kept_current": sum(b["kept_current"] for b in per_block),
         "L0": L0,
         "predicted_loss": predicted,
         "loss_before": loss0,

@@ -28,7 +28,7 @@ class SGDConfig:
     """Mini-batch SGD with momentum (torch.optim.SGD, no dampening, no Nesterov)."""
 
     epochs: int = 10
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     batch_size: int = 64
     weight_decay: float = 0.0

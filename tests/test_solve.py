@@ -231,6 +231,22 @@ def test_decode_all_blocks(build, tiny, tmp_path):
     assert r["true_loss"] < r["loss_before"]
 
 
+def test_decode_keeps_blocks_whose_best_sample_predicts_no_gain(tiny, tmp_path):
+    """With a window 50 diagonal Newton steps wide, uniform random samples land far above the
+    current weights' energy: decode must keep every block as it is (same head, same loss)."""
+    head0, train, _ = tiny
+    build_to_dir(head0, train, BuildConfig(bits=4, window=50.0, device="cpu", dtype="float64"), tmp_path / "b")
+    solve(tmp_path / "b", tmp_path / "sol", SolveConfig(sampler="random", params={"num_reads": 2}, init="random"))
+    r = decode(tmp_path / "sol", out=tmp_path / "head.pt", feats=train, device="cpu")
+    assert all(b["energy_current"] < r["L0"] + 1e-12 for b in r["per_block"])  # current bits = the head
+    assert r["blocks_kept_current"] == r["blocks"] == 3
+    assert all(b["kept_current"] and b["moved"] == 0 for b in r["per_block"])
+    new = Head.from_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    assert torch.equal(new.W, head0.W) and torch.equal(new.b, head0.b)
+    assert r["true_loss"] == pytest.approx(r["loss_before"], abs=1e-12)
+    assert r["predicted_loss"] == pytest.approx(r["L0"], abs=1e-9)
+
+
 # --------------------------------------------------------------------------- CLI
 
 @pytest.fixture(scope="module")

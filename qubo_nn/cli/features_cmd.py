@@ -84,7 +84,7 @@ def features_command(progress: bool, as_json: bool, **opts: Any) -> None:
 @click.command()
 @feature_options
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="SGD epochs.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Learning rate (peak of the schedule).")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
               help="SGD momentum.")

@@ -97,7 +97,7 @@ def solve_command(source: str, sampler: str, out: str, num_reads: int | None, nu
 
 
 def _decode_text(r: dict[str, Any]) -> str:
-    lines = [f"decoded {r['blocks']} block(s)",
+    lines = [f"decoded {r['blocks']} block(s), {r['blocks_kept_current']} kept at the current weights (no predicted gain)",
              f"  loss      before {r['loss_before']:.6f}  predicted {r['predicted_loss']:.6f}  "
              f"true {r['true_loss']:.6f}  (Taylor error {r['taylor_error']:+.3g})",
              f"  accuracy  before {r['accuracy_before']:.4f}  after {r['accuracy']:.4f}"]
