@@ -13,13 +13,7 @@ from qubo_nn.qubo import BuildConfig
 FAST = {"num_reads": 1, "num_sweeps": 50}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from qubo_nn.quantize import (QuantizeConfig, check_bits, codes_in_window, codes
 from qubo_nn.qubo import build_bqm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (seconds on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
 
 
 # ---------------------------------------------------------------- helpers
