@@ -29,6 +29,9 @@ from .quadratic import LocalModel
 
 MAX_BITS = 16
 MODES = ("optimize", "quantize")
+#: Encoding kinds of a level k = k0 + Σ_j a_j x_j (see DESIGN.md "Encodings"); only "binary" is
+#: implemented so far, the others are refused by the configs that name them.
+ENCODINGS = ("binary", "unary", "domain-wall")
 
 
 def _check_bits(bits: int) -> int:

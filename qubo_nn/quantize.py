@@ -241,6 +241,7 @@ class QuantizeConfig:
     scale: str = "mse"
     sampler: str = "neal"
     sampler_params: dict = field(default_factory=dict)
+    encoding: str = "binary"
     num_reads: int = 4
     window_bits: int = 1
     damping_rel: float = 0.01

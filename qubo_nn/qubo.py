@@ -115,6 +115,7 @@ class BuildConfig:
     num_blocks: int | None = None
     saliency: str = "grad"
     bits: int = 4
+    encoding: str = "binary"
     window: float = 2.0
     step_rule: str = "curvature"
     step: float | None = None
