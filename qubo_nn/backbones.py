@@ -59,6 +59,29 @@ def build_backbone(arch: str = "resnet18", weights: str | os.PathLike = "none", 
     return model, head
 
 
+def build_model(arch: str = "resnet18", weights: str | os.PathLike = "none", num_classes: int = 1000,
+                seed: int = 0, progress: bool = False) -> torch.nn.Module:
+    """The whole torchvision ResNet (with ``fc``: ``num_classes`` outputs), on CPU, in eval mode.
+
+    ``weights`` as in :func:`build_backbone`. When the weights' fc has another class count (or
+    there is none: ImageNet's 1000 classes for a 10-class dataset, a backbone-only checkpoint),
+    the fc is the seeded random init: the starting point of fine-tuning on a new dataset.
+    """
+    _check_arch(arch)
+    kind = weights_kind(weights)
+    state = None
+    if kind == "imagenet":
+        state = _imagenet_state_dict(arch, progress)
+    elif kind == "path":
+        state = load_checkpoint(weights)
+    model = _make_model(arch, num_classes, seed)
+    if state is not None:
+        if "fc.weight" in state and int(state["fc.weight"].shape[0]) != num_classes:
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        _load_into(model, state, arch, str(weights))
+    return model.eval()
+
+
 def weights_kind(weights: str | os.PathLike) -> str:
     """'imagenet' | 'none' | 'path' (an existing file); anything else -> QuboNNError."""
     if weights in ("imagenet", "none"):

@@ -14,6 +14,7 @@ _COMMANDS = {
     "solve_cmd": ["solve", "decode", "samplers"],
     "experiment_cmd": ["experiment"],
     "quantize_cmd": ["quantize"],
+    "pretrain_cmd": ["pretrain"],
 }
 
 
