@@ -4,10 +4,10 @@
 ``select``: L1, greedy (ThiNet), LASSO (He et al.), QUBO, brute force — all on the same E(s).
 ``network``: which layers of a ResNet can lose input channels, capture, masks, BN re-estimation.
 """
-from .objective import (PENALTY_MODES, ChannelStats, ConvGeometry, PruneProblem, channel_stats, prune_bqm,
+from .objective import (PENALTY_MODES, ChannelStats, PruneProblem, channel_stats, prune_bqm,
                         pruning_problem, refit_error, refit_weights, safe_penalty)
 from .select import METHODS, brute_force, keep_count, repair, select_greedy, select_l1, select_lasso, select_qubo
 
-__all__ = ["PENALTY_MODES", "ChannelStats", "ConvGeometry", "PruneProblem", "channel_stats", "prune_bqm",
+__all__ = ["PENALTY_MODES", "ChannelStats", "PruneProblem", "channel_stats", "prune_bqm",
            "pruning_problem", "refit_error", "refit_weights", "safe_penalty", "METHODS", "brute_force",
            "keep_count", "repair", "select_greedy", "select_l1", "select_lasso", "select_qubo"]

@@ -11,7 +11,7 @@ kept weights unchanged (no refit), gives the reconstruction error against a targ
 
 summed over calibration samples, output channels and positions. Nothing of size
 N · n · D is formed: with im2col columns x (n·K per output position, K = kh·kw, channel-major
-as ``F.unfold`` orders them) the pass over the calibration data accumulates
+as ``F.unfold`` orders them: :func:`qubo_nn.curvature.layer_gram.layer_columns`) the pass over the calibration data accumulates
 
     H = Σ x xᵀ  (n·K × n·K, the layer Gram of GPTQ/AdaRound),  R = Σ x yᵀ  (n·K × C_out),
     yy_c = Σ y_c²  (per output channel),
@@ -30,49 +30,12 @@ from dataclasses import dataclass
 import dimod
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
+from ..curvature.layer_gram import layer_columns
 from ..errors import QuboNNError
 
 PENALTY_MODES = ("penalty", "cqm")
-
-
-@dataclass
-class ConvGeometry:
-    """How a layer turns inputs into output positions (a linear layer is a 1 × 1 conv)."""
-
-    kernel_size: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-
-    @classmethod
-    def of(cls, layer: torch.nn.Module) -> "ConvGeometry":
-        """Geometry of a ``torch.nn.Conv2d`` (groups 1, zero padding) or ``torch.nn.Linear``."""
-        if isinstance(layer, torch.nn.Linear):
-            return cls()
-        if not isinstance(layer, torch.nn.Conv2d):
-            raise QuboNNError(f"expected a Conv2d or Linear layer, got {type(layer).__name__}")
-        if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise QuboNNError(f"expected a conv with groups=1 and numeric zero padding, got groups={layer.groups}, "
-                              f"padding={layer.padding!r}, padding_mode={layer.padding_mode!r}")
-        return cls(tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation))
-
-    @property
-    def K(self) -> int:
-        return int(self.kernel_size[0] * self.kernel_size[1])
-
-    def columns(self, X: torch.Tensor) -> torch.Tensor:
-        """im2col: inputs (B, n, H, W) or (B, n) -> columns (B·P, n·K), channel-major (i·K + a)."""
-        if X.dim() == 2:
-            if self.K != 1:
-                raise QuboNNError(f"expected 4-D conv inputs (B, n, H, W) for kernel {self.kernel_size}, "
-                                  f"got shape {tuple(X.shape)}")
-            return X
-        if X.dim() != 4:
-            raise QuboNNError(f"expected inputs of shape (B, n, H, W) or (B, n), got {tuple(X.shape)}")
-        cols = F.unfold(X, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def _as_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -119,31 +82,31 @@ class ChannelStats:
         self.samples += int(samples)
 
 
-def channel_stats(X: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry | None = None, *,
-                  target: torch.Tensor | None = None, chunk: int = 32, device: str | torch.device = "cpu",
-                  stats: ChannelStats | None = None) -> ChannelStats:
-    """Accumulate :class:`ChannelStats` of a layer over inputs ``X`` in chunks of ``chunk`` samples.
+def channel_stats(X: torch.Tensor, layer: nn.Module, *, target: torch.Tensor | None = None, chunk: int = 32,
+                  device: str | torch.device = "cpu", stats: ChannelStats | None = None) -> ChannelStats:
+    """Accumulate :class:`ChannelStats` of ``layer`` over inputs ``X`` in chunks of ``chunk`` samples.
 
     Args:
         X: layer inputs (N, n, H, W) for a conv, (N, n) for a linear layer.
-        weight: (C_out, n, kh, kw) or (C_out, n).
-        geometry: kernel/stride/padding/dilation (default: 1 × 1, stride 1, no padding).
+        layer: the ``nn.Conv2d`` (groups 1) or ``nn.Linear``; its im2col is
+            :func:`qubo_nn.curvature.layer_gram.layer_columns` (the layer Gram's own columns).
         target: what the pruned layer should reproduce, (N, C_out, H', W') or (N, C_out), without
             bias; default the layer's own output W * X (without bias).
         stats: add to these (accumulation across calls), else start from zero.
     """
-    geometry = geometry or ConvGeometry()
+    weight = layer.weight.detach() if isinstance(layer, (nn.Conv2d, nn.Linear)) else None
+    if weight is None:
+        raise QuboNNError(f"expected an nn.Conv2d or nn.Linear layer, got {type(layer).__name__}")
     Wm = _as_matrix(weight).to(device, torch.float64)
     n = int(weight.shape[1])
     if X.shape[1] != n:
         raise QuboNNError(f"expected inputs with {n} channels (the weight's dim 1), got shape {tuple(X.shape)}")
-    if tuple(weight.shape[2:]) not in ((), tuple(geometry.kernel_size)):
-        raise QuboNNError(f"expected a weight with kernel {geometry.kernel_size}, got shape {tuple(weight.shape)}")
+    K = int(weight[0, 0].numel())
     if stats is None:
-        stats = ChannelStats.zeros(n, geometry.K, Wm.shape[0], device)
+        stats = ChannelStats.zeros(n, K, Wm.shape[0], device)
     for lo in range(0, X.shape[0], chunk):
-        xb = X[lo:lo + chunk].to(device, torch.float64)
-        cols = geometry.columns(xb)
+        xb = X[lo:lo + chunk]
+        cols = layer_columns(layer, xb.to(weight.dtype)).to(device, torch.float64)
         if target is None:
             Y = cols @ Wm.T
         else:

@@ -1,0 +1,90 @@
+"""``qubo-nn prune``: choose k of n input channels per ResNet layer (L1, greedy, LASSO or QUBO),
+refit the kept weights, re-estimate BatchNorm; a pruned checkpoint and a JSON report."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .common import emit, handle_errors, json_option, seed_option
+
+# literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
+_METHODS = ("l1", "greedy", "lasso", "qubo")
+_PENALTY_MODES = ("penalty", "cqm")
+
+
+@click.command()
+@click.option("--weights", default=None,
+              help="ResNet checkpoint to prune [default: the digits ResNet-18 of `qubo-nn pretrain`, trained "
+                   "when missing].")
+@click.option("--layer", default="all", show_default=True,
+              help="'all' or comma-separated layers whose input channels are pruned (layer1.0.conv2, ...).")
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Fraction of each layer's input channels kept (k = round(keep·n)).")
+@click.option("--method", type=click.Choice(_METHODS), default="qubo", show_default=True,
+              help="l1: filter norms (Li et al.); greedy: ThiNet backward elimination; lasso: He et al.; "
+                   "qubo: the exact quadratic objective sampled from the best of the other three.")
+@click.option("--sampler", default="tabu", show_default=True, help="Sampler of the QUBO (see `qubo-nn samplers`).")
+@click.option("--params", "sampler_params", default='{"num_reads": 4, "timeout": 1000}', show_default=True,
+              help="Sampler parameters as a JSON object.")
+@click.option("--penalty-mode", type=click.Choice(_PENALTY_MODES), default="penalty", show_default=True,
+              help="Σs = k as λ(Σs − k)² (penalty) or through dimod's ConstrainedQuadraticModel + cqm_to_bqm.")
+@click.option("--penalty", default="safe", show_default=True,
+              help="λ, or 'safe' (a bound that makes the penalized optimum feasible; with --penalty-mode cqm, "
+                   "'safe' means dimod's default).")
+@click.option("--calib", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Calibration images drawn (by --seed) from the train split.")
+@click.option("--refit/--no-refit", default=True, show_default=True, help="Least-squares refit of kept weights.")
+@click.option("--bn/--no-bn", "reestimate_bn", default=True, show_default=True,
+              help="Re-estimate BatchNorm statistics on the calibration images after pruning.")
+@click.option("--out", default="pruned", show_default=True, help="Folder for pruned.pt and report.json.")
+@click.option("--export", default=None, help="Also write each layer's pruning QUBO here (<layer>.bqm + .prune.json).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads [default: torch's].")
+@seed_option
+@click.option("--progress/--no-progress", default=False, show_default=True, help="Show a progress bar (stderr).")
+@json_option
+@handle_errors
+def prune_command(weights, layer, keep, method, sampler, sampler_params, penalty_mode, penalty, calib, refit,
+                  reestimate_bn, out, export, threads, seed, progress, as_json) -> None:
+    """Prune the input channels of ResNet layers (masked: shapes kept, pruned channels zero) and
+    write the pruned checkpoint (--weights PATH loads it) and a report."""
+    import torch
+
+    from ..errors import QuboNNError
+    from ..prune.network import PruneConfig
+    from ..prune.run import PruneRunConfig, run_prune
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        params: Any = json.loads(sampler_params)
+    except json.JSONDecodeError as exc:
+        raise QuboNNError(f"--params must be a JSON object, got {sampler_params!r} ({exc})") from exc
+    if not isinstance(params, dict):
+        raise QuboNNError(f"--params must be a JSON object, got {type(params).__name__}")
+    if penalty != "safe":
+        try:
+            penalty = float(penalty)
+        except ValueError as exc:
+            raise QuboNNError(f"--penalty must be a number or 'safe', got {penalty!r}") from exc
+    pcfg = PruneConfig(layer=layer, keep=keep, method=method, sampler=sampler, sampler_params=params,
+                       penalty_mode=penalty_mode, penalty=penalty, refit=refit, reestimate_bn=reestimate_bn, seed=seed)
+    rep = run_prune(PruneRunConfig(weights=weights, calib=calib, prune=pcfg, out=out, export=export),
+                    progress=progress)
+    t = rep["test"]
+    lines = [f"{'layer':<16} {'n':>4} {'k':>4} {'err before refit':>16} {'after refit':>12} {'select s':>9}"]
+    for r in rep["layers"]:
+        lines.append(f"{r['layer']:<16} {r['n']:>4} {r['k']:>4} {r['error_before_refit']:>16.4f} "
+                     f"{r['error_after_refit']:>12.4f} {r['select_s']:>9.2f}")
+    lines += [f"test acc %: original {t['original']['acc']:.2f}, pruned {t['pruned_before_bn']['acc']:.2f}, "
+              f"after BN re-estimation {t['pruned']['acc']:.2f}",
+              f"test loss: original {t['original']['loss']:.4f}, pruned {t['pruned_before_bn']['loss']:.4f}, "
+              f"after BN re-estimation {t['pruned']['loss']:.4f}",
+              f"multiply-adds kept: {100 * rep['macs']['kept_fraction']:.1f} %",
+              f"checkpoint: {rep.get('checkpoint')}  report: {out}/report.json"]
+    summary = {"checkpoint": rep.get("checkpoint"), "test": t, "macs": rep["macs"],
+               "layers": [{k: r[k] for k in ("layer", "n", "k", "error_before_refit", "error_after_refit",
+                                             "select_s")} for r in rep["layers"]],
+               "exported": [e["file"] for e in rep["exported"]]}
+    emit(summary, as_json, "\n".join(lines))
