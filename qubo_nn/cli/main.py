@@ -15,6 +15,7 @@ _COMMANDS = {
     "experiment_cmd": ["experiment"],
     "quantize_cmd": ["quantize"],
     "pretrain_cmd": ["pretrain"],
+    "prune_cmd": ["prune"],
 }
 
 
