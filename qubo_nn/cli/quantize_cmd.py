@@ -58,7 +58,8 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--bits", type=int, default=4, show_default=True,
               help=f"Bits per weight ({MIN_BITS}–{MAX_BITS}); codes q ∈ [−2^(b−1), 2^(b−1)−1], "
                    "w = s_row·q.")
-@click.option("--method", type=click.Choice(METHODS), default="qubo", show_default=True,
+@click.option("--method", type=click.Choice(tuple(dict.fromkeys(METHODS + ("gptq", "cd")))), default="qubo",
+              show_default=True,
               help="Rounding whose head is written: round-to-nearest, GPTQ-style greedy, or QUBO "
                    "(rtn and greedy are always computed and recorded; qubo starts from them).")
 @click.option("--sampler", default="neal", show_default=True,
@@ -90,6 +91,19 @@ def _table(rec: dict, method: str) -> str:
               help="SGD epochs of the baseline head (without --head).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
               help="SGD learning rate of the baseline head (without --head).")
+@click.option("--scope", type=click.Choice(["head", "network"]), default="head", show_default=True,
+              help="head: the FC head on cached features; network: every conv and linear layer of the ResNet "
+                   "(BN folded, layer by layer; methods rtn|gptq|cd|qubo).")
+@click.option("--first-last-bits", type=click.IntRange(1, 8), default=None,
+              help="[network] Bits of the first conv and the fc [default: 8].")
+@click.option("--calib", type=click.IntRange(min=1), default=None,
+              help="[network] Calibration images from the train split (seeded by --seed) [default: 256].")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="[network] Whole-model checkpoint [default: the cached `qubo-nn pretrain` of --dataset].")
+@click.option("--group-size", type=click.IntRange(min=1), default=None,
+              help="[network] Columns per integer problem; longer rows are split with error feedback [default: 256].")
+@click.option("--qubo-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="[network] Seconds of QUBO solving for the whole network, shared by size [default: 1200].")
 @feature_options
 @seed_option
 @click.option("--out", type=click.Path(dir_okay=False), default="head-quantized.pt", show_default=True,
@@ -106,6 +120,15 @@ def quantize_command(bits: int, method: str, sampler: str, scale_rule: str, wind
                      out: str, record: str | None, progress: bool, as_json: bool, **opts: Any) -> None:
     """Quantize the FC head to --bits per weight (per-row symmetric grids, bias in full precision)
     and record accuracy, loss and every method's QUBO energy on the same per-row BQMs."""
+    if opts.pop("scope") == "network":
+        from .network_quantize import run_network_quantize
+
+        return run_network_quantize(bits=bits, method=method, sampler=sampler, scale_rule=scale_rule,
+                                    damping=damping, seed=seed, out=out, record=record, progress=progress,
+                                    as_json=as_json, params=_parse_params(params_json), opts=opts)
+    for name in ("first_last_bits", "calib", "checkpoint", "group_size", "qubo_budget"):
+        if opts.pop(name) is not None:
+            raise QuboNNError(f"--{name.replace('_', '-')} applies to --scope network only")
     t0 = time.perf_counter()
     cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler,
                          sampler_params=_parse_params(params_json), num_reads=num_reads, window_bits=window_bits,

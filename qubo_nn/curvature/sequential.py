@@ -66,11 +66,12 @@ def sequential_groups(H: torch.Tensor, plan: BlockPlan, damping_rel: float = 0.0
     H += mu * torch.eye(H.shape[0], dtype=H.dtype)
     order = torch.as_tensor(plan.order, dtype=torch.long)
     Hp = H[order][:, order]
-    try:
-        L = torch.linalg.cholesky(Hp)
-    except RuntimeError as exc:
+    # U without forming H̃⁻¹: with P the reversal permutation and P H̃ P = L Lᵀ (lower L),
+    # H̃⁻¹ = (P L⁻ᵀ P)(P L⁻¹ P) and P L⁻¹ P is upper triangular: U = P L⁻¹ P (one Cholesky and
+    # one triangular inverse instead of Cholesky, inverse and Cholesky again).
+    L, bad = torch.linalg.cholesky_ex(Hp.flip(0, 1))
+    if int(bad):
         raise QuboNNError(f"expected a positive definite damped Hessian, got a singular one (raise the damping "
-                          f"above {damping_rel})") from exc
-    Hinv = torch.cholesky_inverse(L)
-    U = torch.linalg.cholesky(Hinv, upper=True)
-    return SequentialGroups(plan=plan, U=U, damping=mu)
+                          f"above {damping_rel})")
+    Linv = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype), upper=False)
+    return SequentialGroups(plan=plan, U=Linv.flip(0, 1).contiguous(), damping=mu)

@@ -1,0 +1,1 @@
+"""Tasks on whole networks built from the layer path (``network_quantize``)."""
