@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import QuboNNError
-from .featureset import FeatureSet, synthetic_features
+from .featureset import SYNTHETIC_GENERATORS, FeatureSet, synthetic_by_name
 from .head import Head, evaluate
 from .hybrid import HybridConfig, hybrid_sweeps
 from .runtime import atomic_write_json, atomic_write_text, portable_path, resolve_device, tensor_digest, versions
@@ -61,7 +61,8 @@ _RUNTIME_KEYS = ("out", "overwrite", "cache_dir", "data_root", "download", "devi
 class ExperimentConfig:
     """The whole comparison. Feature settings as in :class:`qubo_nn.features.FeatureConfig`
     (``n_train``, ``n_test``, ``feature_dim``, ``num_classes`` size ``synthetic-features``
-    only; ``feature_seed`` seeds the random backbone / synthetic features), SGD settings as in
+    (realistic, not separable) and ``synthetic-separable`` only; ``feature_seed`` seeds the
+    random backbone / synthetic features), SGD settings as in
     :class:`qubo_nn.train.SGDConfig` (``epochs`` E in total, ``warmup_epochs`` W of them before
     the QUBO phase of the hybrid), ``hybrid`` as in :class:`qubo_nn.hybrid.HybridConfig` (its
     ``seed`` and ``build.l2`` are set per run: the seed, and ``weight_decay`` so that every
@@ -124,7 +125,7 @@ class ExperimentConfig:
             raise QuboNNError(f"matched_max_factor must be an integer >= 1, got {self.matched_max_factor!r}")
         if not isinstance(self.lbfgs_max_iter, int) or self.lbfgs_max_iter < 1:
             raise QuboNNError(f"lbfgs_max_iter must be an integer >= 1, got {self.lbfgs_max_iter!r}")
-        if self.dataset == "synthetic-features":
+        if self.dataset in SYNTHETIC_GENERATORS:
             for name in ("n_train", "n_test", "num_classes"):
                 v = getattr(self, name)
                 if not isinstance(v, int) or v < (2 if name == "num_classes" else 1):
@@ -171,11 +172,10 @@ def default_out(dataset: str) -> Path:
 def load_features(cfg: ExperimentConfig, progress: bool = False) -> tuple[FeatureSet, FeatureSet, dict]:
     """Train/test features of ``cfg`` (cached backbone features, or synthetic ones) and a description."""
     t0 = time.perf_counter()
-    if cfg.dataset == "synthetic-features":
+    if cfg.dataset in SYNTHETIC_GENERATORS:
         dim = cfg.feature_dim or _arch_dim(cfg.arch)
-        train, test = synthetic_features(n=cfg.n_train, dim=dim, num_classes=cfg.num_classes,
-                                         seed=cfg.feature_seed, n_test=cfg.n_test)
-        info = {"source": "synthetic_features", "n_train": cfg.n_train, "n_test": cfg.n_test, "dim": dim,
+        train, test = synthetic_by_name(cfg.dataset, cfg.n_train, cfg.n_test, dim, cfg.num_classes, cfg.feature_seed)
+        info = {"source": train.meta["generator"], "n_train": cfg.n_train, "n_test": cfg.n_test, "dim": dim,
                 "num_classes": cfg.num_classes, "seed": cfg.feature_seed}
     else:
         from .features import config_dict, get_features
@@ -525,5 +525,5 @@ def format_table(summary: dict) -> str:
 
 def _title(cfg: ExperimentConfig, finfo: dict) -> str:
     n, d = finfo["shape_train"]
-    base = f"{cfg.dataset}" + ("" if cfg.dataset == "synthetic-features" else f", {cfg.arch} ({cfg.weights})")
+    base = f"{cfg.dataset}" + ("" if cfg.dataset in SYNTHETIC_GENERATORS else f", {cfg.arch} ({cfg.weights})")
     return f"{base}: N={n}, D={d}, C={finfo['num_classes']}, {len(cfg.seeds)} seeds"

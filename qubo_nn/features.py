@@ -13,8 +13,10 @@ image size, limit). Device and batch size are not in the key (in eval mode they 
 features only by float rounding); package versions are stored, not keyed. A ``.pt`` whose
 sha256 does not match its sidecar (truncated, altered) is never used: it is rebuilt.
 
-``dataset="synthetic-features"`` returns :func:`~qubo_nn.featureset.synthetic_features`
-(CIFAR-100 shaped: ``n_train`` × D, 100 classes; no backbone, no cache).
+``dataset="synthetic-features"`` returns :func:`~qubo_nn.featureset.realistic_features`
+(CIFAR-100 shaped, not separable: ``n_train`` × D, 100 classes) and ``"synthetic-separable"``
+:func:`~qubo_nn.featureset.separable_features` (the old separable set); no backbone, no cache:
+both are generated deterministically from ``seed`` (a few seconds).
 """
 from __future__ import annotations
 
@@ -33,10 +35,10 @@ from tqdm import tqdm
 from . import data
 from .backbones import ARCHS, FEATURE_DIMS, build_backbone, weights_identity
 from .errors import QuboNNError
-from .featureset import FeatureSet, synthetic_features
+from .featureset import SYNTHETIC_GENERATORS, FeatureSet, synthetic_by_name
 from .runtime import atomic_path, atomic_write_json, resolve_device, sha256_file, versions
 
-FEATURE_DATASETS = data.DATASETS + ("synthetic-features",)
+FEATURE_DATASETS = data.DATASETS + tuple(SYNTHETIC_GENERATORS)
 CACHE_FORMAT = 1
 SYNTHETIC_FEATURE_CLASSES = 100
 
@@ -47,7 +49,7 @@ class FeatureConfig:
 
     ``seed`` seeds the random backbone (``weights="none"``) and the synthetic datasets.
     ``limit`` keeps the first ``limit`` images of each split (tests, quick looks).
-    ``n_train``/``n_test`` size ``synthetic-features`` only.
+    ``n_train``/``n_test`` size the synthetic feature sets only.
     """
 
     dataset: str = "digits"
@@ -126,9 +128,9 @@ def get_features(cfg: FeatureConfig, progress: bool = False) -> FeatureResult:
     """
     t0 = time.perf_counter()
     cfg.validate()
-    if cfg.dataset == "synthetic-features":
-        train, test = synthetic_features(n=cfg.n_train, dim=FEATURE_DIMS[cfg.arch],
-                                         num_classes=SYNTHETIC_FEATURE_CLASSES, seed=cfg.seed, n_test=cfg.n_test)
+    if cfg.dataset in SYNTHETIC_GENERATORS:
+        train, test = synthetic_by_name(cfg.dataset, cfg.n_train, cfg.n_test, FEATURE_DIMS[cfg.arch],
+                                        SYNTHETIC_FEATURE_CLASSES, cfg.seed)
         return FeatureResult(train, test, None, False, time.perf_counter() - t0, meta=dict(train.meta))
     settings = cache_settings(cfg)
     path = cache_path(cfg)
