@@ -69,10 +69,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import levels
 from .encoding import Encoding, quantize_encoding
 from .errors import QuboNNError
 from .featureset import FeatureSet
 from .head import Head, check_compatible, evaluate
+from .levels import IntegerProblem
 from .quadratic import HeadStats, LocalModel
 from .qubo import build_bqm
 from .runtime import resolve_device, resolve_dtype
@@ -147,10 +149,10 @@ def newton_target(w: torch.Tensor, g: torch.Tensor | None, H: torch.Tensor, damp
 
 
 def gptq_row(w: torch.Tensor, H: torch.Tensor, scale: float, bits: int, damping: float = 0.0,
-             g: torch.Tensor | None = None) -> torch.Tensor:
-    """GPTQ/OBQ greedy rounding of one row w (D,) against H (D × D): integer codes q (D,).
+             g: torch.Tensor | None = None, act_order: bool = False) -> torch.Tensor:
+    """GPTQ rounding of one row w (D,) against H (D × D): integer codes q (D,) (:func:`levels.gptq`).
 
-    Minimises, greedily in index order, E(Δ) = gᵀΔ + ½ Δᵀ(H + μI)Δ with Δ = s·q − w (``g`` None:
+    Minimises, greedily in index order (decreasing diag H with ``act_order``), E(Δ) = gᵀΔ + ½ Δᵀ(H + μI)Δ with Δ = s·q − w (``g`` None:
     the quadratic of the weight change only, as GPTQ). Computed in float64.
     """
     bits = check_bits(bits)
@@ -162,15 +164,9 @@ def gptq_row(w: torch.Tensor, H: torch.Tensor, scale: float, bits: int, damping:
         raise QuboNNError(f"Hessian must be {D} × {D}, got {tuple(H.shape)}")
     H64 = H.to(torch.float64) + damping * torch.eye(D, dtype=torch.float64, device=H.device)
     t = newton_target(w.to(torch.float64), None if g is None else g.to(torch.float64), H64, 0.0)
-    Hinv = torch.cholesky_inverse(_cholesky(H64))
-    U = _cholesky(Hinv, upper=True).cpu().numpy()
-    x = t.cpu().numpy().copy()
-    q = np.empty(D)
-    for d in range(D):  # NumPy: ~30 µs per weight, far below the torch per-op overhead
-        q[d] = min(max(round(x[d] / scale), qmin), qmax)
-        err = (x[d] - scale * q[d]) / U[d, d]
-        x[d + 1:] -= err * U[d, d + 1:]
-    return torch.from_numpy(q).to(device=w.device, dtype=w.dtype)
+    prob = IntegerProblem(H64.cpu().numpy(), t.cpu().numpy(), np.full(D, float(scale)), qmin, qmax)
+    q = levels.gptq(prob, act_order=act_order)
+    return torch.from_numpy(q.astype(np.float64)).to(device=w.device, dtype=w.dtype)
 
 
 def _cholesky(A: torch.Tensor, upper: bool = False) -> torch.Tensor:

@@ -15,10 +15,8 @@ import warnings
 
 import dimod
 import numpy as np
-import torch
 from dwave.samplers import SteepestDescentSolver
 
-from ..runtime import resolve_device, resolve_dtype
 from .base import as_binary
 
 _TORCH_RNG_LOCK = threading.Lock()
@@ -55,7 +53,10 @@ class SBSampler(dimod.Sampler):
                heated: bool = False, max_steps: int = 10_000, early_stopping: bool = True,
                sampling_period: int = 50, convergence_threshold: int = 50, time_limit: float | None = None,
                device: str = "auto", dtype: str = "float32", seed: int | None = None) -> dimod.SampleSet:
-        import simulated_bifurcation as sb
+        import simulated_bifurcation as sb  # torch and the package load only when SB runs
+        import torch
+
+        from ..runtime import resolve_device, resolve_dtype
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
