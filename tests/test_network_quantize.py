@@ -85,7 +85,8 @@ def test_first_layer_error_is_the_reconstruction_error_of_its_inputs(one_thread)
     Wq = res.model.conv1.weight.detach().double()
     x = calib.double()
     ref = ((F.conv2d(x, W - Wq, padding=1) ** 2).sum() / (F.conv2d(x, W, padding=1) ** 2).sum()).item()
-    assert res.record["layers"][0]["rel_error"] == pytest.approx(ref, rel=1e-9)
+    # the Gram sums float32 chunk products (the network runs in float32) into float64
+    assert res.record["layers"][0]["rel_error"] == pytest.approx(ref, rel=1e-5)
 
 
 def test_grouped_gptq_with_feedback_equals_full_row_gptq_in_act_order():

@@ -46,7 +46,10 @@ def layer_dim(layer: nn.Module) -> int:
 
 
 class GramAccumulator:
-    """Running Σ X Xᵀ (D × D, ``dtype``, default float64) and the column count P of one layer."""
+    """Running Σ X Xᵀ (D × D, ``dtype``, default float64) and the column count P of one layer.
+
+    Each chunk's X Xᵀ is computed in the input's dtype and added in ``dtype``.
+    """
 
     def __init__(self, layer: nn.Module, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"):
         self.layer = layer
@@ -59,8 +62,10 @@ class GramAccumulator:
         per_item = max(1, layer_columns(self.layer, x[:1]).numel())
         step = max(1, CHUNK_ELEMENTS // per_item)
         for i in range(0, x.shape[0], step):
-            cols = layer_columns(self.layer, x[i:i + step]).to(self.gram.device, self.gram.dtype)
-            self.gram.addmm_(cols.T, cols)
+            # the chunk's product in the input's precision (float32 halves the time of the big
+            # early-layer Grams), summed over chunks in the accumulator's (float64)
+            cols = layer_columns(self.layer, x[i:i + step]).to(self.gram.device)
+            self.gram += (cols.T @ cols).to(self.gram.dtype)
             self.count += cols.shape[0]
 
     def hessian(self) -> torch.Tensor:
