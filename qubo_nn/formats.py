@@ -50,16 +50,22 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import dimod
 import numpy as np
-import torch
 
-from .encoding import Encoding
 from .errors import QuboNNError
-from .featureset import FeatureSet
-from .head import Head, check_compatible
-from .qubo import BlockQUBO, BuildConfig, iter_block_qubos
 from .runtime import atomic_path, atomic_write_json, sha256_file, tensor_digest, versions
+
+if TYPE_CHECKING:
+    from .encoding import Encoding
+    from .featureset import FeatureSet
+    from .head import Head
+    from .qubo import BlockQUBO, BuildConfig
+
+# torch and the model modules (encoding, head, qubo) are imported inside the functions that
+# need them: reading and solving a plain QUBO file never loads torch.
 
 FORMATS = ("dimod", "coo", "qubo")
 SUFFIXES = {"dimod": ".bqm", "coo": ".coo", "qubo": ".qubo"}
@@ -125,8 +131,20 @@ def read_bqm(path: str | os.PathLike, fmt: str | None = None) -> dimod.BinaryQua
                               f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(bqm, dimod.BinaryQuadraticModel):
             raise QuboNNError(f"{str(path)!r} holds a {type(bqm).__name__}, expected a BinaryQuadraticModel")
-        return bqm
-    return _read_text(path, qbsolv=fmt == "qubo")
+        _check_finite(bqm, path)
+    else:
+        bqm = _read_text(path, qbsolv=fmt == "qubo")
+    return bqm
+
+
+def _check_finite(bqm: dimod.BinaryQuadraticModel, path: Path) -> None:
+    """Refuse NaN/Inf biases or offset (the text readers check their numbers as they parse)."""
+    if not np.isfinite(bqm.offset):
+        raise QuboNNError(f"{str(path)!r}: the offset is {float(bqm.offset)!r}, expected a finite number")
+    lin, (_, _, quad), _ = bqm.to_numpy_vectors()
+    bad = int((~np.isfinite(lin)).sum()) + int((~np.isfinite(quad)).sum())
+    if bad:
+        raise QuboNNError(f"{str(path)!r}: {bad} biases are NaN/Inf, expected finite numbers")
 
 
 def _integer_labels(bqm: dimod.BinaryQuadraticModel, fmt: str) -> np.ndarray:
@@ -217,6 +235,11 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
     except ValueError as exc:
         raise QuboNNError(f"{str(path)!r} is not a valid {fmt} file (expected lines 'i j bias'): {exc}") from exc
     if data.size == 0:
+        # an explicitly empty model (our header, or a 'p' line, says 0 variables) is a model;
+        # a file with no data and no such statement is an empty or truncated file
+        if not ((ours and header.get("num_variables") == "0") or (problem is not None and problem[2:3] == ["0"])):
+            raise QuboNNError(f"{str(path)!r} holds no QUBO: expected lines 'i j bias', got "
+                              f"{'an empty file' if not text.strip() else 'only comments'}")
         data = np.zeros((0, 3))
     if data.shape[1] != 3:
         raise QuboNNError(f"{str(path)!r}: expected 3 columns 'i j bias' per line, got {data.shape[1]}")
@@ -258,6 +281,8 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
         offset = float(header.get("offset", 0.0))
     except ValueError as exc:
         raise QuboNNError(f"{str(path)!r}: bad offset {header['offset']!r}") from exc
+    if not np.isfinite(offset):
+        raise QuboNNError(f"{str(path)!r}: the offset is {offset!r}, expected a finite number")
     lin = np.zeros(n, dtype=np.float64)
     np.add.at(lin, u[diag], w[diag])
     return dimod.BinaryQuadraticModel.from_numpy_vectors(lin, (u[~diag], v[~diag], w[~diag]), offset, vartype,
@@ -389,6 +414,8 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
     npz = side_path.parent / side["npz"]
     if not npz.is_file() or sha256_file(npz) != side["npz_sha256"]:
         raise QuboNNError(f"encoding file {str(npz)!r} is missing or does not match its sidecar {side_path.name!r}")
+    from .encoding import Encoding
+
     with np.load(npz) as z:
         arrs = {k: z[k] for k in z.files}
     enc = Encoding.from_arrays(arrs, mode=side["mode"])
@@ -437,15 +464,82 @@ def features_digest(feats: FeatureSet) -> str:
     return tensor_digest(feats.X, feats.y)
 
 
+_BUILD_FILE = re.compile(r"block_\d{5}\.(bqm|coo|qubo|json|npz)")
+
+
+def build_files(out_dir: str | os.PathLike) -> list[Path]:
+    """The files of a build in ``out_dir`` (manifest, head, block files, sidecars), sorted; other
+    files are not a build's and are never touched."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir()
+                  if p.is_file() and (p.name in (MANIFEST_NAME, HEAD_NAME) or _BUILD_FILE.fullmatch(p.name)))
+
+
+def variables_per_weight(encoding: str, bits: int) -> int:
+    """Binary variables per weight: ``bits`` (binary), 2^bits − 1 (unary, domain-wall: one per step)."""
+    return int(bits) if encoding == "binary" else 2 ** int(bits) - 1
+
+
+def block_sizes(num_classes: int, dim: int, cfg: BuildConfig) -> list[int]:
+    """Weights per block of a build of a C × D head (the sizes ``select_blocks`` makes, without torch)."""
+    C, D1, p = num_classes, dim + 1, cfg.per_block
+    if cfg.blocks == "rows":
+        return [min(p, C - s) * D1 for s in range(0, C, p)]
+    if cfg.blocks == "columns":
+        return [min(p, D1 - s) * C for s in range(0, D1, p)]
+    total = C * D1 if cfg.blocks == "random" else min(C * D1, cfg.size * (cfg.num_blocks or 1))
+    return [min(cfg.size, total - s) for s in range(0, total, cfg.size)]
+
+
+def estimate_build(num_classes: int, dim: int, cfg: BuildConfig, fmt: str = "dimod") -> dict[str, Any]:
+    """What a build will write, before it writes: ``blocks``, ``variables``, ``interactions`` and
+    ``bytes`` on disk (block files, dense QUBOs; sidecars and .npz included roughly).
+
+    Bytes per block of n variables: dimod's format stores every interaction twice with a 4-byte
+    index, n²·(itemsize + 4) + 200 (exact for dense blocks); COO/qbsolv text about
+    2·digits(n) + 22 characters per coupler line (repr(float) biases).
+    """
+    fmt = format_of("", fmt)
+    itemsize = np.dtype(_NP_DTYPES.get(cfg.bqm_dtype, np.float64)).itemsize
+    per = variables_per_weight(cfg.encoding, cfg.bits)
+    total_bytes = variables = interactions = 0
+    sizes = block_sizes(num_classes, dim, cfg)
+    for m in sizes:
+        n = m * per
+        pairs = n * (n - 1) // 2
+        variables += n
+        interactions += pairs
+        if fmt == "dimod":
+            total_bytes += n * n * (itemsize + 4) + 200
+        else:
+            total_bytes += (pairs + n) * (2 * len(str(n)) + 22) + 200
+        total_bytes += m * 8 * (per + 6) + 4096  # .npz (A values, idx, grids) and the JSON sidecar
+    return {"blocks": len(sizes), "variables": variables, "interactions": interactions, "bytes": total_bytes,
+            "file_format": fmt}
+
+
 def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str | os.PathLike, fmt: str = "dimod",
-                 features_ref: dict | None = None, progress: bool = False) -> Path:
+                 features_ref: dict | None = None, progress: bool = False, overwrite: bool = False,
+                 max_disk_bytes: int | None = None) -> Path:
     """Build every block of ``head`` (:func:`~qubo_nn.qubo.iter_block_qubos`, one BQM in memory at
     a time) into ``out_dir``: ``head.pt``, block files and sidecars, then ``manifest.json``.
 
     ``features_ref`` (a :class:`~qubo_nn.features.FeatureConfig` as dict, or None) lets a later
-    ``decode`` reload the features. Returns the manifest path. An existing manifest in
-    ``out_dir`` is removed first, so an interrupted build leaves no manifest.
+    ``decode`` reload the features. Returns the manifest path.
+
+    A folder already holding a build's files (:func:`build_files`) is refused unless
+    ``overwrite``; then those files (and only those) are removed first, so no block of the old
+    build is left beside the new ones, and an interrupted build leaves no manifest.
+    ``max_disk_bytes``: refuse (before writing) a build whose :func:`estimate_build` is larger,
+    or larger than the free space of the target file system.
     """
+    import torch
+
+    from .head import check_compatible
+    from .qubo import iter_block_qubos
+
     fmt = format_of("", fmt)
     cfg.validate()
     check_compatible(head, feats)
@@ -453,9 +547,17 @@ def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str |
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise QuboNNError(f"output {str(out)!r} exists and is not a directory")
+    old = build_files(out)
+    if old and not overwrite:
+        blocks = sum(1 for p in old if p.suffix == SUFFIXES.get(fmt) or p.suffix in (".bqm", ".coo", ".qubo"))
+        raise QuboNNError(f"output folder {str(out)!r} already holds a build ({len(old)} files, {blocks} block "
+                          f"files); expected an empty or new folder: pass overwrite (--overwrite) to replace it")
+    check_disk(estimate_build(head.num_classes, head.dim, cfg, fmt)["bytes"], out, max_disk_bytes)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST_NAME
     manifest_path.unlink(missing_ok=True)
+    for p in old:
+        p.unlink(missing_ok=True)
     hd, fd = head_digest(head), features_digest(feats)
     with atomic_path(out / HEAD_NAME) as tmp:
         torch.save(head.state_dict(), tmp)
@@ -493,6 +595,23 @@ def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str |
     }
     atomic_write_json(manifest_path, manifest)
     return manifest_path
+
+
+def check_disk(nbytes: int, out_dir: str | os.PathLike, max_bytes: int | None) -> None:
+    """Refuse writing ``nbytes`` under ``out_dir`` beyond ``max_bytes`` (None: no limit) or beyond
+    the free space of its file system."""
+    mib = nbytes / 2**20
+    if max_bytes is not None and nbytes > max_bytes:
+        raise QuboNNError(f"the build would write about {mib:,.1f} MiB, more than the limit of "
+                          f"{max_bytes / 2**20:,.1f} MiB: expected a smaller build (fewer bits or blocks, "
+                          f"--format dimod) or a larger --max-disk")
+    probe = Path(out_dir).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if nbytes > free:
+        raise QuboNNError(f"the build would write about {mib:,.1f} MiB but {str(probe)!r} has only "
+                          f"{free / 2**20:,.1f} MiB free")
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,18 +11,25 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+import sys
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 
 from .errors import QuboNNError
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: the CLI's start-up and the solve path of a
+# plain QUBO file use this module without loading torch (seconds).
+_DTYPE_NAMES = ("float32", "float64")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto``/None -> CUDA when present, else CPU; anything else is passed to torch."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
@@ -38,6 +45,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """'float32' | 'float64' | torch dtype -> torch dtype."""
+    import torch
+
+    _DTYPES = {name: getattr(torch, name) for name in _DTYPE_NAMES}
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise QuboNNError(f"dtype must be float32 or float64, got {dtype}")
@@ -47,6 +57,18 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def _torch_version() -> str:
+    """torch's version without importing it when it is not loaded yet (package metadata)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that shape a result (written next to every result)."""
     import dimod
@@ -54,7 +76,7 @@ def versions() -> dict[str, str]:
 
     out = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": _torch_version(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "dimod": dimod.__version__,
@@ -110,7 +132,8 @@ def _json_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, (Path, torch.device, torch.dtype)):
+    torch = sys.modules.get("torch")  # a torch object can only exist when torch is loaded
+    if isinstance(obj, Path) or (torch is not None and isinstance(obj, (torch.device, torch.dtype))):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
@@ -127,7 +150,7 @@ def tensor_digest(*tensors: torch.Tensor | np.ndarray) -> str:
     """A short SHA-256 over the bytes (and shapes) of tensors: identifies a head or feature set."""
     h = hashlib.sha256()
     for t in tensors:
-        arr = t.detach().cpu().contiguous().numpy() if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
+        arr = t.detach().cpu().contiguous().numpy() if hasattr(t, "detach") else np.ascontiguousarray(t)
         h.update(str(arr.shape).encode())
         h.update(str(arr.dtype).encode())
         h.update(arr.tobytes())
@@ -135,6 +158,8 @@ def tensor_digest(*tensors: torch.Tensor | np.ndarray) -> str:
 
 
 def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
@@ -143,6 +168,8 @@ def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gene
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """CPU model, core count, torch threads, device (GPU name) and the 1-minute load average:
     what a benchmark record needs to say where (and how busy) it ran."""
+    import torch
+
     device = torch.device(device)
     cpu = platform.processor()
     try:

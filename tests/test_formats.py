@@ -272,7 +272,7 @@ def test_build_to_dir_writes_a_complete_manifest(tmp_path):
     formats_mod.write_block = boom
     try:
         with pytest.raises(RuntimeError, match="interrupted"):
-            build_to_dir(head, feats, cfg, tmp_path / "out", fmt="coo")
+            build_to_dir(head, feats, cfg, tmp_path / "out", fmt="coo", overwrite=True)
     finally:
         formats_mod.write_block = orig
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -293,3 +293,83 @@ def test_build_to_dir_refuses_bad_settings_before_writing(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"format": "x"}))
     with pytest.raises(QuboNNError, match="is not a qubo-nn manifest"):
         read_manifest(tmp_path / "m.json")
+
+
+# --------------------------------------------------------------------------- issue 11: bad files, stale builds, disk
+
+@pytest.mark.parametrize("name, text, what", [
+    ("empty.coo", "", "an empty file"),
+    ("end.coo", "# end\n", "only comments"),
+    ("hdr.coo", "# vartype=BINARY\n# offset=1.5\n", "only comments"),
+    ("empty.qubo", "", "an empty file"),
+])
+def test_a_text_file_without_any_triplet_is_refused(tmp_path, name, text, what):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(QuboNNError, match=f"holds no QUBO: expected lines 'i j bias', got {what}"):
+        read_bqm(tmp_path / name)
+
+
+def test_an_explicitly_empty_model_written_here_still_reads(tmp_path):
+    write_bqm(dimod.BinaryQuadraticModel({}, {}, 2.5, "BINARY"), tmp_path / "e.coo")
+    assert read_bqm(tmp_path / "e.coo").num_variables == 0
+    (tmp_path / "p.qubo").write_text("p qubo 0 0 0 0\n")
+    assert read_bqm(tmp_path / "p.qubo").num_variables == 0
+
+
+@pytest.mark.parametrize("linear, quadratic, offset, message", [
+    ({0: float("nan"), 1: 1.0}, {}, 0.0, "1 biases are NaN/Inf, expected finite numbers"),
+    ({0: 1.0, 1: 1.0}, {(0, 1): float("-inf")}, 0.0, "1 biases are NaN/Inf, expected finite numbers"),
+    ({0: 1.0, 1: 1.0}, {(0, 1): 2.0}, float("inf"), "the offset is inf, expected a finite number"),
+    ({0: 1.0, 1: 1.0}, {(0, 1): 2.0}, float("nan"), "the offset is nan, expected a finite number"),
+])
+def test_native_bqm_with_nan_or_inf_is_refused(tmp_path, linear, quadratic, offset, message):
+    write_bqm(dimod.BinaryQuadraticModel(linear, quadratic, offset, "BINARY"), tmp_path / "bad.bqm")
+    with open(tmp_path / "bad.bqm", "rb") as fh:   # the file itself is valid dimod: the values are the problem
+        assert dimod.BinaryQuadraticModel.from_file(fh).num_variables == 2
+    with pytest.raises(QuboNNError, match=message):
+        read_bqm(tmp_path / "bad.bqm")
+
+
+def test_coo_with_an_infinite_offset_is_refused(tmp_path):
+    (tmp_path / "inf.coo").write_text("# offset=inf\n0 0 1.0\n")
+    with pytest.raises(QuboNNError, match="the offset is inf, expected a finite number"):
+        read_bqm(tmp_path / "inf.coo")
+
+
+def test_build_into_a_folder_holding_another_build_is_refused_then_replaced(tmp_path):
+    head, feats = tiny(c=4)
+    out = tmp_path / "out"
+    build_to_dir(head, feats, BuildConfig(bits=1, device="cpu"), out)                       # 4 row blocks
+    (out / "notes.txt").write_text("mine")
+    small = BuildConfig(blocks="rows", per_block=2, bits=1, device="cpu")                   # 2 blocks
+    with pytest.raises(QuboNNError, match=r"already holds a build \(14 files, 4 block files\); expected an empty "
+                                          r"or new folder: pass overwrite \(--overwrite\)"):
+        build_to_dir(head, feats, small, out)
+    assert len(read_manifest(out)["blocks"]) == 4                                           # untouched
+    build_to_dir(head, feats, small, out, overwrite=True)
+    assert sorted(p.name for p in out.glob("block_*.bqm")) == ["block_00000.bqm", "block_00001.bqm"]
+    assert (out / "notes.txt").read_text() == "mine"                                        # not a build's file
+    assert len(read_manifest(out)["blocks"]) == 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_estimate_build_matches_the_bytes_written(tmp_path, fmt):
+    from qubo_nn.formats import estimate_build
+
+    head, feats = tiny(c=3, d=40)
+    cfg = BuildConfig(bits=2, device="cpu")
+    est = estimate_build(3, 40, cfg, fmt)
+    build_to_dir(head, feats, cfg, tmp_path / "o", fmt=fmt)
+    man = read_manifest(tmp_path / "o")
+    assert est["blocks"] == 3 and est["variables"] == man["totals"]["variables"] == 3 * 41 * 2
+    written = sum(p.stat().st_size for p in (tmp_path / "o").iterdir() if p.name not in ("manifest.json", "head.pt"))
+    if fmt == "dimod":   # exact for the dense block files
+        assert est["interactions"] == man["totals"]["interactions"] == 3 * 82 * 81 // 2
+    assert 0.85 * written <= est["bytes"] <= 1.25 * written
+
+
+def test_build_beyond_max_disk_is_refused_before_writing(tmp_path):
+    head, feats = tiny(c=3, d=40)
+    with pytest.raises(QuboNNError, match=r"the build would write about 0\.\d MiB, more than the limit of 0\.1 MiB"):
+        build_to_dir(head, feats, BuildConfig(bits=2, device="cpu"), tmp_path / "o", max_disk_bytes=2**20 // 10)
+    assert not (tmp_path / "o").exists()
