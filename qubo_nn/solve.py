@@ -22,30 +22,30 @@ curvature between blocks (cross terms) for several.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import dimod
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import block_task
 from .errors import QuboNNError
+from .execution import ExecutorConfig, check_available, map_unordered
 from .featureset import FeatureSet
 from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest, read_tagged_json
 from .head import Head, evaluate
 from .qubo import apply
-from .runtime import atomic_path, atomic_write_json, resolve_device, tensor_digest, versions
+from .runtime import atomic_path, atomic_write_json, resolve_device, sha256_file, tensor_digest, versions
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, child_seed, get_sampler
-from .samplers import sample as run_sampler
-from .samplers.base import check_seed
+from .samplers.base import check_seed, jsonable
 
 SOLUTION_NAME = "solution.json"
 SOLUTION_FORMAT = "qubo-nn-solution"
@@ -63,6 +63,10 @@ class SolveConfig:
     weights (builder blocks only), ``random`` = the sampler's own, ``auto`` = current when the
     block has an encoding and the sampler takes initial states, else random.
     ``keep``: samples stored per block (lowest energy first; None = all).
+    ``executor``, ``workers``, ``ray_address``, ``max_in_flight``: where the blocks are solved
+    (:class:`qubo_nn.execution.ExecutorConfig`: ``workers`` threads, or Ray tasks on a local
+    instance of ``workers`` CPUs or on the cluster at ``ray_address``); they do not change the
+    samples.
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -72,6 +76,13 @@ class SolveConfig:
     init: str = "auto"
     workers: int = 1
     keep: int | None = None
+    executor: str = "threads"
+    ray_address: str | None = None
+    max_in_flight: int | None = None
+
+    def executor_config(self) -> ExecutorConfig:
+        return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address,
+                              max_in_flight=self.max_in_flight)
 
     def validate(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -88,6 +99,7 @@ class SolveConfig:
         for own in ("seed", "initial_states"):
             if own in self.params:
                 raise QuboNNError(f"give {own!r} through the solve options, not through the sampler params")
+        self.executor_config().validate()
 
 
 # --------------------------------------------------------------------------- sources
@@ -123,113 +135,278 @@ def plan(source: str | os.PathLike) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- solve
 
+_SAMPLES_PATTERN = f"*{SAMPLES_SUFFIX}"
+_RESUME_KEY = "qubo_nn_solve"  # in each samples file's info: what made it (resume check) and its row
+
+
 def solve(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: SolveConfig | None = None,
-          progress: bool = False) -> dict[str, Any]:
+          progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Solve every block of ``source`` (a QUBO file, a build directory or its manifest.json).
 
-    Returns the summary also written to ``out_dir/solution.json``. Raises :class:`QuboNNError`
-    (and writes nothing) when a file is missing, corrupt, truncated or does not match its
-    sidecar/manifest, or when the sampler refuses its options.
+    The driver (this process) reads and checks each block, then hands it to the executor
+    (``cfg.executor``: threads here, or Ray tasks that get the model as compact arrays, see
+    :mod:`qubo_nn.block_task`); at most ``max_in_flight`` blocks are read ahead. As each block
+    finishes, its ``<stem>.samples.json`` is written (atomically) into ``out_dir``, with what
+    made it (source digests, sampler, params, seeds) and its summary row in the SampleSet's
+    ``info``; ``solution.json`` is written last. Block k is sampled with seed
+    ``child_seed(cfg.seed, k)`` whatever the executor, so a seeded run gives the same samples
+    with threads and with Ray.
+
+    Resume: a block whose samples file in ``out_dir`` was made from the same source files
+    (sha256) with the same sampler, params, seed, polish, init and keep is not solved again
+    (an interrupted run keeps its finished blocks; rerun the same command). Any other file of
+    a solve in ``out_dir`` (``solution.json`` of another source or other settings, samples of
+    other blocks or made otherwise) makes the call refuse, unless ``overwrite``: then those
+    files (and only those) are removed first and every block is solved afresh.
+
+    Returns the summary also written to ``out_dir/solution.json``; its rows name the block files
+    relative to ``out_dir``. Raises :class:`QuboNNError` when a file is missing, corrupt,
+    truncated or does not match its sidecar/manifest, or when the sampler refuses its options;
+    then nothing of this call is left behind (not even ``out_dir`` if it created it). Other
+    interruptions (Ctrl-C, a lost Ray cluster) keep the finished blocks for a rerun.
     """
     cfg = cfg or SolveConfig()
     cfg.validate()
     get_sampler(cfg.sampler)  # missing extras fail before any file is read
+    ex_cfg = cfg.executor_config()
+    check_available(ex_cfg)   # so does a missing Ray
     t0 = time.perf_counter()
     src = plan(source)
-    man = src["manifest"]
-    digests = (man["head_digest"], man["features_digest"]) if man else (None, None)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise QuboNNError(f"output {str(out)!r} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".solve-", dir=out))
-    rows: list[dict[str, Any]] = []
+    done = _prepare_out(out, src, cfg, overwrite)
+    todo = [blk for blk in src["blocks"] if blk["block_id"] not in done]
+    created = [p for p in (out, *out.absolute().parents) if not p.exists()]
+    rows: dict[int, dict[str, Any]] = dict(done)
+    written: list[Path] = []
+    nodes: dict[int, str] = {}
+    pending: dict[int, dict[str, Any]] = {}
+    tasks = _read_tasks(todo, src, cfg, pending, pack=ex_cfg.ships_tasks)
+    desc = f"solve ({cfg.sampler}, {cfg.executor})" + (f", {len(done)} resumed" if done else "")
     try:
-        with cf.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="solve") as pool:
-            futures = [pool.submit(_solve_block, blk, cfg, staging, digests) for blk in src["blocks"]]
+        with contextlib.closing(map_unordered(block_task.sample_task, tasks, ex_cfg, progress=progress, desc=desc,
+                                              total=len(todo), nodes=nodes)) as results:
+            for index, result in results:
+                row = _finish_block(pending.pop(index), result, out, nodes.get(index))
+                written.append(out / row["samples"])
+                rows[row["block_id"]] = row
+    except QuboNNError:
+        for path in written:  # bad input: leave nothing of this call
+            path.unlink(missing_ok=True)
+        for path in created:
             try:
-                with tqdm(total=len(futures), desc=f"solve ({cfg.sampler})", unit="block",
-                          disable=not progress) as bar:
-                    for fut in cf.as_completed(futures):
-                        rows.append(fut.result())
-                        bar.update(1)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-        rows.sort(key=lambda r: r["block_id"])
-        (out / SOLUTION_NAME).unlink(missing_ok=True)  # the old summary would name replaced files
-        for r in rows:
-            os.replace(staging / r["samples"], out / r["samples"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    summary = _summary(src, rows, cfg, time.perf_counter() - t0)
+                path.rmdir()
+            except OSError:
+                break
+        raise
+    ordered = [rows[blk["block_id"]] for blk in src["blocks"]]
+    summary = _summary(src, ordered, cfg, time.perf_counter() - t0, out)
     atomic_write_json(out / SOLUTION_NAME, summary)
     return summary
 
 
-def _solve_block(blk: dict[str, Any], cfg: SolveConfig, staging: Path,
-                 digests: tuple[str | None, str | None]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    bqm, enc, side = read_block(blk["path"], *digests)
-    t1 = time.perf_counter()
-    seed = child_seed(cfg.seed, blk["block_id"])
-    current = None
-    if enc is not None:
-        current = enc.current_bits().cpu().numpy().astype(np.int8)
-        if current.shape[0] != bqm.num_variables:
-            raise QuboNNError(f"block {blk['path']!r}: encoding has {current.shape[0]} bits, QUBO "
-                              f"{bqm.num_variables} variables")
+def _prepare_out(out: Path, src: dict[str, Any], cfg: SolveConfig, overwrite: bool) -> dict[int, dict[str, Any]]:
+    """Check what ``out`` already holds; return the rows of the blocks that need no new solve.
+
+    Refuses (unless ``overwrite``, which removes the solve's files and returns {}) when ``out``
+    holds samples of other blocks, samples made otherwise, or a solution.json of another
+    source or other settings. Leftovers of an interrupted write (hidden temporaries, the
+    ``.solve-*`` staging folders of older versions) are removed in any case.
+    """
+    if not out.is_dir():
+        return {}
+    for tmp in [*out.glob(f".*{SAMPLES_SUFFIX}.*.tmp"), *out.glob(f".{SOLUTION_NAME}.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+    for stale in out.glob(".solve-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    ours = sorted(out.glob(_SAMPLES_PATTERN))
+    solution = out / SOLUTION_NAME
+    if overwrite:
+        for path in ours:
+            path.unlink()
+        solution.unlink(missing_ok=True)
+        return {}
+    by_name = {_samples_name(blk): blk for blk in src["blocks"]}
+    done: dict[int, dict[str, Any]] = {}
+    foreign: list[str] = []
+    for path in ours:
+        blk = by_name.get(path.name)
+        row = _resumable(path, blk, cfg, out) if blk is not None else None
+        if row is None:
+            foreign.append(path.name)
+        else:
+            done[blk["block_id"]] = row
+    problems = []
+    if foreign:
+        problems.append(f"{len(foreign)} samples file(s) of other blocks or made with other settings or source "
+                        f"files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
+    if solution.is_file():
+        try:
+            old = json.loads(solution.read_text())
+            same = (old.get("source") == _relative(_source_path(src), out)
+                    and _settings(old.get("config", {})) == _settings(asdict(cfg)))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            same = False
+        if not same:
+            problems.append(f"a {SOLUTION_NAME} of another source or other settings")
+    if problems:
+        raise QuboNNError(f"output folder {str(out)!r} holds {' and '.join(problems)}: expected an empty folder "
+                          f"or one of an interrupted run of the same solve; pass overwrite (--overwrite) to "
+                          f"replace them, or choose another output folder")
+    return done
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape the samples (not where or how fast they ran)."""
+    return {k: config.get(k) for k in ("sampler", "params", "seed", "polish", "init", "keep")}
+
+
+def _samples_name(blk: dict[str, Any]) -> str:
+    return f"{Path(blk['path']).name.split('.')[0]}{SAMPLES_SUFFIX}"
+
+
+def _source_digests(path: str | os.PathLike) -> dict[str, str | None]:
+    """sha256 of a block's QUBO file and of its encoding (.npz, when a sidecar names one)."""
+    path = Path(path)
+    side_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
+    file, npz = path, None
+    if side_path.is_file():
+        try:
+            side = json.loads(side_path.read_text())
+            file = side_path.parent / side["file"]
+            npz = side_path.parent / side["npz"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            pass
+    return {"file_sha256": sha256_file(file) if file.is_file() else None,
+            "npz_sha256": sha256_file(npz) if npz is not None and npz.is_file() else None}
+
+
+def _block_key(blk: dict[str, Any], cfg: SolveConfig, digests: dict[str, str | None]) -> dict[str, Any]:
+    return {**digests, **_settings(asdict(cfg)), "params": jsonable(cfg.params),
+            "block_seed": child_seed(cfg.seed, blk["block_id"])}
+
+
+def _resumable(path: Path, blk: dict[str, Any], cfg: SolveConfig, out: Path) -> dict[str, Any] | None:
+    """The stored row of samples file ``path`` when it was made for ``blk`` as ``cfg`` would make it."""
+    try:
+        info = json.loads(path.read_text()).get("info", {})
+        stored = info[_RESUME_KEY]
+        key, row = stored["key"], dict(stored["row"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        return None
+    if key != jsonable(_block_key(blk, cfg, _source_digests(blk["path"]))):
+        return None
+    row.update(file=_relative(blk["path"], out), samples=path.name, resumed=True)
+    return row
+
+
+def _relative(path: str | os.PathLike | None, out: Path) -> str | None:
+    return None if path is None else os.path.relpath(Path(path).absolute(), out.absolute())
+
+
+def _source_path(src: dict[str, Any]) -> str:
+    return str(Path(src["blocks"][0]["path"]).resolve()) if src["kind"] == "file" else src["manifest_path"]
+
+
+def _read_tasks(todo: list[dict[str, Any]], src: dict[str, Any], cfg: SolveConfig, pending: dict[int, dict],
+                pack: bool) -> Iterator[dict[str, Any]]:
+    """Read, check and prepare each block in turn (lazily: the executor pulls the next one when a
+    slot frees); what the driver keeps of block i until its result comes goes to ``pending[i]``."""
+    man = src["manifest"]
+    digests = (man["head_digest"], man["features_digest"]) if man else (None, None)
     takes_init = "initial_states" in get_sampler(cfg.sampler).parameters
-    init = None
-    if cfg.init == "current" and current is None:
-        raise QuboNNError(f"init 'current' needs a block built by qubo-nn (with a sidecar); {blk['path']!r} has none")
-    if cfg.init == "current" and not takes_init:
-        raise QuboNNError(f"sampler {cfg.sampler!r} does not take initial states (init 'current')")
-    if cfg.init in ("current", "auto") and current is not None and takes_init:
-        init = (current[None, :], list(range(len(current))))
-    ss = run_sampler(bqm, cfg.sampler, seed=seed, polish=cfg.polish, initial_states=init, **cfg.params)
-    t2 = time.perf_counter()
-    if cfg.keep is not None and len(ss) > cfg.keep:
-        ss = ss.truncate(cfg.keep)
-    stem = Path(blk["path"]).name.split(".")[0]
-    name = f"{stem}{SAMPLES_SUFFIX}"
-    atomic_write_json(staging / name, ss.to_serializable())
-    t3 = time.perf_counter()
-    best = float(ss.first.energy) if len(ss) else float(bqm.offset)
-    e_cur = float(bqm.energies((current[None, :], list(range(len(current)))))[0]) if current is not None else None
+    for index, blk in enumerate(todo):
+        t0 = time.perf_counter()
+        bqm, enc, side = read_block(blk["path"], *digests)
+        current = None
+        if enc is not None:
+            current = enc.current_bits().cpu().numpy().astype(np.int8)
+            if current.shape[0] != bqm.num_variables:
+                raise QuboNNError(f"block {blk['path']!r}: encoding has {current.shape[0]} bits, QUBO "
+                                  f"{bqm.num_variables} variables")
+        if cfg.init == "current" and current is None:
+            raise QuboNNError(f"init 'current' needs a block built by qubo-nn (with a sidecar); {blk['path']!r} "
+                              f"has none")
+        if cfg.init == "current" and not takes_init:
+            raise QuboNNError(f"sampler {cfg.sampler!r} does not take initial states (init 'current')")
+        use_init = cfg.init in ("current", "auto") and current is not None and takes_init
+        if side:
+            source = {"file_sha256": side["file_sha256"], "npz_sha256": side["npz_sha256"]}
+        else:
+            source = {"file_sha256": sha256_file(blk["path"]), "npz_sha256": None}
+        labels = list(range(bqm.num_variables))
+        pending[index] = {
+            "blk": blk,
+            "key": _block_key(blk, cfg, source),
+            "builder_block": enc is not None,
+            "num_variables": bqm.num_variables,
+            "num_interactions": bqm.num_interactions,
+            "current_energy": (float(bqm.energies((current[None, :], labels))[0]) if current is not None
+                               else None),
+            "offset": float(bqm.offset),
+            "L0": side.get("L0", blk.get("L0")),
+            "initial_states": "current" if use_init else "random",
+        }
+        task = {"bqm": block_task.pack_bqm(bqm) if pack else bqm, "sampler": cfg.sampler, "params": cfg.params,
+                "seed": child_seed(cfg.seed, blk["block_id"]), "polish": cfg.polish,
+                "initial": current if use_init else None, "keep": cfg.keep}
+        pending[index]["read_s"] = time.perf_counter() - t0
+        del bqm, enc
+        yield task
+
+
+def _finish_block(meta: dict[str, Any], result: dict[str, Any], out: Path, node: str | None) -> dict[str, Any]:
+    """Write one finished block's samples file; return its row."""
+    t0 = time.perf_counter()
+    blk = meta["blk"]
+    ss = block_task.to_sampleset(result)
     info = ss.info
-    return {
+    best = float(ss.first.energy) if len(ss) else meta["offset"]
+    e_cur = meta["current_energy"]
+    name = _samples_name(blk)
+    row = {
         "block_id": blk["block_id"],
-        "file": str(blk["path"]),
+        "file": _relative(blk["path"], out),
         "samples": name,
-        "builder_block": enc is not None,
-        "num_variables": bqm.num_variables,
-        "num_interactions": bqm.num_interactions,
+        "builder_block": meta["builder_block"],
+        "num_variables": meta["num_variables"],
+        "num_interactions": meta["num_interactions"],
         "num_reads": len(ss),
         "best_energy": best,
         "current_energy": e_cur,
         "predicted_decrease": (e_cur - best) if e_cur is not None else None,
-        "L0": side.get("L0", blk.get("L0")),
+        "L0": meta["L0"],
         "seed": info.get("seed"),
-        "initial_states": "current" if init is not None else "random",
+        "initial_states": meta["initial_states"],
         "params": info.get("params"),
         "sampler_energy_error": info.get("sampler_energy_error"),
-        "timings": {"read_s": t1 - t0, "sample_s": info.get("wall_time_s", t2 - t1), "write_s": t3 - t2,
-                    "total_s": t3 - t0},
+        "node": node,
+        "resumed": False,
+        "timings": {"read_s": meta["read_s"], "unpack_s": result["unpack_s"],
+                    "sample_s": info.get("wall_time_s", result["t_end"] - result["t_start"])},
     }
+    info[_RESUME_KEY] = {"key": jsonable(meta["key"]), "row": row}
+    atomic_write_json(out / name, ss.to_serializable())
+    row["timings"]["write_s"] = time.perf_counter() - t0
+    row["timings"]["total_s"] = sum(row["timings"].values())
+    return row
 
 
-def _summary(src: dict[str, Any], rows: list[dict[str, Any]], cfg: SolveConfig, seconds: float) -> dict[str, Any]:
+def _summary(src: dict[str, Any], rows: list[dict[str, Any]], cfg: SolveConfig, seconds: float,
+             out: Path) -> dict[str, Any]:
+    """solution.json: the configuration, versions, totals and one row per block (paths relative to ``out``)."""
     man = src["manifest"]
     builder = all(r["builder_block"] for r in rows)
     L0 = man["L0"] if man else (rows[0]["L0"] if len(rows) == 1 else None)
     totals: dict[str, Any] = {
         "blocks": len(rows),
+        "resumed": sum(1 for r in rows if r.get("resumed")),
         "variables": sum(r["num_variables"] for r in rows),
         "wall_time_s": seconds,
         "sample_time_s": sum(r["timings"]["sample_s"] for r in rows),
-        "mean_block_time_s": float(np.mean([r["timings"]["total_s"] for r in rows])),
+        "mean_block_time_s": float(np.mean([r["timings"].get("total_s", r["timings"]["sample_s"]) for r in rows])),
     }
     if builder and L0 is not None:
         totals["L0"] = L0
@@ -240,8 +417,8 @@ def _summary(src: dict[str, Any], rows: list[dict[str, Any]], cfg: SolveConfig, 
         "version": SOLUTION_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "kind": src["kind"],
-        "source": str(Path(src["blocks"][0]["path"]).resolve()) if src["kind"] == "file" else src["manifest_path"],
-        "manifest": src["manifest_path"] if builder else None,
+        "source": _relative(_source_path(src), out),
+        "manifest": _relative(src["manifest_path"], out) if builder else None,
         "head_digest": man["head_digest"] if man else None,
         "features_digest": man["features_digest"] if man else None,
         "config": asdict(cfg),
@@ -336,7 +513,7 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
     if not sol.get("manifest"):
         raise QuboNNError("decode needs a solution of blocks built by `qubo-nn build` (a manifest with the head "
                           "and encodings); this solution was made from plain QUBO files")
-    man = read_manifest(sol["manifest"])
+    man = read_manifest(Path(sol["dir"]) / sol["manifest"])  # relative to the solution folder (or absolute)
     if sol.get("head_digest") and sol["head_digest"] != man["head_digest"]:
         raise QuboNNError(f"solution was made for head {sol['head_digest']}, the manifest now holds "
                           f"{man['head_digest']} (rebuilt since?)")
@@ -348,7 +525,7 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
     per_block = []
     L0 = float(man["L0"])
     for row in tqdm(sol["blocks"], desc="decode", unit="block", disable=not progress):
-        key = str(Path(row["file"]).resolve())
+        key = str((Path(sol["dir"]) / row["file"]).resolve())
         if key not in by_path:
             raise QuboNNError(f"block file {row['file']!r} of the solution is not in manifest {sol['manifest']!r}")
         bqm, enc, _ = read_block(key, man["head_digest"], man["features_digest"])
