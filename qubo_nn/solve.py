@@ -31,25 +31,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import dimod
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from . import block_task
+# decode and the readers live in qubo_nn.decode (torch only inside its functions); re-exported here
+from .decode import (SOLUTION_FORMAT, SOLUTION_NAME, SOLUTION_VERSION, best_bits, decode, load_head_file,  # noqa: F401
+                     read_samples, read_solution)
 from .errors import QuboNNError
 from .execution import ExecutorConfig, check_available, map_unordered
-from .featureset import FeatureSet
-from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest, read_tagged_json
-from .head import Head, evaluate
-from .qubo import apply
-from .runtime import atomic_path, atomic_write_json, resolve_device, sha256_file, tensor_digest, versions
+from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest
+from .runtime import atomic_write_json, sha256_file, versions
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, child_seed, get_sampler
 from .samplers.base import check_seed, jsonable
-
-SOLUTION_NAME = "solution.json"
-SOLUTION_FORMAT = "qubo-nn-solution"
-SOLUTION_VERSION = 1
 SAMPLES_SUFFIX = ".samples.json"
 INITS = ("auto", "current", "random")
 
@@ -426,162 +419,3 @@ def _summary(src: dict[str, Any], rows: list[dict[str, Any]], cfg: SolveConfig, 
         "totals": totals,
         "blocks": rows,
     }
-
-
-# --------------------------------------------------------------------------- decode
-
-def read_solution(solution_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``solution.json`` of a solve (``solution_dir`` is its directory or the file)."""
-    path = Path(solution_dir)
-    if path.is_dir():
-        path = path / SOLUTION_NAME
-    if not path.is_file():
-        raise QuboNNError(f"no {SOLUTION_NAME} at {str(path)!r} (run `qubo-nn solve ... --out DIR` first)")
-    sol = read_tagged_json(path, SOLUTION_FORMAT, SOLUTION_VERSION, "solution", "solution")
-    if not isinstance(sol.get("blocks"), list) or not sol["blocks"]:
-        raise QuboNNError(f"solution {str(path)!r} lists no blocks")
-    sol["dir"] = str(path.parent.resolve())
-    return sol
-
-
-def read_samples(path: str | os.PathLike) -> dimod.SampleSet:
-    """A SampleSet written by :func:`solve` (``SampleSet.to_serializable`` as JSON)."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-        return dimod.SampleSet.from_serializable(obj)
-    except FileNotFoundError as exc:
-        raise QuboNNError(f"samples file {str(path)!r} does not exist") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QuboNNError(f"samples file {str(path)!r} is not valid JSON (truncated?): {exc}") from exc
-    except Exception as exc:  # dimod's deserializer raises assorted errors on foreign JSON
-        raise QuboNNError(f"samples file {str(path)!r} is not a serialized dimod SampleSet: "
-                          f"{type(exc).__name__}: {exc}") from exc
-
-
-def best_bits(ss: dimod.SampleSet, bqm: dimod.BinaryQuadraticModel, where: str = "") -> np.ndarray:
-    """The lowest-energy sample of ``ss`` as bits in variable order 0..n−1, checked against ``bqm``:
-    same variables, and the stored energy equals ``bqm``'s (else the two do not belong together)."""
-    n = bqm.num_variables
-    if len(ss) == 0:
-        raise QuboNNError(f"{where}: the solution holds no samples")
-    if set(ss.variables) != set(bqm.variables) or set(bqm.variables) != set(range(n)):
-        raise QuboNNError(f"{where}: the solution's {len(ss.variables)} variables do not match the QUBO's {n}")
-    if ss.vartype is not dimod.BINARY:
-        ss = ss.change_vartype(dimod.BINARY, inplace=False)
-    i = int(np.argmin(ss.record.energy))
-    row = ss.record.sample[i]
-    x = np.asarray([row[ss.variables.index(v)] for v in range(n)], dtype=np.int8)
-    e = float(bqm.energies((x[None, :], list(range(n))))[0])
-    stored = float(ss.record.energy[i])
-    if not np.isclose(e, stored, rtol=1e-9, atol=1e-9):
-        raise QuboNNError(f"{where}: the stored energy {stored!r} of the best sample differs from the QUBO's "
-                          f"{e!r}: the solution was made for a different QUBO")
-    return x
-
-
-def load_head_file(path: str | os.PathLike) -> Head:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise QuboNNError(f"head file {str(path)!r} does not exist") from exc
-    except Exception as exc:  # zip/pickle errors of a damaged file
-        raise QuboNNError(f"head file {str(path)!r} is not a torch state dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(sd, dict):
-        raise QuboNNError(f"head file {str(path)!r} must hold a dict with 'weight' and 'bias', got {type(sd).__name__}")
-    return Head.from_state_dict(sd)
-
-
-def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None,
-           feats: FeatureSet | None = None, test: FeatureSet | None = None, device: str = "auto",
-           progress: bool = False) -> dict[str, Any]:
-    """Apply the best sample of every block of a solution to the build's head; evaluate it.
-
-    ``feats``/``test`` default to the features the manifest references
-    (``get_features(FeatureConfig(**manifest["features"]))``). The new head is written to
-    ``out`` (a ``{"weight", "bias"}`` state dict) only after everything was read and checked.
-
-    A block whose best sample predicts no gain over its current weights (energy of the current
-    bits) keeps them (``kept_current`` in its row; ``blocks_kept_current`` in all).
-
-    Returns predicted_loss (L0 + Σ_k (E_k − L0)), true_loss and accuracy of the new head (and
-    of the old one: loss_before, accuracy_before), taylor_error = true − predicted, test
-    accuracy when a test set is known, and per-block energies.
-    """
-    t0 = time.perf_counter()
-    sol = read_solution(solution_dir)
-    if not sol.get("manifest"):
-        raise QuboNNError("decode needs a solution of blocks built by `qubo-nn build` (a manifest with the head "
-                          "and encodings); this solution was made from plain QUBO files")
-    man = read_manifest(Path(sol["dir"]) / sol["manifest"])  # relative to the solution folder (or absolute)
-    if sol.get("head_digest") and sol["head_digest"] != man["head_digest"]:
-        raise QuboNNError(f"solution was made for head {sol['head_digest']}, the manifest now holds "
-                          f"{man['head_digest']} (rebuilt since?)")
-    head0 = load_head_file(Path(man["dir"]) / man["head"])
-    if tensor_digest(head0.W, head0.b) != man["head_digest"]:
-        raise QuboNNError(f"{man['head']} does not match the digest in its manifest (altered after the build)")
-    by_path = {str(Path(b["path"]).resolve()): b for b in man["blocks"]}
-    head = head0.clone()
-    per_block = []
-    L0 = float(man["L0"])
-    for row in tqdm(sol["blocks"], desc="decode", unit="block", disable=not progress):
-        key = str((Path(sol["dir"]) / row["file"]).resolve())
-        if key not in by_path:
-            raise QuboNNError(f"block file {row['file']!r} of the solution is not in manifest {sol['manifest']!r}")
-        bqm, enc, _ = read_block(key, man["head_digest"], man["features_digest"])
-        ss = read_samples(Path(sol["dir"]) / row["samples"])
-        x = best_bits(ss, bqm, where=f"block {row['block_id']}")
-        labels = list(range(len(x)))
-        e = float(bqm.energies((x[None, :], labels))[0])
-        # A sampler may end above the current weights (a hot anneal that did not come back down):
-        # never inject a step whose predicted loss is worse than keeping the block as it is.
-        x_cur = enc.current_bits().numpy().astype(x.dtype)
-        e_cur = float(bqm.energies((x_cur[None, :], labels))[0])
-        kept = not e < e_cur
-        if kept:
-            x, e = x_cur, e_cur
-        head = apply(head, enc, x)
-        per_block.append({"block_id": row["block_id"], "energy": e, "energy_current": e_cur,
-                          "predicted_decrease": L0 - e, "kept_current": kept,
-                          "weights": enc.m, "moved": int((enc.decode(x) != enc.theta0).sum())})
-    predicted = L0 + sum(b["energy"] - L0 for b in per_block)
-
-    if feats is None:
-        if not man.get("features"):
-            raise QuboNNError("the manifest names no features (built from features in memory): pass feats=")
-        from .features import FeatureConfig, get_features
-
-        res = get_features(FeatureConfig(**man["features"]), progress=progress)
-        feats, test = res.train, (res.test if test is None else test)
-    features_match = tensor_digest(feats.X, feats.y) == man["features_digest"]
-    dev = resolve_device(device)
-    l2 = float(man.get("config", {}).get("l2", 0.0))
-    feats_d = feats.to(dev)
-    loss0, acc0 = evaluate(head0.to(dev), feats_d, l2)
-    loss1, acc1 = evaluate(head.to(dev), feats_d, l2)
-    report: dict[str, Any] = {
-        "blocks": len(per_block),
-        "blocks_kept_current": sum(b["kept_current"] for b in per_block),
-        "L0": L0,
-        "predicted_loss": predicted,
-        "loss_before": loss0,
-        "true_loss": loss1,
-        "taylor_error": loss1 - predicted,
-        "predicted_decrease": L0 - predicted,
-        "true_decrease": loss0 - loss1,
-        "accuracy_before": acc0,
-        "accuracy": acc1,
-        "features_match": features_match,
-        "l2": l2,
-        "per_block": per_block,
-    }
-    if test is not None:
-        test_d = test.to(dev)
-        report["test_loss_before"], report["test_accuracy_before"] = evaluate(head0.to(dev), test_d, 0.0)
-        report["test_loss"], report["test_accuracy"] = evaluate(head.to(dev), test_d, 0.0)
-    if out is not None:
-        with atomic_path(out) as tmp:
-            torch.save(head.state_dict(), tmp)
-        report["head"] = str(out)
-    report["wall_time_s"] = time.perf_counter() - t0
-    return report
