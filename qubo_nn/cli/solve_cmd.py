@@ -1,44 +1,20 @@
 """``qubo-nn solve``, ``qubo-nn decode`` and ``qubo-nn samplers``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import QuboNNError
-from ..samplers import DEFAULT_SAMPLER, SAMPLERS, describe
-from ..solve import INITS, SOLUTION_NAME, SolveConfig, decode, solve
-from .common import device_option, emit, handle_errors, json_option
-
-
-def sampler_params(num_reads: int | None, num_sweeps: int | None, time_limit: float | None,
-                   beta_range: tuple[float, float] | None, params_json: str | None) -> dict[str, Any]:
-    """The sampler options given on the command line: the named flags plus ``--params`` JSON."""
-    params: dict[str, Any] = {}
-    if params_json:
-        try:
-            params = json.loads(params_json)
-        except json.JSONDecodeError as exc:
-            raise QuboNNError(f"--params must be a JSON object, got {params_json!r} ({exc})") from exc
-        if not isinstance(params, dict):
-            raise QuboNNError(f"--params must be a JSON object, got {type(params).__name__}")
-    named = {"num_reads": num_reads, "num_sweeps": num_sweeps, "time_limit": time_limit,
-             "beta_range": list(beta_range) if beta_range else None}
-    for key, value in named.items():
-        if value is None:
-            continue
-        if key in params:
-            raise QuboNNError(f"sampler option {key!r} given twice (--{key.replace('_', '-')} and --params)")
-        params[key] = value
-    return params
+from .common import (INITS, SAMPLER_OWN_ARGS, check_writable, device_option, emit, handle_errors, json_option,
+                     progress_option, sampler_options, sampler_params)
 
 
 def _solve_text(s: dict[str, Any], out: Path) -> str:
     t = s["totals"]
     lines = [f"solved {t['blocks']} block(s) with {s['config']['sampler']} in {t['wall_time_s']:.2f} s "
-             f"(sampling {t['sample_time_s']:.2f} s, {t['mean_block_time_s']:.2f} s per block)"]
+             f"(sampling {t['sample_time_s']:.2f} s, {t['mean_block_time_s']:.2f} s per block)"
+             + (f"; {t['resumed']} resumed from an earlier run" if t.get("resumed") else "")]
     for r in s["blocks"][:10]:
         line = f"  block {r['block_id']:>5}: best energy {r['best_energy']:.9g}"
         if r["predicted_decrease"] is not None:
@@ -48,61 +24,75 @@ def _solve_text(s: dict[str, Any], out: Path) -> str:
         lines.append(f"  ... {len(s['blocks']) - 10} more")
     if "predicted_loss" in t:
         lines.append(f"  predicted loss {t['predicted_loss']:.6f} (from L0 = {t['L0']:.6f})")
-    lines.append(f"  solution: {out / SOLUTION_NAME}")
+    lines.append(f"  solution: {out / 'solution.json'}")
     return "\n".join(lines)
 
 
 @click.command()
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=DEFAULT_SAMPLER, show_default=True,
-              help="Sampler from the registry (`qubo-nn samplers` lists them and their options).")
+@sampler_options
 @click.option("--out", type=click.Path(file_okay=False), default="solution", show_default=True,
               help="Output directory: one <block>.samples.json per block, then solution.json.")
-@click.option("--num-reads", "-n", type=click.IntRange(min=1), default=None,
-              help="Reads (samples) per block [default: the sampler's].")
-@click.option("--num-sweeps", type=click.IntRange(min=1), default=None,
-              help="Sweeps per read (neal) [default: 1000].")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
               help="Base seed; block k uses a seed derived from (seed, k), recorded in the solution.")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds per block (neal: no new read after it; tabu: split over reads; sb, random).")
-@click.option("--beta-range", type=(float, float), default=None, metavar="LO HI",
-              help="neal's inverse temperatures [default: computed from the biases].")
-@click.option("--params", "-m", "params_json", default=None, metavar="JSON",
-              help='More sampler options as a JSON object, e.g. \'{"num_restarts": 10}\'.')
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Blocks solved in parallel (threads; neal and tabu release the GIL).")
-@click.option("--polish", is_flag=True, help="Polish every sample with steepest descent.")
+              help="Blocks solved in parallel: threads, or the CPUs of the local Ray instance (--executor ray).")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads", show_default=True,
+              help="Where blocks are solved: threads of this process, or Ray tasks (pip install 'qubo-nn[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join this Ray cluster ('auto' or HOST:PORT, from `ray start --head`) [default: start a local "
+                   "instance].")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
+              help="Blocks read ahead and not yet finished (bounds the driver's memory) [default: 2 x parallelism].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the solve files (solution.json, *.samples.json) already in --out; without it a "
+                   "rerun only resumes an interrupted run of the same solve.")
 @click.option("--init", type=click.Choice(INITS), default="auto", show_default=True,
               help="Initial states: current weights (builder blocks), the sampler's random ones, or auto.")
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Samples stored per block, lowest energy first [default: all].")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@progress_option
 @json_option
 @handle_errors
-def solve_command(source: str, sampler: str, out: str, num_reads: int | None, num_sweeps: int | None, seed: int,
-                  time_limit: float | None, beta_range: tuple[float, float] | None, params_json: str | None,
-                  workers: int, polish: bool, init: str, keep: int | None, progress: bool, as_json: bool) -> None:
+def solve_command(source: str, out: str, seed: int, workers: int, executor: str, ray_address: str | None,
+                  max_in_flight: int | None, overwrite: bool, init: str, keep: int | None, progress: bool,
+                  as_json: bool, **o: Any) -> None:
     """Solve SOURCE: a QUBO file (.bqm, .coo, .qubo; from `qubo-nn build` or elsewhere), or a
     build directory / its manifest.json (every block, --workers at a time).
 
     For blocks built here the best energy is the predicted loss of the head with that block's
     weights moved; `qubo-nn decode OUT` turns the solution into a head.
+
+    \b
+    Example:
+      qubo-nn solve qubos/ --sampler neal --num-sweeps 2000 --workers 2 --out sol/
     """
-    cfg = SolveConfig(sampler=sampler, params=sampler_params(num_reads, num_sweeps, time_limit, beta_range,
-                                                             params_json),
-                      seed=seed, polish=polish, init=init, workers=workers, keep=keep)
-    summary = solve(source, out, cfg, progress=progress and not as_json)
-    emit({"solution": str(Path(out) / SOLUTION_NAME), **summary}, as_json, _solve_text(summary, Path(out)))
+    params = sampler_params(o)
+    check_writable(out)
+    from ..solve import SolveConfig, solve
+
+    cfg = SolveConfig(sampler=o["sampler"], params=params, seed=seed, polish=o["polish"], init=init,
+                      workers=workers, keep=keep, executor=executor, ray_address=ray_address,
+                      max_in_flight=max_in_flight)
+    summary = solve(source, out, cfg, progress=progress and not as_json, overwrite=overwrite)
+    emit({"solution": str(Path(out) / "solution.json"), **summary}, as_json, _solve_text(summary, Path(out)))
 
 
 def _decode_text(r: dict[str, Any]) -> str:
-    lines = [f"decoded {r['blocks']} block(s), {r['blocks_kept_current']} kept at the current weights (no predicted gain)",
+    lines = [f"decoded {r['blocks']} block(s): {r['blocks'] - r['blocks_kept_current']} step(s) injected, "
+             f"{r['blocks_no_predicted_gain']} without predicted gain and {r['blocks_true_loss_rose']} raising the "
+             f"true loss kept at the current weights" + (" (--force: all injected)" if r["force"] else ""),
              f"  loss      before {r['loss_before']:.6f}  predicted {r['predicted_loss']:.6f}  "
              f"true {r['true_loss']:.6f}  (Taylor error {r['taylor_error']:+.3g})",
              f"  accuracy  before {r['accuracy_before']:.4f}  after {r['accuracy']:.4f}"]
     if "test_accuracy" in r:
         lines.append(f"  test      accuracy before {r['test_accuracy_before']:.4f}  after {r['test_accuracy']:.4f}")
+    for b in r["per_block"][:20]:
+        lines.append(f"  block {b['block_id']:>5}: true loss {b['true_loss_before']:.6f} -> "
+                     f"{b['true_loss_with_step']:.6f}  {'injected' if not b['kept_current'] else 'kept'} "
+                     f"({b['reason']})")
+    if len(r["per_block"]) > 20:
+        lines.append(f"  ... {len(r['per_block']) - 20} more")
     if not r["features_match"]:
         lines.append("  warning: the features differ from the ones the QUBOs were built from (digest); the "
                      "predicted loss refers to those")
@@ -115,16 +105,36 @@ def _decode_text(r: dict[str, Any]) -> str:
 @click.argument("solution_dir", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the new head (state dict) [default: SOLUTION_DIR/head.pt].")
+@click.option("--build", "build_dir", type=click.Path(exists=True), default=None,
+              help="The build folder (or its manifest.json) when it is no longer where solution.json says "
+                   "[default: the path recorded, relative to SOLUTION_DIR].")
+@click.option("--force", is_flag=True,
+              help="Inject every block's best sample, even where it predicts no gain or raises the true loss.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Feature cache to read the build's features from [default: the one the build recorded].")
 @device_option
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@progress_option
 @json_option
 @handle_errors
-def decode_command(solution_dir: str, out: str | None, device: str, progress: bool, as_json: bool) -> None:
+def decode_command(solution_dir: str, out: str | None, build_dir: str | None, force: bool, cache_dir: str | None,
+                   device: str, progress: bool, as_json: bool) -> None:
     """Turn the best samples of SOLUTION_DIR into a new head and report its true loss and
-    accuracy (on the features the build used) beside the predicted loss."""
+    accuracy (on the features the build used) beside the predicted loss.
+
+    Blocks are injected one after the other, each only if its step lowers the true loss of
+    the head so far (as the hybrid loop does); --force injects them all.
+
+    \b
+    Example:
+      qubo-nn decode sol/ --out head-qubo.pt
+    """
     base = Path(solution_dir)
     target = Path(out) if out else (base if base.is_dir() else base.parent) / "head.pt"
-    report = decode(solution_dir, out=target, device=device, progress=progress and not as_json)
+    check_writable(target, "--out", kind="file")
+    from ..decode import decode
+
+    report = decode(solution_dir, out=target, device=device, progress=progress and not as_json, build=build_dir,
+                    force=force, cache_dir=cache_dir)
     emit(report, as_json, _decode_text(report))
 
 
@@ -132,13 +142,22 @@ def decode_command(solution_dir: str, out: str | None, device: str, progress: bo
 @json_option
 @handle_errors
 def samplers_command(as_json: bool) -> None:
-    """List the samplers: name, available or not (and why), accepted options."""
+    """List the samplers: name, available or not (and why), the options -m accepts.
+
+    \b
+    Example:
+      qubo-nn samplers --json
+    """
+    from ..samplers import describe
+
     rows = describe()
+    for r in rows:   # seed and initial_states are set by qubo-nn (--seed, --init), never through -m
+        r["parameters"] = [p for p in r["parameters"] if p not in SAMPLER_OWN_ARGS]
     lines = []
     for r in rows:
         state = "available" if r["available"] else "unavailable"
         lines.append(f"{r['name']:<9} {state:<12} {r['summary']}")
         if r["reason"]:
             lines.append(f"{'':<22}{r['reason']}")
-        lines.append(f"{'':<22}options: {', '.join(r['parameters']) or '-'}")
+        lines.append(f"{'':<22}options (-m): {', '.join(r['parameters']) or '-'}")
     emit({"samplers": rows}, as_json, "\n".join(lines))
