@@ -1,4 +1,4 @@
-"""Pipelined hybrid optimizer of the FC head: block QUBOs annealed on CPU threads.
+"""Pipelined hybrid optimizer of the FC head: block QUBOs annealed on CPU threads (or Ray tasks).
 
 One sweep visits every block of :func:`qubo_nn.qubo.plan_blocks`. For each block the
 *device* (GPU when present, else the main thread's CPU) computes the local model at the
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import collections
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
@@ -59,7 +58,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import block_task
 from .errors import QuboNNError
+from .execution import ExecutorConfig, open_executor
 from .featureset import FeatureSet
 from .head import Head, check_compatible, evaluate
 from .qubo import BlockQUBO, BuildConfig, make_block_qubo, plan_blocks
@@ -96,7 +97,10 @@ class HybridConfig:
     ``accept_tol``: a step is accepted only if the true loss fell by more than this (nats; below
     it, incremental float32 rounding could hide a rise). ``max_retries``, ``damping_growth``:
     a rejected step is retried with μ × growth^r, r = 1..max_retries. ``workers``: anneals in
-    flight (CPU threads). ``device_threads``: torch intra-op threads while the sweep runs
+    flight. ``executor``/``ray_address``: where they run (:mod:`qubo_nn.execution`: CPU threads,
+    or Ray tasks that get each BQM as compact arrays; the same samples either way; with Ray
+    the anneal intervals of the time accounting are the workers' clocks, comparable with the
+    driver's only on one machine). ``device_threads``: torch intra-op threads while the sweep runs
     (None: leave as is); on a CPU-only machine, cores − workers keeps the stages from fighting.
     ``seed``: seeds the samplers (one derived seed per sweep, block and attempt).
     """
@@ -114,6 +118,13 @@ class HybridConfig:
     workers: int = 1
     device_threads: int | None = None
     seed: int = 0
+    executor: str = "threads"
+    ray_address: str | None = None
+
+    def executor_config(self) -> ExecutorConfig:
+        """The anneal stage's executor: ``workers`` anneals at a time, no more in flight."""
+        return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address,
+                              max_in_flight=self.workers)
 
     def validate(self) -> None:
         self.build.validate()
@@ -131,6 +142,7 @@ class HybridConfig:
             raise QuboNNError(f"device_threads must be None or an integer >= 1, got {self.device_threads!r}")
         if not isinstance(self.sampler_params, dict):
             raise QuboNNError(f"sampler_params must be a dict, got {type(self.sampler_params).__name__}")
+        self.executor_config().validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,9 +200,9 @@ def hybrid_sweeps(head: Head, train_feats: FeatureSet, cfg: HybridConfig, device
                               "warm_start_used": bool(cfg.warm_start and takes_initial)}
     current = head
     try:
-        with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="anneal") as pool:
+        with open_executor(cfg.executor_config()) as pool:
             for sweep in range(cfg.sweeps):
-                current, srec = _one_sweep(current, train_feats, cfg, bcfg, dev, sweep, pool, samplers,
+                current, srec = _one_sweep(current, train_feats, cfg, bcfg, dev, sweep, pool,
                                            takes_initial, record["blocks"], progress, callback)
                 record["sweeps"].append(srec)
                 if sweep == 0:
@@ -213,7 +225,7 @@ def hybrid_sweeps(head: Head, train_feats: FeatureSet, cfg: HybridConfig, device
     return out, record
 
 
-def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial, block_log, progress, callback):
+def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, takes_initial, block_log, progress, callback):
     t_setup = time.perf_counter()
     stats = HeadStats(head, feats, bcfg.l2, dev, bcfg.dtype, bcfg.chunk, bcfg.subsample, bcfg.seed)
     blocks = plan_blocks(stats, bcfg)
@@ -248,9 +260,10 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
 
     def submit() -> None:
         job = built.popleft()
-        fut = pool.submit(_anneal, samplers, job.blk.bqm, cfg.sampler, job.seed, cfg.polish, job.initial,
-                          dict(cfg.sampler_params))
-        inflight.append((job, fut))
+        bqm = block_task.pack_bqm(job.blk.bqm) if pool.cfg.ships_tasks else job.blk.bqm
+        task = {"bqm": bqm, "sampler": cfg.sampler, "params": dict(cfg.sampler_params), "seed": job.seed,
+                "polish": cfg.polish, "initial": job.initial}
+        inflight.append((job, pool.submit(block_task.sample_task, task)))
 
     def finish_block(job: _Job, entry: dict) -> None:
         block_log.append(entry)
@@ -325,13 +338,13 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
             if not inflight:
                 break
             job, fut = inflight.popleft()
-            job.result = fut.result()
+            res = pool.result(fut)[1]
+            job.result = (block_task.to_sampleset(res), res["t_start"], res["t_end"])
             if built and len(inflight) < cfg.workers:
                 submit()
             evaluate_job(job)
     except BaseException:
-        for _, fut in inflight:
-            fut.cancel()
+        pool.cancel([fut for _, fut in inflight])
         raise
     finally:
         bar.close()
@@ -343,16 +356,6 @@ def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, samplers, takes_initial
             "anneals": len(anneal_iv), "setup_s": setup_s}
     srec.update(interval_accounting(dev_iv, anneal_iv, t_start, t_end))
     return stats.head(), srec
-
-
-@torch.no_grad()
-def _anneal(samplers, bqm, sampler, seed, polish, initial, params):
-    t0 = time.perf_counter()
-    kwargs = dict(params)
-    if initial is not None:
-        kwargs["initial_states"] = initial
-    ss = samplers.sample(bqm, sampler, seed=seed, polish=polish, **kwargs)
-    return ss, t0, time.perf_counter()
 
 
 def _best_sample(sampleset, n: int) -> np.ndarray:

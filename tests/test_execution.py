@@ -364,3 +364,23 @@ def test_solution_names_blocks_relative_to_its_folder_and_survives_a_move(tiny, 
     L0 = s["totals"]["L0"]
     assert report["predicted_loss"] == pytest.approx(L0 + sum(min(r["best_energy"], r["current_energy"]) - L0
                                                                for r in s["blocks"]), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- the hybrid's anneal stage
+
+def test_hybrid_anneal_stage_gives_the_same_run_on_ray(ray_local, one_thread):
+    from qubo_nn.hybrid import HybridConfig, hybrid_sweeps
+
+    train, _ = synthetic_features(n=400, dim=8, num_classes=4, seed=3, n_test=10, separation=0.5)
+    head = Head.init_like_linear(4, 8, seed=0)
+    cfg = HybridConfig(build=BuildConfig(bits=3), sampler_params={"num_reads": 2, "num_sweeps": 50}, sweeps=2,
+                       tol=0.0, workers=2, seed=9)
+    out_t, rec_t = hybrid_sweeps(head, train, cfg, "cpu")
+    out_r, rec_r = hybrid_sweeps(head, train, replace(cfg, executor="ray"), "cpu")
+    assert rec_t["accepted"] >= 1  # the run did something to compare
+    assert torch.equal(out_t.W, out_r.W) and torch.equal(out_t.b, out_r.b)
+    keys = ("accepted", "energy_best", "energy_current", "seed", "moved_weights", "loss_after")
+    assert [[{k: a.get(k) for k in keys} for a in e["attempts"]] for e in rec_t["blocks"]] == \
+           [[{k: a.get(k) for k in keys} for a in e["attempts"]] for e in rec_r["blocks"]]
+    with pytest.raises(QuboNNError, match="ray_address needs executor 'ray'"):
+        replace(cfg, ray_address="auto").validate()
