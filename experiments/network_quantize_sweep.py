@@ -17,9 +17,13 @@ Writes (atomically, after every run; finished runs are skipped on the next call)
 Methods whose solver module is missing (cd and qubo need ``qubo_nn.levels``) are reported as
 not run. Usage:
   .venv/bin/python experiments/network_quantize_sweep.py [--bits 4 3 2] [--methods rtn gptq cd qubo] \
-      [--seeds 0 1 2] [--calib 128] [--qubo-budget 1200] [--out results/network-quantize]
+      [--seeds 0 1 2] [--calib 128] [--solve-budget 1200] [--out results/network-quantize]
 """
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # before NumPy: small solves thrash with BLAS threads
 
 import argparse
 import importlib.util
@@ -54,8 +58,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(NETWORK_METHODS), choices=NETWORK_METHODS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--calib", type=int, default=128)
-    ap.add_argument("--group-size", type=int, default=256)
-    ap.add_argument("--qubo-budget", type=float, default=1200.0)
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--solve-budget", type=float, default=1200.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/network-quantize")
     args = ap.parse_args()
@@ -79,7 +83,7 @@ def main() -> None:
                     skipped.append(run_name(method, bits, seed))
                     continue
                 cfg = NetworkQuantizeConfig(bits=bits, method=method, calib=args.calib, group_size=args.group_size,
-                                            qubo_budget_s=args.qubo_budget, seed=seed, device="cpu")
+                                            solve_budget_s=args.solve_budget, seed=seed, device="cpu")
                 res = quantize_network(model, calib, X_test, y_test, cfg)
                 rec = {**res.record, "checkpoint": portable_path(ck.path), "pretrain_test_acc": ck.test_acc}
                 atomic_write_json(path, rec)

@@ -96,7 +96,7 @@ def test_grouped_gptq_with_feedback_equals_full_row_gptq_in_act_order():
     H = torch.tensor(2 * X @ X.T)
     W = torch.tensor(rng.standard_normal((R, D)))
     scale = grid_scale(W, bits, "maxabs")
-    cfg = NetworkQuantizeConfig(bits=bits, method="gptq", group_size=7, damping=0.01)
+    cfg = NetworkQuantizeConfig(bits=bits, method="gptq", group_size=7, damping=0.01, factor_dtype="float64")
     k, info = round_layer(W, H, scale, bits, cfg)
     assert info["groups"] == 4
     plan = column_plan(D, D, torch.diagonal(H))
@@ -142,3 +142,20 @@ def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path,
         assert torch.isfinite(model(x)).all()
     bad = CliRunner().invoke(main, ["quantize", "--calib", "8", "--dataset", "synthetic"])
     assert bad.exit_code == 2 and "--calib applies to --scope network only" in bad.output
+
+
+@pytest.mark.parametrize("method", ["cd", "qubo"])
+def test_cd_and_qubo_never_lose_to_gptq_on_a_single_group_and_zero_budget_is_gptq(method, one_thread):
+    net, calib, test, labels = _net_and_data()
+    base = dict(bits=2, first_last_bits=2, calib=12, group_size=1000, device="cpu", factor_dtype="float64")
+    gptq = quantize_network(net, calib, test, labels, NetworkQuantizeConfig(method="gptq", **base))
+    full = quantize_network(net, calib, test, labels, NetworkQuantizeConfig(method=method, solve_budget_s=1e3, **base))
+    first = full.record["layers"][0]
+    assert first["coverage"] == 1.0 and first["rows_solved"] == 6
+    # layer 0 sees the same inputs in both runs; one group per row: each row's answer is kept only
+    # when its energy is not above GPTQ's, so the layer's energy cannot be higher
+    assert first["energy"] <= gptq.record["layers"][0]["energy"] * (1 + 1e-12)
+    none = quantize_network(net, calib, test, labels, NetworkQuantizeConfig(method=method, solve_budget_s=1e-9, **base))
+    assert all(L["coverage"] == 0.0 for L in none.record["layers"])
+    for name in gptq.levels:
+        assert torch.equal(none.levels[name], gptq.levels[name])

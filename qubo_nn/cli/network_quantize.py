@@ -10,7 +10,7 @@ from typing import Any
 
 from .common import emit
 
-NETWORK_OPTION_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 256, "qubo_budget": 1200.0}
+NETWORK_OPTION_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 64, "solve_budget": 1200.0}
 
 
 def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: str, damping: float, seed: int,
@@ -29,7 +29,7 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     g = {k: (opts.get(k) if opts.get(k) is not None else v) for k, v in NETWORK_OPTION_DEFAULTS.items()}
     cfg = NetworkQuantizeConfig(bits=bits, method=method, first_last_bits=g["first_last_bits"], calib=g["calib"],
                                 group_size=g["group_size"], damping=damping, scale=scale_rule, sampler=sampler,
-                                sampler_params=params, qubo_budget_s=float(g["qubo_budget"]), seed=seed,
+                                sampler_params=params, solve_budget_s=float(g["solve_budget"]), seed=seed,
                                 device=opts["device"])
     cfg.validate()
     pcfg = PretrainConfig(dataset=opts["dataset"], arch=opts["arch"], image_size=opts["image_size"],

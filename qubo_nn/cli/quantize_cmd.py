@@ -1,46 +1,32 @@
 """``qubo-nn quantize``: a low-bit FC head by round-to-nearest, GPTQ-style greedy or QUBO rounding."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import click
-import torch
 
 from ..errors import QuboNNError
-from ..features import get_features
-from ..head import Head
-from ..quantize import MAX_BITS, METHODS, MIN_BITS, SCALE_RULES, QuantizeConfig, quantize_head
-from ..runtime import atomic_path, atomic_write_json, tensor_digest, versions
-from ..train import SGDConfig, train_sgd
-from .common import emit, handle_errors, json_option, seed_option
-from .features_cmd import feature_config, feature_options
+from .common import (SCALE_RULES, LazyChoice, check_writable, damping_option, emit, encoding_option, feature_config,
+                     feature_options, handle_errors, json_option, progress_option, sampler_options, sampler_params,
+                     seed_option, sgd_options)
+
+QUANTIZE_DAMPING = 0.01   # QuantizeConfig.damping_rel (GPTQ's percdamp); checked by tests
+QUANTIZE_NUM_READS = 4    # QuantizeConfig.num_reads
 
 
-def load_head(path: str | Path) -> Head:
+def _methods() -> tuple[str, ...]:
+    from ..quantize import METHODS
+
+    return tuple(dict.fromkeys(METHODS + ("gptq", "cd")))
+
+
+def load_head(path: str | Path):
     """A head from a torch state dict file ``{"weight": C × D, "bias": C}``."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise QuboNNError(f"cannot read head checkpoint {str(path)!r}: expected a torch state dict "
-                          f"with 'weight' and 'bias' ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(sd, dict):
-        raise QuboNNError(f"head checkpoint {str(path)!r} must hold a state dict, got {type(sd).__name__}")
-    return Head.from_state_dict(sd)
+    from ..decode import load_head_file
 
-
-def _parse_params(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QuboNNError(f"--params must be a JSON object, e.g. '{{\"num_sweeps\": 2000}}', got {text!r} ({exc})")
-    if not isinstance(params, dict):
-        raise QuboNNError(f"--params must be a JSON object, got {type(params).__name__}")
-    return params
+    return load_head_file(path)
 
 
 def _table(rec: dict, method: str) -> str:
@@ -55,28 +41,20 @@ def _table(rec: dict, method: str) -> str:
 
 
 @click.command()
-@click.option("--bits", type=int, default=4, show_default=True,
-              help=f"Bits per weight ({MIN_BITS}–{MAX_BITS}); codes q ∈ [−2^(b−1), 2^(b−1)−1], "
-                   "w = s_row·q.")
-@click.option("--method", type=click.Choice(tuple(dict.fromkeys(METHODS + ("gptq", "cd")))), default="qubo",
-              show_default=True,
+@click.option("--bits", type=click.IntRange(1, 8), default=4, show_default=True,
+              help="Bits per weight; codes q ∈ [−2^(b−1), 2^(b−1)−1], w = s_row·q.")
+@click.option("--method", type=LazyChoice(_methods), default="qubo", show_default=True,
               help="Rounding whose head is written: round-to-nearest, GPTQ-style greedy, or QUBO "
                    "(rtn and greedy are always computed and recorded; qubo starts from them).")
-@click.option("--sampler", default="neal", show_default=True,
-              help="Registered sampler for --method qubo (see `qubo-nn samplers`).")
+@sampler_options
+@encoding_option
 @click.option("--scale", "scale_rule", type=click.Choice(SCALE_RULES), default="mse", show_default=True,
               help="Per-row scale: max-abs, or the MSE-optimal clipping ratio.")
 @click.option("--window-bits", type=click.IntRange(min=1), default=1, show_default=True,
               help="QUBO bits per weight: a window of 2^k grid levels (1 = round up or down, AdaRound).")
-@click.option("--damping", type=click.FloatRange(min=0), default=0.01, show_default=True,
-              help="Hessian damping as a fraction of the mean diagonal of each row block (GPTQ's percdamp).")
+@damping_option(QUANTIZE_DAMPING)
 @click.option("--grad/--no-grad", "use_grad", default=False, show_default=True,
               help="Include the gradient term gᵀΔ in the rounding objective (greedy and QUBO).")
-@click.option("--num-reads", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Sampler reads per row (for samplers that take num_reads).")
-@click.option("--params", "params_json", default=None,
-              help="More sampler parameters as a JSON object, e.g. '{\"num_sweeps\": 2000}'.")
-@click.option("--polish", is_flag=True, help="Steepest-descent polish of every sample.")
 @click.option("--refine-span", type=click.FloatRange(min=0), default=100.0, show_default=True,
               help="Samplers with a beta_range (neal), started from the greedy/RTN incumbents, anneal from "
                    "β_cold/SPAN to β_cold (a low-temperature refinement); 0 = the sampler's own schedule.")
@@ -86,11 +64,9 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--subsample", type=click.IntRange(min=1), default=None,
               help="Hessian blocks from a seeded random subset of this many training samples.")
 @click.option("--head", "head_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Head to quantize (torch state dict: weight, bias) [default: train the SGD baseline].")
-@click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True,
-              help="SGD epochs of the baseline head (without --head).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-              help="SGD learning rate of the baseline head (without --head).")
+              help="Head to quantize (torch state dict: weight, bias) [default: train the SGD baseline with the "
+                   "SGD options below].")
+@sgd_options
 @click.option("--scope", type=click.Choice(["head", "network"]), default="head", show_default=True,
               help="head: the FC head on cached features; network: every conv and linear layer of the ResNet "
                    "(BN folded, layer by layer; methods rtn|gptq|cd|qubo).")
@@ -101,47 +77,71 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="[network] Whole-model checkpoint [default: the cached `qubo-nn pretrain` of --dataset].")
 @click.option("--group-size", type=click.IntRange(min=1), default=None,
-              help="[network] Columns per integer problem; longer rows are split with error feedback [default: 256].")
-@click.option("--qubo-budget", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="[network] Seconds of QUBO solving for the whole network, shared by size [default: 1200].")
+              help="[network] Columns per integer problem; longer rows are split with error feedback [default: 64].")
+@click.option("--solve-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="[network] Seconds of cd/qubo solving for the whole network, shared by size; rows past it "
+                   "keep GPTQ's levels [default: 1200].")
 @feature_options
 @seed_option
 @click.option("--out", type=click.Path(dir_okay=False), default="head-quantized.pt", show_default=True,
               help="Where to write the quantized head (torch state dict: weight, bias, scale, codes).")
 @click.option("--record", type=click.Path(dir_okay=False), default=None,
               help="Where to write the JSON record [default: --out with suffix .json].")
-@click.option("--progress/--no-progress", default=False, show_default=True, help="Progress bars (stderr).")
+@progress_option
 @json_option
 @handle_errors
-def quantize_command(bits: int, method: str, sampler: str, scale_rule: str, window_bits: int, damping: float,
-                     use_grad: bool, num_reads: int, params_json: str | None, polish: bool, refine_span: float,
-                     refit_bias: bool,
-                     l2: float, subsample: int | None, head_path: str | None, epochs: int, lr: float, seed: int,
-                     out: str, record: str | None, progress: bool, as_json: bool, **opts: Any) -> None:
+def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, damping: float, use_grad: bool,
+                     encoding: str, refine_span: float, refit_bias: bool, l2: float, subsample: int | None,
+                     head_path: str | None, epochs: int, lr: float, momentum: float, sgd_batch_size: int,
+                     weight_decay: float, seed: int, out: str, record: str | None, progress: bool, as_json: bool,
+                     **opts: Any) -> None:
     """Quantize the FC head to --bits per weight (per-row symmetric grids, bias in full precision)
-    and record accuracy, loss and every method's QUBO energy on the same per-row BQMs."""
+    and record accuracy, loss and every method's QUBO energy on the same per-row BQMs.
+
+    \b
+    Example:
+      qubo-nn quantize --bits 2 --method qubo --sampler neal --head head.pt
+    """
+    num_reads = opts.pop("num_reads")
+    opts["num_reads"] = None   # --num-reads is QuantizeConfig.num_reads here, not a -m key
+    params = sampler_params(opts)
+    sampler, polish = opts.pop("sampler"), opts.pop("polish")
+    for key in ("sampler_params", "params_alias", "num_reads", "num_sweeps", "time_limit", "beta_range"):
+        opts.pop(key)
+    check_writable(out, "--out", kind="file")
+    if record:
+        check_writable(record, "--record", kind="file")
     if opts.pop("scope") == "network":
         from .network_quantize import run_network_quantize
 
         return run_network_quantize(bits=bits, method=method, sampler=sampler, scale_rule=scale_rule,
                                     damping=damping, seed=seed, out=out, record=record, progress=progress,
-                                    as_json=as_json, params=_parse_params(params_json), opts=opts)
-    for name in ("first_last_bits", "calib", "checkpoint", "group_size", "qubo_budget"):
+                                    as_json=as_json, params=params, opts=opts)
+    for name in ("first_last_bits", "calib", "checkpoint", "group_size", "solve_budget"):
         if opts.pop(name) is not None:
             raise QuboNNError(f"--{name.replace('_', '-')} applies to --scope network only")
+    import torch
+
+    from ..features import get_features
+    from ..head import Head
+    from ..quantize import QuantizeConfig, quantize_head
+    from ..runtime import atomic_path, atomic_write_json, tensor_digest, versions
+    from ..train import SGDConfig, train_sgd
+
     t0 = time.perf_counter()
-    cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler,
-                         sampler_params=_parse_params(params_json), num_reads=num_reads, window_bits=window_bits,
-                         damping_rel=damping, use_grad=use_grad, polish=polish,
-                         refine_span=refine_span or None, refit_bias=refit_bias, l2=l2,
-                         subsample=subsample, device=opts["device"], seed=seed)
+    cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler, sampler_params=params,
+                         encoding=encoding, num_reads=num_reads or QUANTIZE_NUM_READS, window_bits=window_bits,
+                         damping_rel=damping, use_grad=use_grad, polish=polish, refine_span=refine_span or None,
+                         refit_bias=refit_bias, l2=l2, subsample=subsample, device=opts["device"], seed=seed)
     cfg.validate()
+    sgd = SGDConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=sgd_batch_size, weight_decay=weight_decay,
+                    seed=seed)
+    sgd.validate()
     head = load_head(head_path) if head_path else None  # before the features: fail fast on a bad file
     fcfg = feature_config(opts)
     feats = get_features(fcfg, progress=progress)
     source: dict[str, Any] = {"features": fcfg.__dict__, "features_path": feats.path}
     if head is None:
-        sgd = SGDConfig(epochs=epochs, lr=lr, seed=seed)
         head0 = Head.init_like_linear(feats.train.num_classes, feats.train.dim, seed=seed)
         head, _ = train_sgd(head0, feats.train, feats.test, sgd, device=opts["device"])
         source["head"] = {"sgd": vars(sgd)}

@@ -52,9 +52,11 @@ class SequentialGroups:
         W_perm[:, b:] += (err @ self.U[a:b, b:]).to(W_perm.dtype)
 
 
-def sequential_groups(H: torch.Tensor, plan: BlockPlan, damping_rel: float = 0.01) -> SequentialGroups:
+def sequential_groups(H: torch.Tensor, plan: BlockPlan, damping_rel: float = 0.01,
+                      dtype: torch.dtype = torch.float64) -> SequentialGroups:
     """Factor H̃ = H + μI in ``plan`` order (μ = damping_rel · mean diag H; columns with zero
-    diagonal, inputs that never fire, get 1 on the diagonal first, as in GPTQ)."""
+    diagonal, inputs that never fire, get 1 on the diagonal first, as in GPTQ). The factorization
+    runs in ``dtype`` (float32 halves the time of the D = 4,608 layers; GPTQ's own precision)."""
     if H.ndim != 2 or H.shape[0] != H.shape[1] or H.shape[0] != len(plan.order):
         raise QuboNNError(f"expected a square Hessian of size {len(plan.order)}, got shape {tuple(H.shape)}")
     if not damping_rel >= 0:
@@ -65,7 +67,7 @@ def sequential_groups(H: torch.Tensor, plan: BlockPlan, damping_rel: float = 0.0
     mu = float(damping_rel * torch.diagonal(H).mean())
     H += mu * torch.eye(H.shape[0], dtype=H.dtype)
     order = torch.as_tensor(plan.order, dtype=torch.long)
-    Hp = H[order][:, order]
+    Hp = H[order][:, order].to(dtype)
     # U without forming H̃⁻¹: with P the reversal permutation and P H̃ P = L Lᵀ (lower L),
     # H̃⁻¹ = (P L⁻ᵀ P)(P L⁻¹ P) and P L⁻¹ P is upper triangular: U = P L⁻¹ P (one Cholesky and
     # one triangular inverse instead of Cholesky, inverse and Cholesky again).

@@ -20,10 +20,14 @@ Pipeline (:func:`quantize_network`):
 
    - ``rtn``: k = clamp(round(w/s)) (no H, no feedback);
    - ``gptq``: GPTQ with act-order (column by column through U, all rows at once, float64);
-   - ``cd`` / ``qubo``: each (row, group) :class:`levels.IntegerProblem` solved by
-     ``levels.solve_levels`` (coordinate descent over integer levels / a QUBO of the group in
-     ``encoding`` solved by ``sampler``, with ``time_budget_s`` per group taken from
-     ``qubo_budget_s`` in proportion to its size).
+   - ``cd`` / ``qubo``: GPTQ's levels first; then each (row, group) :class:`levels.IntegerProblem`
+     is re-solved by ``levels.solve_levels`` (``cd``: coordinate descent with pair moves from
+     GPTQ act-order; ``qubo``: the best classical answer, then annealing rounds of a level-window
+     QUBO in ``encoding`` with ``sampler``, polished) and kept when its energy is not higher, row
+     after row while time is left: ``solve_budget_s`` seconds for the whole network, shared among
+     layers by their weight count and among a layer's groups evenly (unspent time carries over).
+     Rows past the budget keep GPTQ's answer; ``coverage`` records the solved fraction. The same
+     budget for cd and qubo puts them on an equal wall-time footing.
 
 5. The per-layer relative reconstruction error ‖(W − Ŵ) X‖² / ‖W X‖² = tr(ΔGΔᵀ)/tr(WGWᵀ)
    (G = X Xᵀ, undamped, the layer's calibration inputs) and the end-to-end test loss
@@ -51,7 +55,7 @@ from ..nets.bn import fold_batchnorm, unfold_batchnorm
 from ..nets.layers import weight_layers
 from ..params import apply_levels, column_plan, row_view
 from ..quantize import SCALE_RULES, check_bits, grid_scale, qrange
-from ..runtime import atomic_path, atomic_write_json, resolve_device, torch_generator, versions
+from ..runtime import atomic_path, atomic_write_json, resolve_device, resolve_dtype, torch_generator, versions
 
 NETWORK_METHODS = ("rtn", "gptq", "cd", "qubo")
 
@@ -64,15 +68,16 @@ class NetworkQuantizeConfig:
     method: str = "gptq"
     first_last_bits: int = 8
     calib: int = 256
-    group_size: int = 256
+    group_size: int = 64
     act_order: bool = True
     damping: float = 0.01
     scale: str = "mse"
     encoding: str = "unary"
     sampler: str = "neal"
     sampler_params: dict = field(default_factory=dict)
-    qubo_budget_s: float = 1200.0
+    solve_budget_s: float = 1200.0
     batch_size: int = 64
+    factor_dtype: str = "float32"
     seed: int = 0
     device: str = "auto"
 
@@ -90,8 +95,8 @@ class NetworkQuantizeConfig:
         if not self.damping > 0:
             raise QuboNNError(f"damping must be > 0 (the Gram of a few calibration images is singular), "
                               f"got {self.damping!r}")
-        if not self.qubo_budget_s > 0:
-            raise QuboNNError(f"qubo_budget_s must be > 0, got {self.qubo_budget_s!r}")
+        if not self.solve_budget_s > 0:
+            raise QuboNNError(f"solve_budget_s must be > 0, got {self.solve_budget_s!r}")
 
 
 @dataclass
@@ -145,7 +150,7 @@ def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: 
         t_capture = time.perf_counter() - t0
         W = row_view(layer.weight.detach()).to("cpu", torch.float64)
         scale = grid_scale(W, bits, cfg.scale)
-        budget = cfg.qubo_budget_s * W.numel() / total_weights
+        budget = cfg.solve_budget_s * W.numel() / total_weights
         t1 = time.perf_counter()
         k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i)
         t_solve = time.perf_counter() - t1
@@ -180,19 +185,22 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     if cfg.method == "rtn":
         return torch.clamp(torch.round(W / scale[:, None]), qmin, qmax).long(), {"groups": 1}
     plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
-    seq = sequential_groups(H, plan, cfg.damping)
+    seq = sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype))
     cur = W[:, plan.order].clone()
     K = torch.empty_like(cur, dtype=torch.long)
     energy = torch.zeros(W.shape[0], dtype=torch.float64)
     stages: dict[str, int] = {}
-    per_group = budget_s / max(plan.num_groups * W.shape[0], 1)
+    spent = 0.0     # seconds of cd/qubo solving so far: unspent budget of a group carries over
+    solved = 0
     for g in range(plan.num_groups):
         a, b = plan.starts[g], plan.starts[g + 1]
-        Hg = seq.group_hessian(g)
-        if cfg.method == "gptq":
-            k = gptq_rows(cur[:, a:b], seq.U[a:b, a:b], scale, qmin, qmax)
-        else:
-            k = _solve_rows(cur[:, a:b], Hg, scale, qmin, qmax, cfg, per_group, (layer_seed, g), stages)
+        Hg = seq.group_hessian(g).to(torch.float64)
+        k = gptq_rows(cur[:, a:b], seq.U[a:b, a:b].to(torch.float64), scale, qmin, qmax)
+        if cfg.method in ("cd", "qubo"):
+            t0 = time.perf_counter()
+            solved += _solve_rows(cur[:, a:b], Hg, scale, qmin, qmax, cfg, budget_s * (g + 1) / plan.num_groups - spent,
+                                  (layer_seed, g), stages, k)
+            spent += time.perf_counter() - t0
         delta = scale[:, None] * k.to(torch.float64) - cur[:, a:b]
         energy += 0.5 * torch.einsum("ri,ij,rj->r", delta, Hg, delta)
         seq.feedback(cur, g, delta)
@@ -201,8 +209,9 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     out[:, torch.as_tensor(plan.order)] = K
     info: dict[str, Any] = {"groups": plan.num_groups, "group_size": cfg.group_size,
                             "energy": float(energy.sum()), "damping_mu": seq.damping}
-    if stages:
-        info["stages"] = stages
+    if cfg.method in ("cd", "qubo"):
+        info.update(stages=stages, rows_solved=solved, rows_total=plan.num_groups * W.shape[0],
+                    coverage=solved / max(plan.num_groups * W.shape[0], 1))
     return out, info
 
 
@@ -224,26 +233,34 @@ def gptq_rows(w: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, qmin: int, 
 
 
 def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
-                cfg: NetworkQuantizeConfig, budget_s: float, key: tuple[int, int], stages: dict[str, int]) -> torch.Tensor:
-    """Each row's group problem through ``levels.solve_levels`` (cd, qubo)."""
+                cfg: NetworkQuantizeConfig, budget_s: float, key: tuple[int, int], stages: dict[str, int],
+                k: torch.Tensor) -> int:
+    """Rows of one group re-solved by ``levels.solve_levels`` (cd, qubo) in place of their GPTQ
+    levels ``k`` (R × m, updated in place), row after row until ``budget_s`` seconds are spent
+    (the rest keep GPTQ's answer, which every cd/qubo answer starts from or beats). Returns the
+    number of rows solved."""
     from ..levels import IntegerProblem, solve_levels
     from ..samplers import child_seed
 
     m = w.shape[1]
     H = Hg.numpy()
     kmin, kmax = np.full(m, qmin, dtype=np.int64), np.full(m, qmax, dtype=np.int64)
-    out = torch.empty(w.shape, dtype=torch.long)
+    deadline = time.perf_counter() + budget_s
     for r in range(w.shape[0]):
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return r
         prob = IntegerProblem(H=H, target=w[r].numpy(), scale=np.full(m, float(scale[r])), kmin=kmin, kmax=kmax)
         kw: dict[str, Any] = {"seed": child_seed(cfg.seed, *key, r)}
         if cfg.method == "qubo":
             kw.update(encoding=cfg.encoding, sampler=cfg.sampler, params=cfg.sampler_params or None,
-                      time_budget_s=budget_s)
-        k, info = solve_levels(prob, cfg.method, **kw)
+                      time_budget_s=left)
+        kr, info = solve_levels(prob, cfg.method, **kw)
+        if prob.energy(kr) <= prob.energy(k[r].numpy()):
+            k[r] = torch.as_tensor(kr, dtype=torch.long)
         stage = str(info.get("stage", cfg.method))
         stages[stage] = stages.get(stage, 0) + 1
-        out[r] = torch.as_tensor(np.asarray(k), dtype=torch.long)
-    return out
+    return w.shape[0]
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
