@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 from qubo_nn.cli.main import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread on a shared CPU
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -20,7 +22,7 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def test_prune_writes_a_loadable_checkpoint_and_solvable_qubos(checkpoint, tmp_path, one_thread):
+def test_prune_writes_a_loadable_checkpoint_and_solvable_qubos(checkpoint, tmp_path):
     from qubo_nn.backbones import build_model
     from qubo_nn.formats import read_bqm
 

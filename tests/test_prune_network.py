@@ -12,6 +12,8 @@ from qubo_nn.errors import QuboNNError
 from qubo_nn.prune.network import (PruneConfig, apply_mask, conv_macs, layer_io, prunable_layers, prune_network,
                                    reestimate_batchnorm, resolve_layers)
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread on a shared CPU
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -27,7 +29,7 @@ def tiny():
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(0.1 * torch.randn(m.num_features, generator=g))
     model.eval().requires_grad_(False)
-    images = torch.randn(12, 3, 32, 32, generator=g)
+    images = torch.randn(8, 3, 32, 32, generator=g)
     return model, images
 
 
@@ -91,10 +93,11 @@ def test_sequential_whole_network_targets_the_original_network(tiny):
     """Every layer's reported error = the measured gap between the final pruned network and the
     original one at that block's BN output (inputs from the pruned network, targets original)."""
     model, images = tiny
-    pruned, rep = prune_network(model, images, PruneConfig(layer="all", keep=0.25, method="l1",
-                                                           reestimate_bn=False))
-    assert [r["k"] for r in rep["layers"]] == [16, 32, 64, 128]
-    for pl, row in zip(prunable_layers(model), rep["layers"]):
+    layers = prunable_layers(model)[:2]          # two layers keep the test fast; the second sees the first's prune
+    pruned, rep = prune_network(model, images, PruneConfig(layer=",".join(pl.consumer for pl in layers), keep=0.25,
+                                                           method="l1", reestimate_bn=False))
+    assert [r["k"] for r in rep["layers"]] == [16, 32]
+    for pl, row in zip(layers, rep["layers"]):
         err, yy = _bn_gap(pruned, model, pl, images)
         assert row["error_after_refit"] == pytest.approx(err / yy, rel=2e-3, abs=1e-6)
 

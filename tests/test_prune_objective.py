@@ -17,6 +17,8 @@ from qubo_nn.prune import (brute_force, channel_stats, prune_bqm, pruning_proble
 
 F64 = torch.float64
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread on a shared CPU
+
 
 def _conv(n=6, c_out=4, k=3, stride=2, padding=1, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -10,6 +10,8 @@ from qubo_nn.errors import QuboNNError
 from qubo_nn.prune import (PruneProblem, brute_force, keep_count, repair, select_greedy, select_l1, select_lasso,
                            select_qubo)
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread on a shared CPU
+
 
 def _problem(n=12, d=60, seed=0, target_noise=0.0):
     """E(s) = ‖Z s − y‖² from explicit per-channel outputs Z (d × n): G = ZᵀZ, b = Zᵀy, yy = ‖y‖²."""
