@@ -552,6 +552,11 @@ def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str |
         blocks = sum(1 for p in old if p.suffix == SUFFIXES.get(fmt) or p.suffix in (".bqm", ".coo", ".qubo"))
         raise QuboNNError(f"output folder {str(out)!r} already holds a build ({len(old)} files, {blocks} block "
                           f"files); expected an empty or new folder: pass overwrite (--overwrite) to replace it")
+    from .qubo import check_fits
+
+    itemsize = np.dtype(_NP_DTYPES.get(cfg.bqm_dtype, np.float64)).itemsize
+    check_fits(max(block_sizes(head.num_classes, head.dim, cfg)) * variables_per_weight(cfg.encoding, cfg.bits),
+               itemsize, cfg.max_qubo_bytes)   # one block too large for memory: the more specific refusal
     check_disk(estimate_build(head.num_classes, head.dim, cfg, fmt)["bytes"], out, max_disk_bytes)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST_NAME

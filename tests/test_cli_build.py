@@ -22,8 +22,8 @@ def run(*args: str):
 def test_help_lists_the_options():
     res = run("--help")
     assert res.exit_code == 0
-    for opt in ("--head", "--warmup-epochs", "--blocks", "--per-block", "--size", "--num-blocks", "--saliency",
-                "--bits", "--window", "--step-rule", "--damping-rel", "--damping", "--l2", "--subsample",
+    for opt in ("--head", "--warmup-epochs", "--blocks", "--per-block", "--block-size", "--num-blocks", "--saliency",
+                "--bits", "--window", "--step-rule", "--damping-abs", "--damping", "--encoding", "--max-disk", "--overwrite", "--l2", "--subsample",
                 "--dtype", "--seed", "--format", "--out", "--json", "--dataset", "--arch", "--weights",
                 "--image-size", "--data-root", "--cache-dir", "--device"):
         assert opt in res.output, opt
@@ -31,7 +31,7 @@ def test_help_lists_the_options():
 
 def test_tiny_build_with_the_default_head(tmp_path):
     out = tmp_path / "q"
-    res = run(*TINY, "--warmup-epochs", "1", "--blocks", "topk", "--size", "12", "--num-blocks", "2",
+    res = run(*TINY, "--warmup-epochs", "1", "--blocks", "topk", "--block-size", "12", "--num-blocks", "2",
               "--bits", "2", "--format", "coo", "--out", str(out), "--json")
     assert res.exit_code == 0, res.output
     obj = json.loads(res.output.strip().splitlines()[-1])
@@ -48,7 +48,7 @@ def test_tiny_build_with_the_default_head(tmp_path):
 def test_tiny_build_from_a_head_file(tmp_path):
     head = Head.init_like_linear(100, 512, seed=3)
     torch.save(head.state_dict(), tmp_path / "head.pt")
-    res = run(*TINY, "--head", str(tmp_path / "head.pt"), "--blocks", "topk", "--saliency", "obd", "--size", "9",
+    res = run(*TINY, "--head", str(tmp_path / "head.pt"), "--blocks", "topk", "--saliency", "obd", "--block-size", "9",
               "--num-blocks", "3", "--bits", "1", "--seed", "7", "--out", str(tmp_path / "q"))
     assert res.exit_code == 0, res.output
     assert "built 3 blocks (dimod)" in res.output and "27 variables" in res.output and "manifest:" in res.output

@@ -255,7 +255,7 @@ def cli_build(tmp_path_factory):
     (two top-k blocks of 4 weights × 2 bits, 300 samples)."""
     out = tmp_path_factory.mktemp("cli-build")
     res = CliRunner().invoke(main, ["build", "--dataset", "synthetic-features", "--n-train", "300", "--n-test", "50",
-                                    "--device", "cpu", "--warmup-epochs", "0", "--blocks", "topk", "--size", "4",
+                                    "--device", "cpu", "--warmup-epochs", "0", "--blocks", "topk", "--block-size", "4",
                                     "--num-blocks", "2", "--bits", "2", "--window", "0.25", "--out", str(out),
                                     "--no-progress", "--json"])
     assert res.exit_code == 0, res.output
@@ -290,7 +290,7 @@ def test_cli_errors_exit_2(cli_build, tmp_path):
         (["--sampler", "tabu", "--num-sweeps", "10"], r"sampler 'tabu' does not accept parameter\(s\) num_sweeps"),
         (["--num-reads", "2", "--params", '{"num_reads": 3}'], "given twice"),
         (["--params", "[1]"], "--params must be a JSON object"),
-        (["--sampler", "dwave"], "needs the optional package dwave-system"),
+        (["--sampler", "dwave"], "needs the optional package dwave-system|needs a D-Wave Leap API token"),
     ]
     for extra, match in cases:
         res = runner.invoke(main, ["solve", str(cli_build), "--out", str(tmp_path / "x"), "--no-progress", *extra])

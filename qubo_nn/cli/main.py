@@ -1,25 +1,31 @@
-"""Entry point of ``qubo-nn``: registers one click command per module."""
-from __future__ import annotations
+"""Entry point of ``qubo-nn``: one click group; each command is imported when it is used.
 
-import importlib
+Register a command by adding ``name: "module:attribute"`` to ``_COMMANDS`` (modules under
+``qubo_nn/cli/``; keep their module level free of torch/dimod/library imports).
+"""
+from __future__ import annotations
 
 import click
 
 from .. import __version__
+from .common import QuboGroup
 
-# module name -> attribute holding the click command (each module owns one or more commands)
 _COMMANDS = {
-    "features_cmd": ["features", "train"],
-    "build_cmd": ["build"],
-    "solve_cmd": ["solve", "decode", "samplers"],
-    "experiment_cmd": ["experiment"],
-    "quantize_cmd": ["quantize"],
-    "pretrain_cmd": ["pretrain"],
-    "prune_cmd": ["prune"],
+    "features": ".features_cmd:features_command",
+    "train": ".features_cmd:train_command",
+    "build": ".build_cmd:build_command",
+    "solve": ".solve_cmd:solve_command",
+    "decode": ".solve_cmd:decode_command",
+    "samplers": ".solve_cmd:samplers_command",
+    "experiment": ".experiment_cmd:experiment_command",
+    "quantize": ".quantize_cmd:quantize_command",
+    "pretrain": ".pretrain_cmd:pretrain_command",
+    "prune": ".prune_cmd:prune_command",
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=QuboGroup, lazy=_COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="qubo-nn")
 def main() -> None:
     """qubo-nn: QUBO models of a vision network's FC head, solved with classical
@@ -29,15 +35,14 @@ def main() -> None:
     Typical flow:
       qubo-nn features --dataset digits          # run the frozen backbone once, cache features
       qubo-nn train                              # SGD baseline of the FC head on cached features
-      qubo-nn build --out qubos/                 # QUBO model of the head's loss, one file per block
-      qubo-nn solve qubos/manifest.json --sampler neal --out sol/
-      qubo-nn decode sol/ --out head.pt          # inject the solution, report true loss/accuracy
+      qubo-nn build --head head.pt --out qubos/  # QUBO model of the head's loss, one file per block
+      qubo-nn solve qubos/ --sampler neal --out sol/
+      qubo-nn decode sol/ --out head-qubo.pt     # inject the solution, report true loss/accuracy
       qubo-nn experiment                         # the whole comparison (SGD vs hybrid vs optimum)
       qubo-nn quantize --bits 2 --method qubo    # low-bit heads
+
+    \b
+    Exit codes: 0 ok, 2 bad input (with --json: one {"ok": false, ...} object), 130 interrupted.
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_QUBO_NN_COMPLETE=bash_source qubo-nn)"
     """
-
-
-for _module, _names in _COMMANDS.items():
-    _mod = importlib.import_module(f"{__package__}.{_module}")
-    for _name in _names:
-        main.add_command(getattr(_mod, _name.replace("-", "_") + "_command"), name=_name)

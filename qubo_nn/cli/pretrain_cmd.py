@@ -46,7 +46,12 @@ _ARCHS = ("resnet18", "resnet34", "resnet50")
 def pretrain_command(threads: int | None, progress: bool, as_json: bool, **opts: Any) -> None:
     """Train the whole ResNet on the train split (or fine-tune with --weights) and store a
     checkpoint that --weights PATH accepts everywhere; a second call with the same settings is
-    a cache hit."""
+    a cache hit.
+
+    \b
+    Example:
+      qubo-nn pretrain --dataset digits --epochs 6
+    """
     import torch
 
     from ..pretrain import PretrainConfig, pretrain

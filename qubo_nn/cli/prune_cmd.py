@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import emit, handle_errors, json_option, seed_option
+from .common import SAMPLER_CHOICE, check_writable, emit, handle_errors, json_option, seed_option
 
 # literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
 _METHODS = ("l1", "greedy", "lasso", "qubo")
@@ -25,9 +25,11 @@ _PENALTY_MODES = ("penalty", "cqm")
 @click.option("--method", type=click.Choice(_METHODS), default="qubo", show_default=True,
               help="l1: filter norms (Li et al.); greedy: ThiNet backward elimination; lasso: He et al.; "
                    "qubo: the exact quadratic objective sampled from the best of the other three.")
-@click.option("--sampler", default="tabu", show_default=True, help="Sampler of the QUBO (see `qubo-nn samplers`).")
-@click.option("--params", "sampler_params", default='{"num_reads": 4, "timeout": 1000}', show_default=True,
+@click.option("--sampler", type=SAMPLER_CHOICE, default="tabu", show_default=True,
+              help="Sampler of the QUBO (see `qubo-nn samplers`).")
+@click.option("-m", "--sampler-params", "sampler_params", default='{"num_reads": 4, "timeout": 1000}', show_default=True,
               help="Sampler parameters as a JSON object.")
+@click.option("--params", "params_alias", default=None, hidden=True, help="Old name of --sampler-params.")
 @click.option("--penalty-mode", type=click.Choice(_PENALTY_MODES), default="penalty", show_default=True,
               help="Σs = k as λ(Σs − k)² (penalty) or through dimod's ConstrainedQuadraticModel + cqm_to_bqm.")
 @click.option("--penalty", default="safe", show_default=True,
@@ -45,10 +47,18 @@ _PENALTY_MODES = ("penalty", "cqm")
 @click.option("--progress/--no-progress", default=False, show_default=True, help="Show a progress bar (stderr).")
 @json_option
 @handle_errors
-def prune_command(weights, layer, keep, method, sampler, sampler_params, penalty_mode, penalty, calib, refit,
-                  reestimate_bn, out, export, threads, seed, progress, as_json) -> None:
+def prune_command(weights, layer, keep, method, sampler, sampler_params, params_alias, penalty_mode, penalty, calib,
+                  refit, reestimate_bn, out, export, threads, seed, progress, as_json) -> None:
     """Prune the input channels of ResNet layers (masked: shapes kept, pruned channels zero) and
-    write the pruned checkpoint (--weights PATH loads it) and a report."""
+    write the pruned checkpoint (--weights PATH loads it) and a report.
+
+    \b
+    Example:
+      qubo-nn prune --keep 0.5 --method qubo --layer layer4.1.conv2 --out pruned/
+    """
+    check_writable(out)
+    if export:
+        check_writable(export, "--export")
     import torch
 
     from ..errors import QuboNNError
@@ -57,12 +67,14 @@ def prune_command(weights, layer, keep, method, sampler, sampler_params, penalty
 
     if threads is not None:
         torch.set_num_threads(threads)
+    option = "--params" if params_alias is not None else "--sampler-params"
+    text = params_alias if params_alias is not None else sampler_params
     try:
-        params: Any = json.loads(sampler_params)
+        params: Any = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise QuboNNError(f"--params must be a JSON object, got {sampler_params!r} ({exc})") from exc
+        raise QuboNNError(f"{option} must be a JSON object, got {text!r} ({exc})") from exc
     if not isinstance(params, dict):
-        raise QuboNNError(f"--params must be a JSON object, got {type(params).__name__}")
+        raise QuboNNError(f"{option} must be a JSON object, got {type(params).__name__}")
     if penalty != "safe":
         try:
             penalty = float(penalty)
