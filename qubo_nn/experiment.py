@@ -161,7 +161,10 @@ class ExperimentConfig:
 
     def result_dict(self) -> dict:
         """The settings that change results (compared on resume)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_KEYS}
+        d = {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_KEYS}
+        # where the anneals run (threads or Ray) does not change them: same seeds, same samples
+        d["hybrid"] = {k: v for k, v in d["hybrid"].items() if k not in ("executor", "ray_address")}
+        return d
 
 
 def default_out(dataset: str) -> Path:

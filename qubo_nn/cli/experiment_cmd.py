@@ -53,7 +53,11 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 @click.option("--damping-growth", type=click.FloatRange(min=1, min_open=True), default=4.0, show_default=True,
               help="Damping × this per retry.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Anneals in flight (CPU threads).")
+              help="Anneals in flight (threads, or the CPUs of the local Ray instance with --executor ray).")
+@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads", show_default=True,
+              help="Where the anneals run: threads of this process, or Ray tasks (pip install 'qubo-nn[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join this Ray cluster ('auto' or HOST:PORT) [default: start a local instance].")
 @click.option("--device-threads", type=click.IntRange(min=1), default=None,
               help="Torch threads during the QUBO phase [default: unchanged].")
 @click.option("--time-matched/--no-time-matched", default=True, show_default=True,
@@ -99,7 +103,8 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
     hybrid = HybridConfig(build=build, sampler=o["sampler"], sampler_params=params, polish=o["polish"],
                           warm_start=o["warm_start"], sweeps=o["sweeps"], tol=o["tol"],
                           max_retries=o["max_retries"], damping_growth=o["damping_growth"],
-                          workers=o["workers"], device_threads=o["device_threads"])
+                          workers=o["workers"], device_threads=o["device_threads"], executor=o["executor"],
+                          ray_address=o["ray_address"])
     cfg = ExperimentConfig(
         dataset=o["dataset"], arch=o["arch"], weights=o["weights"], image_size=o["image_size"],
         data_root=o["data_root"], download=o["download"], cache_dir=o["cache_dir"], limit=o["limit"],
