@@ -280,12 +280,12 @@ def damping_option(default: float = DAMPING) -> Callable:
                              "(μ/2)‖Δ‖² (a trust region; GPTQ's percdamp).")
 
 
+SAMPLER_HELP = "Sampler from the registry (`qubo-nn samplers` lists them and their options)."
+SAMPLER_PARAMS_HELP = ('Sampler options as a JSON object, e.g. -m \'{"num_sweeps": 2000}\' (names checked against '
+                       'the sampler\'s parameters).')
 sampler_options = options(
-    click.option("--sampler", type=SAMPLER_CHOICE, default=DEFAULT_SAMPLER, show_default=True,
-                 help="Sampler from the registry (`qubo-nn samplers` lists them and their options)."),
-    click.option("-m", "--sampler-params", default=None, metavar="JSON",
-                 help='Sampler options as a JSON object, e.g. -m \'{"num_sweeps": 2000}\' (names checked against '
-                      'the sampler\'s parameters).'),
+    click.option("--sampler", type=SAMPLER_CHOICE, default=DEFAULT_SAMPLER, show_default=True, help=SAMPLER_HELP),
+    click.option("-m", "--sampler-params", default=None, metavar="JSON", help=SAMPLER_PARAMS_HELP),
     click.option("--params", "params_alias", default=None, hidden=True,
                  help="Old name of --sampler-params (kept for scripts)."),
     click.option("--num-reads", "-n", type=click.IntRange(min=1), default=None,

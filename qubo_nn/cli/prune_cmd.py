@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import SAMPLER_CHOICE, check_writable, emit, handle_errors, json_option, seed_option
+from .common import SAMPLER_CHOICE, SAMPLER_HELP, SAMPLER_PARAMS_HELP, check_writable, emit, handle_errors, json_option, seed_option
 
 # literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
 _METHODS = ("l1", "greedy", "lasso", "qubo")
@@ -25,10 +25,9 @@ _PENALTY_MODES = ("penalty", "cqm")
 @click.option("--method", type=click.Choice(_METHODS), default="qubo", show_default=True,
               help="l1: filter norms (Li et al.); greedy: ThiNet backward elimination; lasso: He et al.; "
                    "qubo: the exact quadratic objective sampled from the best of the other three.")
-@click.option("--sampler", type=SAMPLER_CHOICE, default="tabu", show_default=True,
-              help="Sampler of the QUBO (see `qubo-nn samplers`).")
-@click.option("-m", "--sampler-params", "sampler_params", default='{"num_reads": 4, "timeout": 1000}', show_default=True,
-              help="Sampler parameters as a JSON object.")
+@click.option("--sampler", type=SAMPLER_CHOICE, default="tabu", show_default=True, help=SAMPLER_HELP)
+@click.option("-m", "--sampler-params", "sampler_params", default='{"num_reads": 4, "timeout": 1000}',
+              show_default=True, help=SAMPLER_PARAMS_HELP)
 @click.option("--params", "params_alias", default=None, hidden=True, help="Old name of --sampler-params.")
 @click.option("--penalty-mode", type=click.Choice(_PENALTY_MODES), default="penalty", show_default=True,
               help="Σs = k as λ(Σs − k)² (penalty) or through dimod's ConstrainedQuadraticModel + cqm_to_bqm.")
