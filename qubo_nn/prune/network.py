@@ -112,7 +112,8 @@ def layer_io(model: nn.Module, name: str, images: torch.Tensor, batch_size: int 
 def l1_scores(model: nn.Module, pl: PrunableLayer) -> np.ndarray:
     """Li et al.'s filter norms: ‖producer filter i‖₁ · |γ_i| / σ_i (the BN-folded filter)."""
     w = model.get_submodule(pl.producer).weight.detach()
-    return (w.abs().reshape(w.shape[0], -1).sum(1) * bn_scale(model.get_submodule(pl.producer_bn)).abs()).double().numpy()
+    norms = w.abs().reshape(w.shape[0], -1).sum(1)
+    return (norms * bn_scale(model.get_submodule(pl.producer_bn)).abs()).double().numpy()
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ kept weights unchanged (no refit), gives the reconstruction error against a targ
 
 summed over calibration samples, output channels and positions. Nothing of size
 N · n · D is formed: with im2col columns x (n·K per output position, K = kh·kw, channel-major
-as ``F.unfold`` orders them: :func:`qubo_nn.curvature.layer_gram.layer_columns`) the pass over the calibration data accumulates
+as ``F.unfold`` orders them: :func:`qubo_nn.curvature.layer_gram.layer_columns`) the pass over the
+calibration data accumulates
 
     H = Σ x xᵀ  (n·K × n·K, the layer Gram of GPTQ/AdaRound),  R = Σ x yᵀ  (n·K × C_out),
     yy_c = Σ y_c²  (per output channel),

@@ -111,7 +111,8 @@ def run_prune(cfg: PruneRunConfig, progress: bool = False) -> dict[str, Any]:
     loss1, acc1 = evaluate_model(pruned, X_test, y_test)
     macs0, macs1 = conv_macs(model, cfg.image_size), conv_macs(pruned, cfg.image_size)
     report.update({
-        "run": {k: v for k, v in asdict(cfg).items() if k != "prune"}, "weights_sha256": sha256_file(weights) if Path(weights).is_file() else None,
+        "run": {k: v for k, v in asdict(cfg).items() if k != "prune"},
+        "weights_sha256": sha256_file(weights) if Path(weights).is_file() else None,
         "test": {"original": {"loss": base_loss, "acc": base_acc},
                  "pruned_before_bn": {"loss": loss0, "acc": acc0},
                  "pruned": {"loss": loss1, "acc": acc1}},
