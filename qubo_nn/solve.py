@@ -177,9 +177,11 @@ def solve(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: SolveConfi
     pending: dict[int, dict[str, Any]] = {}
     tasks = _read_tasks(todo, src, cfg, pending, pack=ex_cfg.ships_tasks)
     desc = f"solve ({cfg.sampler}, {cfg.executor})" + (f", {len(done)} resumed" if done else "")
+    # nothing left to solve (all resumed): no executor, no Ray instance started
+    results = (map_unordered(block_task.sample_task, tasks, ex_cfg, progress=progress, desc=desc, total=len(todo),
+                             nodes=nodes) if todo else (r for r in ()))
     try:
-        with contextlib.closing(map_unordered(block_task.sample_task, tasks, ex_cfg, progress=progress, desc=desc,
-                                              total=len(todo), nodes=nodes)) as results:
+        with contextlib.closing(results):
             for index, result in results:
                 row = _finish_block(pending.pop(index), result, out, nodes.get(index))
                 written.append(out / row["samples"])

@@ -91,8 +91,8 @@ def test_packed_bqm_rebuilds_the_same_model(case):
     elif case == "sparse-zero-coupler":
         bqm = dimod.BinaryQuadraticModel({0: 1.0, 1: -2.0, 2: 0.5, 3: 0.0}, {(0, 1): 0.0, (2, 3): 1.5}, -1.0, "BINARY")
     else:
-        bqm = dimod.BinaryQuadraticModel({"a": 1.0, "b": -0.25, "d": 0.5}, {("a", "b"): 2.0, ("b", "c"): -1.0}, 3.0, "SPIN",
-                                         dtype=np.float32)
+        bqm = dimod.BinaryQuadraticModel({"a": 1.0, "b": -0.25, "d": 0.5}, {("a", "b"): 2.0, ("b", "c"): -1.0}, 3.0,
+                                         "SPIN", dtype=np.float32)
     packed = block_task.pack_bqm(bqm)
     assert ("upper" in packed) == (case == "dense")  # dense triangle only when most pairs interact
     assert all(not isinstance(v, dimod.BinaryQuadraticModel) for v in packed.values())
