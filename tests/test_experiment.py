@@ -160,4 +160,4 @@ def test_cli_json_and_bad_input(tmp_path):
     assert obj["ok"] and obj["out"] == str(out) and len(obj["computed"]) == 4
     assert json.loads((out / "config.json").read_text())["experiment"]["hybrid"]["sampler_params"]["num_sweeps"] == 20
     res = CliRunner().invoke(main, args[:-1] + ["--sampler-params", "[1]"])
-    assert res.exit_code == 2 and "--sampler-params expects a JSON object" in res.output
+    assert res.exit_code == 2 and "--sampler-params must be a JSON object" in res.output

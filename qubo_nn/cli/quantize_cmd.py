@@ -22,6 +22,20 @@ def _methods() -> tuple[str, ...]:
     return tuple(dict.fromkeys(METHODS + ("gptq", "cd")))
 
 
+def get_features(cfg, progress: bool = False):
+    """:func:`qubo_nn.features.get_features`, imported when called (a seam tests patch)."""
+    from ..features import get_features as _get
+
+    return _get(cfg, progress=progress)
+
+
+def versions() -> dict:
+    """:func:`qubo_nn.runtime.versions`, imported when called (a seam tests patch)."""
+    from ..runtime import versions as _versions
+
+    return _versions()
+
+
 def load_head(path: str | Path):
     """A head from a torch state dict file ``{"weight": C × D, "bias": C}``."""
     from ..decode import load_head_file
@@ -41,8 +55,8 @@ def _table(rec: dict, method: str) -> str:
 
 
 @click.command()
-@click.option("--bits", type=click.IntRange(1, 8), default=4, show_default=True,
-              help="Bits per weight; codes q ∈ [−2^(b−1), 2^(b−1)−1], w = s_row·q.")
+@click.option("--bits", type=int, default=4, show_default=True,
+              help="Bits per weight (1–8, checked by the library); codes q ∈ [−2^(b−1), 2^(b−1)−1], w = s_row·q.")
 @click.option("--method", type=LazyChoice(_methods), default="qubo", show_default=True,
               help="Rounding whose head is written: round-to-nearest, GPTQ-style greedy, or QUBO "
                    "(rtn and greedy are always computed and recorded; qubo starts from them).")
@@ -102,6 +116,7 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
     Example:
       qubo-nn quantize --bits 2 --method qubo --sampler neal --head head.pt
     """
+    progress = progress and not as_json   # --json: stdout and stderr carry nothing but the result
     num_reads = opts.pop("num_reads")
     opts["num_reads"] = None   # --num-reads is QuantizeConfig.num_reads here, not a -m key
     params = sampler_params(opts)
@@ -122,10 +137,9 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
             raise QuboNNError(f"--{name.replace('_', '-')} applies to --scope network only")
     import torch
 
-    from ..features import get_features
     from ..head import Head
     from ..quantize import QuantizeConfig, quantize_head
-    from ..runtime import atomic_path, atomic_write_json, tensor_digest, versions
+    from ..runtime import atomic_path, atomic_write_json, tensor_digest
     from ..train import SGDConfig, train_sgd
 
     t0 = time.perf_counter()
