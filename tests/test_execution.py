@@ -191,18 +191,25 @@ def test_threads_and_ray_give_bit_identical_samples(ray_local, build, tmp_path):
     assert [r["best_energy"] for r in a["blocks"]] == [r["best_energy"] for r in b["blocks"]]
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
 def _ray_task_pids() -> list[int]:
-    """Ray workers running a task of ours (Ray sets the process title to ray::<function>)."""
+    """Workers of THIS test's Ray instance running a task of ours: Ray sets the process title to
+    ray::<function>, and the workers are children of the raylet that this process started (never
+    touch another process's Ray workers on a shared machine)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as fh:
                     cmd = fh.read()
-            except OSError:
+                if cmd.startswith(b"ray::_ray_call") and _parent(_parent(int(entry))) == os.getpid():
+                    pids.append(int(entry))
+            except (OSError, ValueError, IndexError):
                 continue
-            if cmd.startswith(b"ray::_ray_call"):
-                pids.append(int(entry))
     return pids
 
 
