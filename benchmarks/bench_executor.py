@@ -135,7 +135,8 @@ def main() -> None:
         # 2. Ray, local instance
         la = load()
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
         start_s = time.perf_counter() - t0
         try:
             rl = timed_solve(man, tmp / "ray", cfg.__class__(**{**cfg.__dict__, "executor": "ray"}))

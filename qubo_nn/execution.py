@@ -11,8 +11,9 @@ a given one). Executors (:data:`EXECUTORS`):
   dies is run again; an exception raised by the task itself is not retried). With
   ``ray_address`` the driver joins that cluster (``ray start --head`` on one machine, ``ray
   start --address=HEAD:6379`` on the others; every node needs qubo-nn installed); without it,
-  it uses the Ray instance this process already started, or starts a local one with
-  ``workers`` CPUs and shuts it down at the end. Ray is optional
+  it uses the Ray instance this process already started, or starts a new local one with
+  ``workers`` CPUs (even when a cluster runs on this machine: joining one takes its address)
+  and shuts it down at the end. Ray is optional
   (``pip install 'qubo-nn[ray]'``); without it the ``ray`` executor fails at once.
 
 Backpressure: at most ``max_in_flight`` tasks are submitted and not yet collected (default 2 ×
@@ -139,7 +140,8 @@ class _Ray:
                                       f"start one with `ray start --head` or check the address") from exc
                 self._started = True
         elif not ray.is_initialized():
-            ray.init(num_cpus=cfg.workers, include_dashboard=False, **quiet)
+            # "local": a new instance even when a cluster runs on this machine (plain ray.init() would join it)
+            ray.init(address="local", num_cpus=cfg.workers, include_dashboard=False, **quiet)
             self._started = True
         try:
             self.parallelism = max(1, int(ray.cluster_resources().get("CPU", cfg.workers)))
