@@ -184,3 +184,97 @@ def convex_optimum(train: FeatureSet, l2: float = 0.0, device: str = "auto", max
             "converged": iters < max_iter, "wall_time_s": time.perf_counter() - t0, "dtype": dtype,
             "device": str(dev)}
     return result, info
+
+
+DEFAULT_L2_GRID = tuple(10.0 ** (e / 2) for e in range(-2, -13, -1))
+"""Half-decades from 1e-1 down to 1e-6: the L2 values :func:`reference_head` tries (large to small)."""
+
+
+def reference_head(train: FeatureSet, *, val_fraction: float = 0.2, l2_grid: tuple[float, ...] | None = None,
+                   seed: int = 0, device: str = "auto", dtype: str = "float64", max_iter: int = 300,
+                   tol: float = 1e-7, patience: int = 2) -> tuple[Head, dict]:
+    """A stable fp32 head: the L2-regularised convex optimum, L2 chosen by validation loss.
+
+    A seeded random ``val_fraction`` of ``train`` is held out; for each ``l2`` in ``l2_grid``
+    (default :data:`DEFAULT_L2_GRID`), tried from the largest to the smallest and each fit warm
+    started from the previous one, :func:`convex_optimum` minimises mean CE + (l2/2)‖W‖² on the
+    rest and the held-out mean CE is measured; the scan stops once the held-out loss has not
+    improved for ``patience`` consecutive values (the validation curve of an L2 path is
+    U-shaped; ``patience=None`` tries every value). The best ``l2`` is then refit on all of
+    ``train`` (warm started from its fit). Deterministic for a given ``seed`` on one machine;
+    the objective is strongly convex, so a tiny change of the features moves the head only a
+    little (see :func:`jitter_check`).
+
+    Info: ``l2`` (chosen), ``val_loss_by_l2`` ({l2: held-out CE}, in the order tried),
+    ``val_acc_by_l2``, ``val_fraction``, ``seed``, ``n_fit``/``n_val``, ``stopped_early``,
+    ``fit`` (the final :func:`convex_optimum` info: ``loss`` is the regularised objective),
+    ``train_ce`` (mean CE of the final head on ``train``, without the L2 term), ``train_acc``,
+    ``dtype``, ``wall_time_s``.
+    """
+    if not isinstance(val_fraction, float) or not 0.0 < val_fraction < 1.0:
+        raise QuboNNError(f"val_fraction must be a float in (0, 1), got {val_fraction!r}")
+    grid = tuple(sorted(DEFAULT_L2_GRID if l2_grid is None else l2_grid, reverse=True))
+    if not grid or any(not (isinstance(v, (int, float)) and v > 0) for v in grid):
+        raise QuboNNError(f"l2_grid must be a non-empty sequence of numbers > 0, got {l2_grid!r}")
+    n_val = int(round(val_fraction * train.n))
+    if n_val < 1 or train.n - n_val < 1:
+        raise QuboNNError(f"val_fraction {val_fraction} of {train.n} samples leaves an empty split; "
+                          f"expected at least one sample on each side")
+    t0 = time.perf_counter()
+    perm = torch.randperm(train.n, generator=torch_generator(seed))
+    val, fit = train.subset(perm[:n_val]), train.subset(perm[n_val:])
+    val_loss: dict[float, float] = {}
+    val_acc: dict[float, float] = {}
+    heads: dict[float, Head] = {}
+    best, since_best, init = None, 0, None
+    for l2 in grid:
+        head, _ = convex_optimum(fit, l2=float(l2), device=device, max_iter=max_iter, tol=tol, init=init, dtype=dtype)
+        val_loss[l2], val_acc[l2] = evaluate(head, val)
+        heads[l2], init = head, head
+        if best is None or val_loss[l2] < val_loss[best]:
+            best, since_best = l2, 0
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience:
+                break
+    head, info = convex_optimum(train, l2=float(best), device=device, max_iter=max_iter, tol=tol, init=heads[best],
+                                dtype=dtype)
+    train_ce, train_acc = evaluate(head, train)
+    return head, {"l2": float(best), "val_loss_by_l2": {str(k): v for k, v in val_loss.items()},
+                  "val_acc_by_l2": {str(k): v for k, v in val_acc.items()}, "val_fraction": val_fraction,
+                  "seed": seed, "n_fit": fit.n, "n_val": val.n, "stopped_early": len(val_loss) < len(grid),
+                  "fit": info, "train_ce": train_ce, "train_acc": train_acc, "dtype": dtype,
+                  "wall_time_s": time.perf_counter() - t0}
+
+
+def jitter_check(train: FeatureSet, test: FeatureSet, fit: Callable[[FeatureSet], Head], rel: float = 1e-6,
+                 trials: int = 5, seed: int = 0) -> dict:
+    """How much ``fit``'s test accuracy moves when the training features move by a relative ``rel``.
+
+    Trial t fits ``fit`` on X·(1 + rel·ε_t) (ε_t ~ N(0, 1) per entry, seeded by (seed, t); the
+    labels and the test set unchanged), like the float rounding that separates two machines or
+    two BLAS builds. Returns ``base_acc`` (fit on the unjittered features), ``accs`` (per trial,
+    test accuracy in [0, 1]), ``min``/``max``/``spread_points`` (100·(max − min) over base and
+    trials: percentage points), ``max_shift_points`` (largest |acc − base_acc|·100), ``rel``,
+    ``trials``, ``seed``.
+    """
+    if not rel > 0:
+        raise QuboNNError(f"rel must be > 0, got {rel!r}")
+    if not isinstance(trials, int) or trials < 1:
+        raise QuboNNError(f"trials must be an integer >= 1, got {trials!r}")
+
+    def acc_of(feats: FeatureSet) -> float:
+        head = fit(feats)
+        return evaluate(head.to(head.W.device), test.to(head.W.device))[1]
+
+    base = acc_of(train)
+    accs = []
+    for t in range(trials):
+        g = torch_generator(int(seed) * 1_000_003 + t)
+        eps = torch.randn(train.X.shape, generator=g, dtype=torch.float64)
+        X = (train.X.double() * (1.0 + rel * eps)).to(train.X.dtype)
+        accs.append(acc_of(FeatureSet(X, train.y, train.num_classes, dict(train.meta))))
+    lo, hi = min([base] + accs), max([base] + accs)
+    return {"base_acc": base, "accs": accs, "min": lo, "max": hi, "spread_points": 100.0 * (hi - lo),
+            "max_shift_points": 100.0 * max(abs(a - base) for a in accs), "rel": rel, "trials": trials,
+            "seed": seed}

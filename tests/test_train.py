@@ -11,7 +11,7 @@ from scipy.optimize import check_grad, minimize
 from qubo_nn.errors import QuboNNError
 from qubo_nn.featureset import FeatureSet
 from qubo_nn.head import Head, evaluate
-from qubo_nn.train import SGDConfig, convex_optimum, lr_at, train_sgd
+from qubo_nn.train import SGDConfig, convex_optimum, jitter_check, lr_at, reference_head, train_sgd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 L2 = 0.01
@@ -161,3 +161,71 @@ def test_incompatible_head_and_bad_pieces_are_refused(overlap):
         train_sgd(Head.zeros(3, 8), overlap, None, SGDConfig(epochs=2), start_epoch=3, total_epochs=4)
     with pytest.raises(QuboNNError, match=r"l2 must be >= 0, got -0.1"):
         convex_optimum(overlap, l2=-0.1)
+
+
+# --- reference head and jitter check ---------------------------------------------------------
+
+def test_reference_head_picks_the_l2_of_least_validation_loss(overlap):
+    """Independent reference: refit each grid value on the same split with convex_optimum and
+    measure the held-out CE directly; the chosen l2 is their argmin and the head is the refit on all."""
+    grid = (1.0, 0.1, 0.01, 1e-3)
+    head, info = reference_head(overlap, l2_grid=grid, seed=5, device="cpu", patience=None)
+    n_val = round(0.2 * overlap.n)
+    perm = torch.randperm(overlap.n, generator=torch.Generator().manual_seed(5))
+    val, fit = overlap.subset(perm[:n_val]), overlap.subset(perm[n_val:])
+    ref = {l2: evaluate(convex_optimum(fit, l2=l2, device="cpu", max_iter=500)[0], val)[0] for l2 in grid}
+    assert info["n_val"] == n_val and info["n_fit"] == overlap.n - n_val and not info["stopped_early"]
+    for l2 in grid:
+        assert info["val_loss_by_l2"][str(l2)] == pytest.approx(ref[l2], abs=1e-4)
+    assert info["l2"] == min(ref, key=ref.get)
+    full, _ = convex_optimum(overlap, l2=info["l2"], device="cpu", max_iter=500)
+    assert torch.allclose(head.W, full.W, atol=1e-3) and torch.allclose(head.b, full.b, atol=1e-3)
+
+
+def test_reference_head_scan_stops_after_patience(overlap):
+    _, info = reference_head(overlap, l2_grid=(10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6), device="cpu",
+                             patience=1)
+    tried = list(info["val_loss_by_l2"].values())
+    # patience 1: every value before the last improved on its predecessor; the scan ends at the
+    # first non-improvement, or at the end of the grid
+    assert all(b < a for a, b in zip(tried[:-1], tried[1:-1]))
+    assert info["stopped_early"] == (tried[-1] >= tried[-2]) and (info["stopped_early"] or len(tried) == 8)
+    assert info["l2"] == float(list(info["val_loss_by_l2"])[tried.index(min(tried))])
+
+
+def test_jitter_is_relative_and_a_stable_fit_does_not_move(overlap):
+    seen = []
+
+    def fit(feats):
+        seen.append(feats.X.clone())
+        means = torch.stack([feats.X[feats.y == c].mean(0) for c in range(feats.num_classes)])
+        return Head(means, -0.5 * (means * means).sum(1))        # nearest class mean: continuous in X
+
+    out = jitter_check(overlap, overlap, fit, rel=1e-3, trials=3, seed=0)
+    assert len(seen) == 4 and torch.equal(seen[0], overlap.X)
+    ratio = (seen[1] / overlap.X - 1).abs()
+    assert 0.5e-3 < float(ratio.std()) < 2e-3 and float(ratio.max()) < 1e-2
+    assert not torch.equal(seen[1], seen[2])
+    assert out["spread_points"] < 1.0 and len(out["accs"]) == 3
+
+
+def test_jitter_check_sees_an_unstable_fit(overlap):
+    def fit(feats):      # a head that flips with the 10th significant digit of one feature
+        flip = int(float(feats.X[0, 0]) * 1e9) % 2
+        W = torch.zeros(overlap.num_classes, overlap.dim)
+        return Head(W, torch.eye(overlap.num_classes)[flip])
+
+    out = jitter_check(overlap, overlap, fit, rel=1e-6, trials=8, seed=0)
+    counts = torch.bincount(overlap.y, minlength=3).float() / overlap.n
+    assert out["spread_points"] == pytest.approx(100 * abs(float(counts[0] - counts[1])), abs=1e-6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: reference_head(d, val_fraction=0.0), r"val_fraction must be a float in \(0, 1\), got 0\.0"),
+    (lambda d: reference_head(d, l2_grid=(0.1, 0.0)), r"l2_grid must be a non-empty sequence of numbers > 0"),
+    (lambda d: jitter_check(d, d, lambda f: None, rel=0.0), r"rel must be > 0, got 0\.0"),
+    (lambda d: jitter_check(d, d, lambda f: None, trials=0), r"trials must be an integer >= 1, got 0"),
+])
+def test_reference_and_jitter_arguments_are_refused(overlap, call, message):
+    with pytest.raises(QuboNNError, match=message):
+        call(overlap)
