@@ -78,8 +78,11 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--subsample", type=click.IntRange(min=1), default=None,
               help="Hessian blocks from a seeded random subset of this many training samples.")
 @click.option("--head", "head_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Head to quantize (torch state dict: weight, bias) [default: train the SGD baseline with the "
-                   "SGD options below].")
+              help="Head to quantize (torch state dict: weight, bias) [default: the --fp32-head fit].")
+@click.option("--fp32-head", "fp32_head", type=click.Choice(["reference", "sgd"]), default="reference",
+              show_default=True,
+              help="Without --head: reference = the L2-regularised convex optimum, L2 chosen on a held-out 20 %% "
+                   "of train (stable under feature jitter); sgd = the SGD baseline with the SGD options below.")
 @sgd_options
 @click.option("--scope", type=click.Choice(["head", "network"]), default="head", show_default=True,
               help="head: the FC head on cached features; network: every conv and linear layer of the ResNet "
@@ -106,7 +109,8 @@ def _table(rec: dict, method: str) -> str:
 @handle_errors
 def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, damping: float, use_grad: bool,
                      encoding: str, refine_span: float, refit_bias: bool, l2: float, subsample: int | None,
-                     head_path: str | None, epochs: int, lr: float, momentum: float, sgd_batch_size: int,
+                     head_path: str | None, fp32_head: str, epochs: int, lr: float, momentum: float,
+                     sgd_batch_size: int,
                      weight_decay: float, seed: int, out: str, record: str | None, progress: bool, as_json: bool,
                      **opts: Any) -> None:
     """Quantize the FC head to --bits per weight (per-row symmetric grids, bias in full precision)
@@ -140,7 +144,8 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
     from ..head import Head
     from ..quantize import QuantizeConfig, quantize_head
     from ..runtime import atomic_path, atomic_write_json, tensor_digest
-    from ..train import SGDConfig, train_sgd
+    from ..runtime import machine_info, resolve_device
+    from ..train import SGDConfig, reference_head, train_sgd
 
     t0 = time.perf_counter()
     cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler, sampler_params=params,
@@ -155,7 +160,11 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
     fcfg = feature_config(opts)
     feats = get_features(fcfg, progress=progress)
     source: dict[str, Any] = {"features": fcfg.__dict__, "features_path": feats.path}
-    if head is None:
+    if head is None and fp32_head == "reference":
+        head, hinfo = reference_head(feats.train, seed=seed, device=opts["device"])
+        source["head"] = {"reference": {k: v for k, v in hinfo.items() if k != "fit"},
+                          "lbfgs": hinfo["fit"]}
+    elif head is None:
         head0 = Head.init_like_linear(feats.train.num_classes, feats.train.dim, seed=seed)
         head, _ = train_sgd(head0, feats.train, feats.test, sgd, device=opts["device"])
         source["head"] = {"sgd": vars(sgd)}
@@ -163,6 +172,8 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
         source["head"] = {"path": str(head_path)}
     head = head.to("cpu")
     source["head_digest"] = tensor_digest(head.W, head.b)
+    source["features_digest"] = tensor_digest(feats.train.X, feats.train.y, feats.test.X, feats.test.y)
+    source["machine"] = machine_info(resolve_device(opts["device"]))
     res = quantize_head(head, feats.train, feats.test, cfg, progress=progress)
     chosen = res.methods[method]
     with atomic_path(out) as tmp:
