@@ -46,7 +46,8 @@ from .errors import QuboNNError
 from .featureset import SYNTHETIC_GENERATORS, FeatureSet, synthetic_by_name
 from .head import Head, evaluate
 from .hybrid import HybridConfig, hybrid_sweeps
-from .runtime import atomic_write_json, atomic_write_text, portable_path, resolve_device, tensor_digest, versions
+from .runtime import (atomic_write_json, atomic_write_text, machine_info, portable_path, resolve_device,
+                      tensor_digest, versions)
 
 METHODS = ("sgd", "hybrid", "sgd_matched", "lbfgs")
 METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)",
@@ -253,7 +254,7 @@ def _run(cfg: ExperimentConfig, progress: bool, train: FeatureSet, test: Feature
             prior = {m: results[m][-1] for m in methods if results[m] and results[m][-1]["seed"] == seed}
             res = _RUNNERS[method](cfg, seed, train, test, dev, progress, prior)
             res.update(method=method, seed=seed, config_digest=digest, features_digest=finfo["digest"],
-                       device=str(dev), format=RESULT_FORMAT)
+                       device=str(dev), machine=machine_info(dev), format=RESULT_FORMAT)
             _write_result(path, res)
             computed.append(name)
         else:
