@@ -125,9 +125,10 @@ def realistic_features(
     - x = round(ReLU(s · h) · grid) / grid with a per-sample contrast s = exp(``contrast``·N(0,1)).
 
     Labels are balanced (N/C per class, shuffled). About half the entries are 0, the mean is
-    about 1. Calibration (defaults, seed 0, measured by ``benchmarks/bench_features.py``):
-    the L2-regularised convex optimum scores about 62 % test accuracy with a training
-    cross-entropy around 1 nat, like a linear probe of ImageNet ResNet-18 features on CIFAR-100.
+    about 1. Calibration (defaults, seed 0):
+    the L2-regularised convex optimum (l2 = 0.01 chosen by validation) scores 63.0 % test accuracy with a training
+    cross-entropy of 1.07 nats (train acc 70.8 %), like a linear probe of ImageNet ResNet-18 features on
+    CIFAR-100 (results/bench_features-calibration.json).
     Computed in float64, returned float32; a few seconds at the default size.
     """
     spec = spec or RealisticSpec()
