@@ -1,8 +1,17 @@
-"""Binary encodings of weight blocks: w_i = ref_i + step_i · (Σ_j 2^j x_ij − offset_i).
+"""Encodings of weight blocks: w_i = ref_i + step_i · (k_i − offset_i), k_i = Σ_j d_j x_ij.
 
 One :class:`Encoding` both encodes and decodes, and exposes the same map as Δ = A x + c
-(Δ = w − θ0), with bit j of weight i at QUBO variable ``i*bits + j``. A is block diagonal:
-A[i, i*bits + j] = step_i · 2^j, so it is stored compactly as ``a`` (m × bits).
+(Δ = w − θ0), with variable j of weight i at QUBO variable ``i*width + j``. A is block diagonal:
+A[i, i*width + j] = step_i · d_j, so it is stored compactly as ``a`` (m × width).
+
+``bits`` is the size of the window: 2^bits levels k ∈ [0, 2^bits − 1] per weight, whatever the
+``kind`` (:data:`ENCODINGS`; the digit weights d come from :func:`levels.digit_weights`, the one
+place they are defined):
+
+- ``binary`` (default): d_j = 2^j, width = bits;
+- ``unary`` (thermometer): d_j = 1, width = 2^bits − 1 (every variable is worth one step);
+- ``domain-wall``: unary digits; the BQM adds P·Σ_j x_{i,j+1}(1 − x_ij) (:func:`qubo.build_bqm`),
+  zero exactly on thermometer codes, so its minimum is unary's and every state decodes by count.
 
 Modes:
 
@@ -25,25 +34,22 @@ import numpy as np
 import torch
 
 from .errors import QuboNNError
+from .levels import ENCODINGS, MAX_BITS, binary_digits, check_bits, check_encoding, digit_weights, thermometer
 from .quadratic import LocalModel
 
-MAX_BITS = 16
 MODES = ("optimize", "quantize")
-#: Encoding kinds of a level k = k0 + Σ_j a_j x_j (see DESIGN.md "Encodings"); only "binary" is
-#: implemented so far, the others are refused by the configs that name them.
-ENCODINGS = ("binary", "unary", "domain-wall")
+__all__ = ["ENCODINGS", "MAX_BITS", "MODES", "Encoding", "optimize_encoding", "quantize_encoding"]
 
 
 def _check_bits(bits: int) -> int:
-    if not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= MAX_BITS:
-        raise QuboNNError(f"bits per weight must be an integer in [1, {MAX_BITS}], got {bits!r}")
-    return int(bits)
+    return check_bits(bits)
 
 
 @dataclass
 class Encoding:
     """Grid of a block: ``idx`` (m,) flat weight indices, ``theta0`` (m,) current values,
-    ``ref``, ``step``, ``offset`` (m,) and ``bits`` per weight (n = m·bits QUBO variables)."""
+    ``ref``, ``step``, ``offset`` (m,), ``bits`` (a window of 2^bits levels per weight) and
+    ``kind`` (:data:`ENCODINGS`; n = m·width QUBO variables)."""
 
     idx: torch.Tensor
     theta0: torch.Tensor
@@ -53,9 +59,11 @@ class Encoding:
     bits: int
     mode: str = "optimize"
     info: dict = field(default_factory=dict)
+    kind: str = "binary"
 
     def __post_init__(self) -> None:
         self.bits = _check_bits(self.bits)
+        self.kind = check_encoding(self.kind)
         m = self.idx.numel()
         for name in ("theta0", "ref", "step", "offset"):
             t = getattr(self, name)
@@ -69,16 +77,27 @@ class Encoding:
         return int(self.idx.numel())
 
     @property
+    def levels_per_weight(self) -> int:
+        return 2 ** self.bits
+
+    @property
+    def width(self) -> int:
+        """QUBO variables per weight: bits (binary) or 2^bits − 1 (unary, domain-wall)."""
+        return int(digit_weights(self.kind, self.levels_per_weight).size)
+
+    @property
     def num_variables(self) -> int:
-        return self.m * self.bits
+        return self.m * self.width
 
     @property
     def powers(self) -> torch.Tensor:
-        return 2.0 ** torch.arange(self.bits, dtype=self.step.dtype, device=self.step.device)
+        """Digit weights d (width,) of one weight's variables (levels.digit_weights)."""
+        d = digit_weights(self.kind, self.levels_per_weight)
+        return torch.as_tensor(d, dtype=self.step.dtype, device=self.step.device)
 
     @property
     def a(self) -> torch.Tensor:
-        """Nonzeros of A, (m × bits): a[i, j] = step_i · 2^j."""
+        """Nonzeros of A, (m × width): a[i, j] = step_i · d_j."""
         return self.step[:, None] * self.powers[None, :]
 
     @property
@@ -87,9 +106,9 @@ class Encoding:
         return self.ref - self.step * self.offset - self.theta0
 
     def A(self) -> torch.Tensor:
-        """Dense A (m × m·bits); for tests and small blocks."""
+        """Dense A (m × m·width); for tests and small blocks."""
         A = torch.zeros(self.m, self.num_variables, dtype=self.step.dtype, device=self.step.device)
-        rows = torch.arange(self.m, device=self.step.device).repeat_interleave(self.bits)
+        rows = torch.arange(self.m, device=self.step.device).repeat_interleave(self.width)
         A[rows, torch.arange(self.num_variables, device=self.step.device)] = self.a.reshape(-1)
         return A
 
@@ -100,9 +119,9 @@ class Encoding:
         return x
 
     def levels(self, x) -> torch.Tensor:
-        """Integer k = Σ_j 2^j x_ij per weight, shape (..., m)."""
+        """Integer k = Σ_j d_j x_ij per weight, shape (..., m)."""
         x = self._x(x)
-        return (x.reshape(*x.shape[:-1], self.m, self.bits) * self.powers).sum(-1)
+        return (x.reshape(*x.shape[:-1], self.m, self.width) * self.powers).sum(-1)
 
     def delta(self, x) -> torch.Tensor:
         """Δ = A x + c, shape (..., m), evaluated as step·(k − offset) + (ref − θ0) so that the
@@ -119,8 +138,17 @@ class Encoding:
         safe = torch.where(self.step != 0, self.step, torch.ones_like(self.step))
         k = torch.where(self.step != 0, torch.round((w - self.ref) / safe + self.offset), self.offset)
         k = k.clamp(0, 2 ** self.bits - 1).long()
-        bits = (k[:, None] >> torch.arange(self.bits, device=k.device)) & 1
-        return bits.reshape(-1).to(torch.int8)
+        return torch.from_numpy(self.bits_of_levels(k.cpu().numpy())).to(k.device)
+
+    def bits_of_levels(self, k) -> np.ndarray:
+        """Variables (…, m·width) int8 of integer levels k (…, m) in [0, 2^bits − 1] (the code of
+        ``kind``: binary digits, or the thermometer code for unary and domain-wall)."""
+        k = np.asarray(k, dtype=np.int64)
+        if k.shape[-1] != self.m or (k < 0).any() or (k > 2 ** self.bits - 1).any():
+            raise QuboNNError(f"levels must have shape (..., {self.m}) with values in [0, {2 ** self.bits - 1}]")
+        if self.kind == "binary":
+            return binary_digits(k, self.width)
+        return thermometer(k, self.width)
 
     def current_bits(self) -> torch.Tensor:
         """Bits of the current weights θ0 (exact in optimize mode, nearest level in quantize mode)."""
@@ -131,16 +159,20 @@ class Encoding:
         return {"idx": self.idx.cpu().numpy(), "theta0": self.theta0.cpu().numpy(),
                 "ref": self.ref.cpu().numpy(), "step": self.step.cpu().numpy(),
                 "offset": self.offset.cpu().numpy(), "bits": np.asarray(self.bits),
+                "kind": np.asarray(self.kind),
                 "A_values": self.a.cpu().numpy(), "c": self.c.cpu().numpy()}
 
     @classmethod
     def from_arrays(cls, arrs: dict[str, np.ndarray], mode: str = "optimize") -> "Encoding":
+        """Inverse of :meth:`arrays`; files written before encodings had kinds are ``binary``."""
         t = {k: torch.from_numpy(np.asarray(arrs[k])) for k in ("theta0", "ref", "step", "offset")}
-        return cls(idx=torch.from_numpy(np.asarray(arrs["idx"])).long(), bits=int(arrs["bits"]), mode=mode, **t)
+        kind = str(np.asarray(arrs["kind"])) if "kind" in arrs else "binary"
+        return cls(idx=torch.from_numpy(np.asarray(arrs["idx"])).long(), bits=int(arrs["bits"]), mode=mode,
+                   kind=kind, **t)
 
 
 def optimize_encoding(model: LocalModel, bits: int = 4, window: float = 2.0, damping: float = 0.0,
-                      step_rule: str = "curvature", step: float | None = None) -> Encoding:
+                      step_rule: str = "curvature", step: float | None = None, kind: str = "binary") -> Encoding:
     """Window centred on the current weights (see module docstring for the step rule).
 
     ``step_rule='curvature'`` uses the diagonal Newton step |g_i|/(H_ii + damping);
@@ -168,11 +200,11 @@ def optimize_encoding(model: LocalModel, bits: int = 4, window: float = 2.0, dam
             "step_median": float(nz.median()) if nz.numel() else 0.0,
             "step_max": float(s.max()), "frozen_weights": int((s == 0).sum())}
     return Encoding(idx=model.idx, theta0=theta0.clone(), ref=theta0.clone(), step=s, offset=offset,
-                    bits=bits, mode="optimize", info=info)
+                    bits=bits, mode="optimize", info=info, kind=kind)
 
 
 def quantize_encoding(model: LocalModel, scale: torch.Tensor, qmin: int, qmax: int, bits: int = 1,
-                      zero: torch.Tensor | None = None) -> Encoding:
+                      zero: torch.Tensor | None = None, kind: str = "binary") -> Encoding:
     """Fixed grid w = scale·(q − zero), q ∈ [qmin, qmax]; the bits choose q near θ0/scale + zero.
 
     ``scale`` and ``zero`` are per weight (m,) (expand a per-row grid over the block's weights).
@@ -193,4 +225,4 @@ def quantize_encoding(model: LocalModel, scale: torch.Tensor, qmin: int, qmax: i
     # w = scale·(base + k − zero) = ref + step·(k − offset) with ref = 0, step = scale, offset = zero − base
     info = {"qmin": qmin, "qmax": qmax, "window_bits": bits}
     return Encoding(idx=model.idx, theta0=theta0.clone(), ref=torch.zeros_like(theta0), step=scale,
-                    offset=zero - base, bits=bits, mode="quantize", info=info)
+                    offset=zero - base, bits=bits, mode="quantize", info=info, kind=kind)

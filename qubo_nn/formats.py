@@ -366,6 +366,7 @@ def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_diges
         "npz_bytes": npz.stat().st_size,
         "mode": blk.enc.mode,
         "bits": int(blk.enc.bits),
+        "encoding": blk.enc.kind,
         "offset": float(blk.bqm.offset),
         "vartype": blk.bqm.vartype.name,
         "dtype": np.dtype(blk.bqm.dtype).name,

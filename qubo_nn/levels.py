@@ -314,15 +314,64 @@ def window_qubo(p: IntegerProblem, base: np.ndarray, kind: str, levels: int,
     lin = a * Hr[owner] + np.diag(Q).copy()
     np.fill_diagonal(Q, 0.0)
     offset = p.energy(base)
-    if kind == "domain-wall" and w > 1:
-        if penalty is None:
-            penalty = float(np.median(p.scale ** 2 * np.diag(p.H)))
-        i = np.arange(p.m)[:, None] * w + np.arange(w - 1)[None, :]   # x_ij and x_i,j+1
-        i, j = i.reshape(-1), i.reshape(-1) + 1
-        lin[j] += penalty                                          # P·x_{j+1}(1 − x_j)
-        Q[i, j] -= 0.5 * penalty
-        Q[j, i] -= 0.5 * penalty
+    if kind == "domain-wall":
+        add_domain_wall(Q, lin, p.m, w, domain_wall_penalty(p.scale, np.diag(p.H)) if penalty is None else penalty)
     return Q, lin, offset, d
+
+
+def domain_wall_penalty(scale: np.ndarray, hdiag: np.ndarray) -> float:
+    """The default domain-wall penalty P: the median one-step energy scale s_i² H_ii (any P ≥ 0 keeps
+    the minimum; P only shapes the landscape between thermometer codes)."""
+    return float(np.median(np.asarray(scale) ** 2 * np.asarray(hdiag)))
+
+
+def add_domain_wall(Q: np.ndarray, lin: np.ndarray, m: int, width: int, penalty: float) -> None:
+    """Add P·Σ_ij x_{i,j+1}(1 − x_ij) in place to a symmetric (Q, lin) pair whose energy is
+    Σ lin x + Σ_{i<j} 2·Q_ij x_i x_j (variables of weight i at i·width + j)."""
+    if width < 2:
+        return
+    i = (np.arange(m)[:, None] * width + np.arange(width - 1)[None, :]).reshape(-1)   # x_ij
+    j = i + 1                                                                          # x_i,j+1
+    lin[j] += penalty
+    Q[i, j] -= 0.5 * penalty
+    Q[j, i] -= 0.5 * penalty
+
+
+@dataclass
+class IntegerForm:
+    """How a block's BQM encodes an :class:`IntegerProblem`: variables (m·width) ↔ levels k (m).
+
+    k_i = Σ_j d_j x_ij (``kind``'s digits, windows of 2^bits levels starting at 0), and
+    bqm.energy(x) = problem.energy(k(x)) (+ the domain-wall penalty, zero on thermometer codes).
+    Built by ``qubo_nn.qubo.integer_form(model, enc, damping)``; samplers that work in level space
+    take it as their ``integer_form`` parameter.
+    """
+
+    problem: IntegerProblem
+    kind: str
+    bits: int
+
+    def __post_init__(self) -> None:
+        self.kind = check_encoding(self.kind)
+        self.bits = check_bits(self.bits)
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits
+
+    @property
+    def width(self) -> int:
+        return int(digit_weights(self.kind, self.levels).size)
+
+    @property
+    def num_variables(self) -> int:
+        return self.problem.m * self.width
+
+    def to_levels(self, x) -> np.ndarray:
+        return levels_of(x, np.zeros(self.problem.m, dtype=np.int64), self.kind, self.levels)
+
+    def to_bits(self, k) -> np.ndarray:
+        return bits_of(k, np.zeros(self.problem.m, dtype=np.int64), self.kind, self.levels)
 
 
 def bits_of(k: np.ndarray, base: np.ndarray, kind: str, levels: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from .encoding import Encoding, optimize_encoding
 from .errors import QuboNNError
 from .featureset import FeatureSet
 from .head import Head
+from .levels import IntegerForm, IntegerProblem, add_domain_wall, check_bits, check_encoding, domain_wall_penalty
 from .quadratic import HeadStats, LocalModel, select_blocks, unflatten
 
 DEFAULT_MAX_QUBO_BYTES = 4 * 2**30
@@ -84,11 +85,46 @@ def build_bqm(model: LocalModel, enc: Encoding, damping: float = 0.0, dtype: str
     lin = Q.diagonal().detach().cpu().numpy().copy()
     Q.diagonal().zero_()   # dimod's constructor would copy the whole matrix to zero the diagonal
     Qn = Q.detach().cpu().numpy()
+    if enc.kind == "domain-wall":
+        hdiag = (model.H.diagonal().double() + damping).cpu().numpy()
+        add_domain_wall(Qn, lin, enc.m, enc.width, domain_wall_penalty(enc.step.double().cpu().numpy(), hdiag))
     bqm = dimod.BinaryQuadraticModel("BINARY", dtype=np_dtype)
     bqm.add_linear_from_array(lin)
     bqm.add_quadratic_from_dense(Qn)
     bqm.offset = offset
     return bqm
+
+
+def integer_form(model: LocalModel, enc: Encoding, damping: float = 0.0) -> IntegerForm:
+    """The block's energy as an :class:`IntegerProblem` over the levels its encoding chooses.
+
+    With H̃ = H + μI (PD), t = θ0 − H̃⁻¹g and w = ref + step·(k − offset) = s·k + (ref − s·offset):
+    E(k) = L0 − ½gᵀH̃⁻¹g + ½(w − t)ᵀH̃(w − t), k ∈ [0, 2^bits − 1]; equal to ``build_bqm``'s energy
+    of the bits of k (to rounding). Frozen weights (step 0) get scale 1 and kmin = kmax = offset.
+    """
+    if not torch.equal(model.idx.cpu(), enc.idx.cpu()):
+        raise QuboNNError("encoding and local model describe different blocks")
+    H = model.H.double().cpu().numpy().copy()
+    H[np.diag_indices_from(H)] += damping
+    g = model.g.double().cpu().numpy()
+    theta0 = model.theta0.double().cpu().numpy()
+    try:
+        L = np.linalg.cholesky(H)
+    except np.linalg.LinAlgError as exc:
+        raise QuboNNError("the damped block Hessian is not positive definite: expected a PD matrix; "
+                          "raise the damping") from exc
+    Hinv_g = np.linalg.solve(L.T, np.linalg.solve(L, g))
+    step = enc.step.double().cpu().numpy()
+    ref = enc.ref.double().cpu().numpy()
+    off = enc.offset.double().cpu().numpy()
+    frozen = step == 0
+    scale = np.where(frozen, 1.0, step)
+    top = 2 ** enc.bits - 1
+    kmin = np.where(frozen, np.clip(np.round(off), 0, top), 0).astype(np.int64)
+    kmax = np.where(frozen, kmin, top).astype(np.int64)
+    target = theta0 - Hinv_g - (ref - scale * off)
+    problem = IntegerProblem(H, target, scale, kmin, kmax, const=float(model.L0) - 0.5 * float(g @ Hinv_g))
+    return IntegerForm(problem, enc.kind, enc.bits)
 
 
 def predicted_loss(model: LocalModel, enc: Encoding, x, damping: float = 0.0) -> np.ndarray:
@@ -135,15 +171,14 @@ class BuildConfig:
 
     def validate(self) -> None:
         """Refuse bad settings up front (before any Hessian pass), saying what was expected."""
-        from .encoding import MAX_BITS
         from .quadratic import BLOCK_KINDS, SALIENCIES
 
         if self.blocks not in BLOCK_KINDS:
             raise QuboNNError(f"block kind must be one of {BLOCK_KINDS}, got {self.blocks!r}")
         if self.saliency not in SALIENCIES:
             raise QuboNNError(f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or not 1 <= self.bits <= MAX_BITS:
-            raise QuboNNError(f"bits per weight must be an integer in [1, {MAX_BITS}], got {self.bits!r}")
+        check_bits(self.bits)
+        check_encoding(self.encoding)
         for name in ("per_block", "chunk"):
             if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
                 raise QuboNNError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -195,7 +230,7 @@ def make_block_qubo(stats: HeadStats, idx: torch.Tensor, cfg: BuildConfig, block
         torch.cuda.synchronize()
     t1 = time.perf_counter()
     mu = damping_for(model, cfg)
-    enc = optimize_encoding(model, cfg.bits, cfg.window, mu, cfg.step_rule, cfg.step)
+    enc = optimize_encoding(model, cfg.bits, cfg.window, mu, cfg.step_rule, cfg.step, kind=cfg.encoding)
     bqm = build_bqm(model, enc, mu, cfg.bqm_dtype, cfg.max_qubo_bytes)
     t2 = time.perf_counter()
     return BlockQUBO(block_id, model, enc, bqm, mu, {"hessian_s": t1 - t0, "qubo_s": t2 - t1})
@@ -209,7 +244,8 @@ def plan_blocks(stats: HeadStats, cfg: BuildConfig) -> list[torch.Tensor]:
                            diag=stats.hessian_diag() if need_diag else None,
                            saliency=cfg.saliency, seed=cfg.seed)
     itemsize = np.dtype(_NP_DTYPES.get(cfg.bqm_dtype, np.float64)).itemsize
-    check_fits(max(b.numel() for b in blocks) * cfg.bits, itemsize, cfg.max_qubo_bytes)
+    per = cfg.bits if cfg.encoding == "binary" else 2 ** cfg.bits - 1
+    check_fits(max(b.numel() for b in blocks) * per, itemsize, cfg.max_qubo_bytes)
     return blocks
 
 

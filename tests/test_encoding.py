@@ -82,7 +82,7 @@ def test_fixed_step_rule_and_arrays_round_trip():
     enc = optimize_encoding(model, bits=4, step_rule="fixed", step=0.01)
     assert torch.equal(enc.step, torch.full((model.m,), 0.01, dtype=f64))
     arrs = enc.arrays()
-    assert set(arrs) == {"idx", "theta0", "ref", "step", "offset", "bits", "A_values", "c"}
+    assert set(arrs) == {"idx", "theta0", "ref", "step", "offset", "bits", "kind", "A_values", "c"}
     assert arrs["A_values"].shape == (model.m, 4)
     back = Encoding.from_arrays(arrs, mode="optimize")
     X = torch.randint(0, 2, (7, enc.num_variables), generator=torch.Generator().manual_seed(1))
@@ -138,3 +138,86 @@ def test_bad_encodings_are_refused():
     with pytest.raises(QuboNNError, match="mode must be one of"):
         Encoding(enc.idx, enc.theta0, enc.ref, enc.step, enc.offset, 2, mode="round")
     assert np.asarray(enc.arrays()["bits"]) == 2
+
+
+# ---------------------------------------------------------------- encoding kinds (binary, unary, domain-wall)
+
+def _kind_encodings(bits: int, seed: int = 3):
+    from qubo_nn.encoding import ENCODINGS
+    model = toy_model(m=3, seed=seed)
+    return model, {kind: optimize_encoding(model, bits=bits, window=1.5, damping=0.2, kind=kind) for kind in ENCODINGS}
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_every_kind_decodes_to_the_weights_of_its_levels(bits):
+    model, encs = _kind_encodings(bits)
+    rng = np.random.default_rng(0)
+    K = rng.integers(0, 2 ** bits, size=(20, model.m))
+    K[:, 0] = int(encs["binary"].offset[0])   # weight 0 has no gradient: frozen (step 0) at its offset
+    for kind, enc in encs.items():
+        width = bits if kind == "binary" else 2 ** bits - 1
+        assert enc.width == width and enc.num_variables == model.m * width
+        X = enc.bits_of_levels(K)
+        # independent reference: w = ref + step·(k − offset), straight from the levels
+        want = enc.ref + enc.step * (torch.as_tensor(K, dtype=f64) - enc.offset)
+        assert torch.equal(enc.levels(X), torch.as_tensor(K, dtype=f64))
+        assert torch.allclose(enc.decode(X), want, rtol=0, atol=1e-15)
+        assert torch.allclose(enc.A() @ torch.as_tensor(X, dtype=f64).T + enc.c[:, None],
+                              want.T - enc.theta0[:, None], rtol=0, atol=1e-14)
+        # encode ∘ decode is the identity on every level vector
+        for row in range(len(K)):
+            assert torch.equal(enc.encode(enc.decode(X[row])), torch.as_tensor(X[row]))
+    # unary and domain-wall: the thermometer code x_ij = [j < k_i]
+    X = encs["unary"].bits_of_levels(K).reshape(len(K), model.m, -1)
+    assert (X.sum(-1) == K).all() and (np.diff(X.astype(int), axis=-1) <= 0).all()
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_bqm_energies_equal_across_kinds_and_equal_the_integer_energy(bits):
+    from qubo_nn.qubo import build_bqm, integer_form
+    model, encs = _kind_encodings(bits, seed=4)
+    mu = 0.2
+    K = np.array(list(itertools.product(range(2 ** bits), repeat=model.m)))
+    energies = {}
+    for kind, enc in encs.items():
+        bqm = build_bqm(model, enc, damping=mu)
+        X = enc.bits_of_levels(K)
+        energies[kind] = bqm.energies((X, range(enc.num_variables)))
+        form = integer_form(model, enc, mu)
+        assert form.kind == kind and form.num_variables == bqm.num_variables
+        # E(k) of levels.IntegerProblem agrees with the BQM (the frozen weight 0 is pinned: compare where feasible)
+        free = (K >= form.problem.kmin).all(1) & (K <= form.problem.kmax).all(1)
+        assert free.sum() == 2 ** (bits * (model.m - 1))
+        np.testing.assert_allclose(form.problem.energy(K[free]), energies[kind][free], rtol=1e-12, atol=1e-12)
+        # and the predicted loss of the local model, an independent route
+        want = model.predict(enc.delta(X), mu).numpy()
+        np.testing.assert_allclose(energies[kind], want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(energies["unary"], energies["binary"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(energies["domain-wall"], energies["binary"], rtol=1e-12, atol=1e-12)
+
+
+def test_domain_wall_penalises_exactly_the_non_thermometer_codes():
+    from qubo_nn.qubo import build_bqm
+    model, encs = _kind_encodings(2, seed=5)
+    uni, dw = build_bqm(model, encs["unary"], 0.2), build_bqm(model, encs["domain-wall"], 0.2)
+    X = np.array(list(itertools.product([0, 1], repeat=uni.num_variables)))
+    gap = dw.energies((X, range(dw.num_variables))) - uni.energies((X, range(uni.num_variables)))
+    walls = (np.diff(X.reshape(len(X), model.m, 3), axis=-1) > 0).sum((1, 2))   # 0→1 steps upward
+    assert (gap[walls == 0] == pytest.approx(0, abs=1e-12))
+    assert (gap[walls > 0] > 0).all()
+    # every state still decodes by its count, so the minimum over all states is unary's
+    assert dw.energies((X, range(dw.num_variables))).min() == pytest.approx(
+        uni.energies((X, range(uni.num_variables))).min(), abs=1e-12)
+
+
+def test_kind_survives_arrays_round_trip_and_old_arrays_are_binary():
+    model, encs = _kind_encodings(2)
+    for kind, enc in encs.items():
+        back = Encoding.from_arrays(enc.arrays())
+        assert back.kind == kind and back.num_variables == enc.num_variables
+        x = enc.bits_of_levels(np.array([[1, 2, 3]]))[0]
+        assert torch.equal(back.decode(x), enc.decode(x))
+    old = {k: v for k, v in encs["binary"].arrays().items() if k != "kind"}
+    assert Encoding.from_arrays(old).kind == "binary"
+    with pytest.raises(QuboNNError, match="encoding must be one of"):
+        optimize_encoding(model, bits=2, kind="one-hot")
