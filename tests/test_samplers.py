@@ -104,7 +104,8 @@ def test_polish_composite_api():
 
 
 def test_registry_lists_every_sampler():
-    assert list(S.SAMPLERS) == ["neal", "tabu", "steepest", "exact", "sb", "random", "dwave"]
+    assert list(S.SAMPLERS) == ["neal", "tabu", "steepest", "exact", "sb", "random", "dwave",
+                                "gptq", "cd", "pipeline", "decompose"]
     rows = {r["name"]: r for r in S.describe()}
     assert all(rows[n]["available"] for n in S.SAMPLERS if n != "dwave")
     assert "time_limit" in rows["neal"]["parameters"] and "num_sweeps" in rows["neal"]["parameters"]
@@ -375,3 +376,102 @@ def test_seed_helpers():
         base.check_seed(True)
     assert base.child_seed(0, 1) != base.child_seed(0, 2) and base.child_seed(0, 1) == base.child_seed(0, 1)
     assert 0 <= base.draw_seed() < 2**31
+
+
+# --------------------------------------------------------------------------- level-space samplers
+
+def level_block(m: int = 6, bits: int = 2, kind: str = "binary", seed: int = 0):
+    """A small block (local model → encoding → BQM) and its integer form; H ill-conditioned."""
+    from qubo_nn.encoding import optimize_encoding
+    from qubo_nn.quadratic import LocalModel
+    from qubo_nn.qubo import build_bqm, integer_form
+
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(m, m, generator=g, dtype=torch.float64)
+    H = B @ B.T / m + 1e-3 * torch.eye(m, dtype=torch.float64) + 0.9 * torch.ones(m, m, dtype=torch.float64)
+    model = LocalModel(idx=torch.arange(m), g=torch.randn(m, generator=g, dtype=torch.float64), H=H, L0=1.0,
+                       theta0=torch.randn(m, generator=g, dtype=torch.float64))
+    enc = optimize_encoding(model, bits=bits, window=2.0, damping=0.05, kind=kind)
+    return build_bqm(model, enc, 0.05), integer_form(model, enc, 0.05), enc
+
+
+def exact_levels(form) -> tuple[float, np.ndarray]:
+    """Independent reference: enumerate every level vector of the box."""
+    import itertools
+
+    p = form.problem
+    K = np.array(list(itertools.product(*[range(a, b + 1) for a, b in zip(p.kmin, p.kmax)])))
+    E = p.energy(K)
+    return float(E.min()), K[int(np.argmin(E))]
+
+
+@pytest.mark.parametrize("kind", ["binary", "unary", "domain-wall"])
+def test_level_samplers_against_the_exact_optimum(kind):
+    from qubo_nn import levels as lv
+
+    bqm, form, enc = level_block(kind=kind, seed=1)
+    e_opt, k_opt = exact_levels(form)
+    k_sd, info = lv.sphere_decode(form.problem)
+    assert info["complete"] and form.problem.energy(k_sd) == pytest.approx(e_opt, abs=1e-12)
+    # the BQM's energy of the optimum's bits is the same number
+    assert bqm.energy(dict(enumerate(form.to_bits(k_opt)))) == pytest.approx(e_opt, rel=1e-12, abs=1e-12)
+    for name, params in [("pipeline", dict(seed=0)), ("decompose", dict(seed=0, integer_form=form, size=8))]:
+        params.setdefault("integer_form", form)
+        ss = S.sample(bqm, name, **params)
+        assert ss.first.energy == pytest.approx(e_opt, rel=1e-9, abs=1e-9), name
+    for name, params in [("gptq", {}), ("gptq", dict(act_order=False)), ("cd", {})]:
+        ss = S.sample(bqm, name, integer_form=form, **params)
+        assert ss.first.energy >= e_opt - 1e-9
+        k = enc.levels(np.array([ss.first.sample[v] for v in range(bqm.num_variables)])).numpy().astype(int)
+        assert ss.first.energy == pytest.approx(form.problem.energy(k), rel=1e-12, abs=1e-12)
+        if name == "cd":  # a local minimum under every single ±1 and pair (±1, ±1) move (checked directly)
+            p = form.problem
+            e = p.energy(k)
+            for i in range(p.m):
+                for j in range(p.m):
+                    for di in (-1, 0, 1):
+                        for dj in (-1, 0, 1):
+                            q = k.copy()
+                            q[i] += di
+                            q[j] += dj
+                            if p.feasible(q) and (q != k).any():
+                                assert p.energy(q) >= e - 1e-12
+
+
+def test_pipeline_records_its_stages_and_the_annealers_own_energy():
+    bqm, form, _ = level_block(m=12, bits=1, seed=2)
+    ss = S.sample(bqm, "pipeline", integer_form=form, seed=3, rounds=2)
+    info = ss.info
+    assert info["stage"] in ("classical", "anneal", "polish")
+    assert info["energy"] == pytest.approx(ss.first.energy, rel=1e-12, abs=1e-12)
+    assert info["energy"] <= info["energy_classical"] + 1e-12
+    assert np.isfinite(info["energy_anneal_raw"])
+    # never above the classical start; the annealer's own best is a real sample energy, not the fallback
+    e_opt, _ = exact_levels(form)
+    assert info["energy_anneal_raw"] >= e_opt - 1e-9
+
+
+def test_level_samplers_refuse_a_bare_bqm_and_wrong_forms():
+    bqm, form, _ = level_block()
+    for name in ("gptq", "cd", "pipeline"):
+        with pytest.raises(QuboNNError, match=f"sampler '{name}' needs the block's integer form"):
+            S.sample(bqm, name)
+    with pytest.raises(QuboNNError, match="expected integer_form to be a levels.IntegerForm, got dict"):
+        S.sample(bqm, "cd", integer_form={})
+    other, _ = random_qubo(5, 0)
+    with pytest.raises(QuboNNError, match="the integer form encodes 12 variables"):
+        S.sample(other, "gptq", integer_form=form)
+
+
+@pytest.mark.parametrize("name,key,value,want", [
+    ("neal", "num_sweeps", "abc", "expected int, got 'abc'"),
+    ("neal", "num_reads", 2.5, "expected int, got 2.5"),
+    ("neal", "num_sweeps", True, "expected int, got True"),
+    ("neal", "time_limit", "1s", "expected int or float, got '1s'"),
+    ("gptq", "act_order", "yes", "expected bool, got 'yes'"),
+])
+def test_parameter_values_of_the_wrong_type_are_refused(name, key, value, want):
+    bqm, form, _ = level_block()
+    extra = {"integer_form": form} if name == "gptq" else {}
+    with pytest.raises(QuboNNError, match=f"sampler '{name}' parameter '{key}': {want}"):
+        S.sample(bqm, name, **{key: value}, **extra)

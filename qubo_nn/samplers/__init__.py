@@ -10,19 +10,32 @@ exact      brute force (dimod.ExactSolver), at most 24 variables
 sb         simulated bifurcation (PyTorch, GPU when present), polished by steepest descent
 random     uniformly random states (dwave-samplers' RandomSampler), a baseline
 dwave      D-Wave Leap hybrid/QPU solvers (optional dwave-system and a Leap token)
+gptq       GPTQ sequential rounding of the block's levels (act-order default); needs integer_form
+cd         coordinate descent with pair moves over the levels (CDQuant); needs integer_form
+pipeline   best classical start → annealed unary windows → level-space polish; needs integer_form
+decompose  dwave-hybrid: EnergyImpactDecomposer | neal/tabu sub-problems | SplatComposer, looped
 =========  ===============================================================================
+
+``integer_form`` (a :class:`qubo_nn.levels.IntegerForm`, from ``qubo_nn.qubo.integer_form(model,
+enc, damping)``) tells the level-space samplers which integer problem the BQM's bits encode; a bare
+BQM without it is refused with a QuboNNError saying so. Parameter values are type-checked
+(:data:`PARAM_TYPES`) before any sampler runs.
 """
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from typing import Any
 
 import dimod
 
 from ..errors import QuboNNError
-from . import anneal, bifurcation, dwave_leap, exact, random_baseline, steepest, tabu_search
+from . import anneal, bifurcation, classical, decompose, dwave_leap, exact, pipeline, random_baseline, steepest, tabu_search
 from .anneal import NealSampler, vectorized_beta_range
+from .classical import CDSampler, GPTQSampler
+from .decompose import DecomposeSampler
+from .pipeline import PipelineSampler
 from .base import check_seed, child_seed, draw_seed, jsonable, rescore, samples_array
 from .bifurcation import SBSampler
 from .dwave_leap import DWaveLeapSampler
@@ -34,7 +47,8 @@ from .tabu_search import TabuSampler
 
 __all__ = ["SAMPLERS", "DEFAULT_SAMPLER", "get_sampler", "sample", "describe", "PolishComposite",
            "NealSampler", "TabuSampler", "SteepestDescentSolver", "ExactSampler", "SBSampler", "RandomSampler",
-           "DWaveLeapSampler", "vectorized_beta_range", "MAX_EXACT_VARIABLES", "child_seed", "draw_seed"]
+           "DWaveLeapSampler", "GPTQSampler", "CDSampler", "PipelineSampler", "DecomposeSampler",
+           "PARAM_TYPES", "vectorized_beta_range", "MAX_EXACT_VARIABLES", "child_seed", "draw_seed"]
 
 SAMPLERS: dict[str, type[dimod.Sampler]] = {
     "neal": NealSampler,
@@ -44,10 +58,39 @@ SAMPLERS: dict[str, type[dimod.Sampler]] = {
     "sb": SBSampler,
     "random": RandomSampler,
     "dwave": DWaveLeapSampler,
+    "gptq": GPTQSampler,
+    "cd": CDSampler,
+    "pipeline": PipelineSampler,
+    "decompose": DecomposeSampler,
 }
 DEFAULT_SAMPLER = "neal"
 _MODULES = {"neal": anneal, "tabu": tabu_search, "steepest": steepest, "exact": exact, "sb": bifurcation,
-            "random": random_baseline, "dwave": dwave_leap}
+            "random": random_baseline, "dwave": dwave_leap, "gptq": classical, "cd": classical,
+            "pipeline": pipeline, "decompose": decompose}
+
+#: Expected types of parameter values (checked by :func:`sample`); None is accepted where a
+#: parameter is optional. Names not listed are passed through unchecked.
+PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "num_reads": (int,), "num_sweeps": (int,), "num_restarts": (int,), "timeout": (int,),
+    "max_iter": (int,), "convergence": (int,), "size": (int,), "rounds": (int,), "window_levels": (int,),
+    "time_limit": (int, float), "time_budget_s": (int, float), "max_time": (int, float),
+    "act_order": (bool,), "pairs": (bool,), "encoding": (str,), "subsampler": (str,), "start": (str,),
+}
+_OPTIONAL = {"time_limit", "time_budget_s", "max_time", "timeout", "num_reads"}
+
+
+def check_param_types(name: str, params: dict[str, Any]) -> None:
+    """QuboNNError "expected int, got 'abc'" for a parameter value of the wrong type."""
+    for key, value in params.items():
+        want = PARAM_TYPES.get(key)
+        if want is None or (value is None and key in _OPTIONAL):
+            continue
+        ok = isinstance(value, want) and (bool in want or not isinstance(value, bool))
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if not ok:
+            names = " or ".join(t.__name__ for t in want)
+            raise QuboNNError(f"sampler {name!r} parameter {key!r}: expected {names}, got {value!r}")
 
 # Handled by sample() itself, never passed through **params.
 _OWN_ARGS = ("seed", "initial_states")
@@ -124,6 +167,7 @@ def sample(bqm: dimod.BinaryQuadraticModel, sampler: str | dimod.Sampler = DEFAU
         options = ", ".join(sorted(accepted - set(_OWN_ARGS))) or "none"
         raise QuboNNError(f"sampler {name!r} does not accept parameter(s) {', '.join(unknown)}; "
                           f"accepted: {options}")
+    check_param_types(name, params)
     kwargs = dict(params)
     if "seed" in accepted:
         seed = draw_seed() if seed is None else check_seed(seed)
@@ -150,7 +194,7 @@ def sample(bqm: dimod.BinaryQuadraticModel, sampler: str | dimod.Sampler = DEFAU
 
     out, energy_error = rescore(raw, bqm)
     sampler_info = jsonable(raw.info)
-    used = jsonable(params)
+    used = jsonable({k: v for k, v in params.items() if k != "integer_form"})
     if "beta_range" in sampler_info and "beta_range" not in used:
         used["beta_range"] = sampler_info["beta_range"]
     out.info.clear()
