@@ -415,8 +415,9 @@ def test_level_samplers_against_the_exact_optimum(kind):
     assert info["complete"] and form.problem.energy(k_sd) == pytest.approx(e_opt, abs=1e-12)
     # the BQM's energy of the optimum's bits is the same number
     assert bqm.energy(dict(enumerate(form.to_bits(k_opt)))) == pytest.approx(e_opt, rel=1e-12, abs=1e-12)
-    for name, params in [("pipeline", dict(seed=0)), ("decompose", dict(seed=0, integer_form=form, size=8))]:
-        params.setdefault("integer_form", form)
+    zeros = np.zeros((1, bqm.num_variables), dtype=np.int8)   # a far start: the workflow must move
+    for name, params in [("pipeline", dict(seed=0, integer_form=form)),
+                         ("decompose", dict(seed=0, initial_states=zeros, size=8, convergence=20))]:
         ss = S.sample(bqm, name, **params)
         assert ss.first.energy == pytest.approx(e_opt, rel=1e-9, abs=1e-9), name
     for name, params in [("gptq", {}), ("gptq", dict(act_order=False)), ("cd", {})]:

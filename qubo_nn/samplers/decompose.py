@@ -79,8 +79,10 @@ class DecomposeSampler(dimod.Sampler):
         else:
             sub = hybrid.TabuSubproblemSampler()
             sub.sampler = _Seeded(sub.sampler, seed)
-        branch = hybrid.EnergyImpactDecomposer(size=size, rolling=True, rolling_history=1.0,
-                                               traversal="energy") | sub | hybrid.SplatComposer()
+        # Const(subsamples=None): the sub-sampler starts fresh on each new sub-problem (the previous
+        # sub-problem's samples name other variables)
+        branch = (hybrid.EnergyImpactDecomposer(size=size, rolling=True, rolling_history=1.0, traversal="energy")
+                  | hybrid.Const(subsamples=None) | sub | hybrid.SplatComposer())
         iteration = hybrid.Parallel(hybrid.Identity(), branch) | hybrid.ArgMin()
         workflow = hybrid.Loop(iteration, max_iter=int(max_iter), convergence=int(convergence),
                                max_time=max_time)
