@@ -452,7 +452,7 @@ def anneal_window(p: IntegerProblem, k_start: np.ndarray, *, encoding: str = "un
 
 def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str = "unary", sampler: str = "neal",
                  seed: int = 0, params: dict | None = None, time_budget_s: float | None = None,
-                 levels: int = 3, rounds: int = 4) -> tuple[np.ndarray, dict]:
+                 levels: int = 3, rounds: int = 4, refine_span: float | None = 30.0) -> tuple[np.ndarray, dict]:
     """Levels k (m,) int64 minimising ``problem`` by ``method`` and info {"method", "energy", "stage",
     "wall_time_s", ...}.
 
@@ -462,7 +462,7 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
       and RTN), then up to ``rounds`` rounds of: anneal the QUBO of a window of ``levels`` levels
       around the incumbent (``encoding``, ``sampler`` with ``params``, started at the incumbent), polish
       every sample by CD in level space, keep the best if lower. ``stage`` says which stage produced
-      the answer: ``"classical"`` (nothing beat the start), ``"anneal"`` (a raw sample beat the
+      the answer (``refine_span``: see :func:`anneal_window`): ``"classical"`` (nothing beat the start), ``"anneal"`` (a raw sample beat the
       incumbent before any polish) or ``"polish"`` (only the polished samples did). ``info`` also
       holds ``energy_classical``, ``energy_anneal_raw`` (the annealer's own best sample) and
       ``anneal_improved_rounds``. ``time_budget_s`` stops starting new rounds after that many seconds.
@@ -490,7 +490,7 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
             if time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s:
                 break
             K, ainfo = anneal_window(p, k, encoding=encoding, levels=levels, sampler=sampler,
-                                     seed=(int(seed) + 7919 * r) % 2**31, params=params)
+                                     seed=(int(seed) + 7919 * r) % 2**31, params=params, refine_span=refine_span)
             E_raw = p.energy(K)
             j = int(np.argmin(E_raw))
             raw_best = min(raw_best, float(E_raw[j]))

@@ -39,24 +39,23 @@ and the recorded ablation (results/quantize/ablation.md) shows both.
 Rows are treated as independent blocks at the same (fp32) head: cross-row Hessian terms are
 ignored by every method alike.
 
-Methods:
+Methods (every row is one :class:`levels.IntegerProblem` E(k) = const + ½(s·k − w*)ᵀH̃(s·k − w*),
+k ∈ [qmin, qmax]; every method is scored on that same E, ``energy`` = Σ_rows E_row − (C−1)·L0, the
+predicted loss with all rows changed, cross-row terms ignored):
 
 - ``rtn``: q = clamp(round(w/s), qmin, qmax).
-- ``greedy``: GPTQ/OBQ: with U the upper Cholesky factor of H̃⁻¹, for d = 0..D−1 in order:
-  q_d = clamp(round(w_d/s)), e = (w_d − s q_d)/U_dd, w_{d+1:} −= e·U_{d, d+1:} (starting from w*).
-- ``qubo``: the row's BQM (:func:`qubo.build_bqm`, energy = E) over a window of 2^``window_bits``
-  levels per weight (:func:`encoding.quantize_encoding`: 1 bit = AdaRound's floor/ceil), solved
-  with any registered sampler; the window is shifted, weight by weight, just enough to contain the
-  greedy level (so the greedy and, where it fits, the RTN solutions are feasible), and both are
-  offered as initial states when the sampler takes them (samplers with a ``beta_range``, i.e.
-  neal, then anneal at low temperature only: ``refine_span``). The returned solution is the
-  lowest-energy one among the sampler's samples and the offered incumbents (so its energy is never
-  above greedy's); ``info["rows_improved"]`` counts the rows where the sampler beat them.
-
-Every method's solution is scored on the same per-row BQM (``energy``: Σ_rows E_row − (C−1)·L0,
-the predicted loss with all rows changed, cross-row terms ignored). Solutions that do not fit a
-row's window (RTN can fall outside when greedy moved a weight ≥ 2 levels with ``window_bits=1``)
-are scored with the same formula straight from the local model and counted in ``outside_window``.
+- ``gptq-natural``: GPTQ/OBQ sequential rounding in index order (:func:`levels.gptq`): with U the
+  upper Cholesky factor of H̃⁻¹, q_d = clamp(round(w_d/s)), e = (w_d − s q_d)/U_dd,
+  w_{d+1:} −= e·U_{d, d+1:} (starting from w*).
+- ``gptq``: the same in act-order (decreasing diag H, GPTQ's own default).
+- ``cd``: coordinate descent with single and pair moves over the levels from ``gptq`` (CDQuant;
+  its time includes the GPTQ start).
+- ``qubo``: the default pipeline (:func:`levels.solve_levels` method ``qubo``): the best classical
+  answer, then annealed windows of 2^``window_bits`` + 1 levels around the incumbent in
+  ``encoding``'s bits with ``sampler`` (started at the incumbent; ``refine_span``), each sample
+  polished by CD. Never above the classical start; ``info["rows_improved"]`` counts the rows where
+  annealing + polish beat it, ``rows_anneal_stage`` those where a raw annealed sample did, and
+  ``energy_anneal_raw`` sums the annealer's own best row energies (apart from the fallback).
 """
 from __future__ import annotations
 
@@ -80,7 +79,7 @@ from .qubo import build_bqm
 from .runtime import resolve_device, resolve_dtype
 from .samplers import child_seed, get_sampler, sample, vectorized_beta_range
 
-METHODS = ("rtn", "greedy", "qubo")
+METHODS = ("rtn", "gptq-natural", "gptq", "cd", "qubo")
 SCALE_RULES = ("maxabs", "mse")
 MIN_BITS, MAX_BITS = 1, 8
 
@@ -437,58 +436,67 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     W = head_d.W.to(torch.float64)
     # the scale is rounded to the head's dtype first, so the checkpoint holds exactly the scale used
     scale = grid_scale(W, bits, cfg.scale, cfg.mse_grid, cfg.mse_min_ratio).to(dtype).to(torch.float64)
-    methods = ["rtn", "greedy"] + (["qubo"] if cfg.method == "qubo" else [])
+    methods = ["rtn", "gptq-natural", "gptq", "cd"] + (["qubo"] if cfg.method == "qubo" else [])
     codes = {m: torch.empty(C, D, dtype=torch.float64, device=device) for m in methods}
     energies = {m: [] for m in methods}
-    outside = {m: 0 for m in methods}
     wall = {m: 0.0 for m in methods}
     t = time.perf_counter()
     codes["rtn"] = round_to_grid(W, scale, bits)
     wall["rtn"] += time.perf_counter() - t
 
     stats = HeadStats(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
-    qinfo = {"rows_improved": 0, "sampler_wall_time_s": 0.0, "num_variables": 0}
-    timings = {"hessian_s": 0.0, "qubo_build_s": 0.0}
+    qinfo = {"rows_improved": 0, "rows_anneal_stage": 0, "sampler_wall_time_s": 0.0, "encoding": cfg.encoding,
+             "window_levels": 2 ** cfg.window_bits + 1, "energy_classical": 0.0, "energy_anneal_raw": 0.0}
+    timings = {"hessian_s": 0.0}
+    qmin, qmax = qrange(bits)
     for c in tqdm(range(C), desc=f"quantize {bits}-bit", unit="row", disable=not progress):
         idx = torch.arange(c * (D + 1), c * (D + 1) + D)
         t = time.perf_counter()
         model = stats.block(idx)
-        model = LocalModel(idx=model.idx, g=model.g.to(torch.float64), H=model.H.to(torch.float64),
-                           L0=model.L0, theta0=model.theta0.to(torch.float64), l2=model.l2, info=model.info)
-        if not cfg.use_grad:
-            model.g = torch.zeros_like(model.g)
-        mu = cfg.damping_rel * float(model.H.diagonal().mean())
-        timings["hessian_s"] += time.perf_counter() - t
+        Hn = model.H.to(torch.float64).cpu().numpy()
+        mu = cfg.damping_rel * float(np.diag(Hn).mean())
+        Ht = Hn + mu * np.eye(D)
+        w = model.theta0.to(torch.float64).cpu().numpy()
+        const = float(model.L0)
+        target = w
+        if cfg.use_grad:
+            g = model.g.to(torch.float64).cpu().numpy()
+            try:
+                Hinv_g = np.linalg.solve(np.linalg.cholesky(Ht).T, np.linalg.solve(np.linalg.cholesky(Ht), g))
+            except np.linalg.LinAlgError as exc:
+                raise QuboNNError("Hessian block is not positive definite even after damping: "
+                                  "raise damping_rel (expected a PD matrix, Cholesky failed)") from exc
+            target, const = w - Hinv_g, const - 0.5 * float(g @ Hinv_g)
         s = float(scale[c])
+        p = IntegerProblem(Ht, target, np.full(D, s), qmin, qmax, const)
+        timings["hessian_s"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        codes["greedy"][c] = gptq_row(model.theta0, model.H, s, bits, mu, model.g if cfg.use_grad else None)
-        wall["greedy"] += time.perf_counter() - t
-
+        k_nat = levels.gptq(p, act_order=False)
+        wall["gptq-natural"] += time.perf_counter() - t
         t = time.perf_counter()
-        enc = window_encoding(model, s, bits, cfg.window_bits, must_hold=codes["greedy"][c])
-        bqm = build_bqm(model, enc, mu)
-        timings["qubo_build_s"] += time.perf_counter() - t
-        qinfo["num_variables"] = max(qinfo["num_variables"], bqm.num_variables)
-
+        k_act = levels.gptq(p, act_order=True)
+        t_act = time.perf_counter() - t
+        wall["gptq"] += t_act
+        ks = {"rtn": codes["rtn"][c].cpu().numpy().astype(np.int64), "gptq-natural": k_nat, "gptq": k_act}
+        t = time.perf_counter()
+        ks["cd"] = levels.coordinate_descent(p, k_act)[0]
+        wall["cd"] += time.perf_counter() - t + t_act   # CD's time includes its GPTQ act-order start
         if "qubo" in methods:
             t = time.perf_counter()
-            inc = [codes_to_bits(enc, codes["greedy"][c])]
-            if bool(codes_in_window(enc, codes["rtn"][c]).all()):
-                inc.append(codes_to_bits(enc, codes["rtn"][c]))
-            x, _, improved, info = _solve_row(bqm, inc, cfg, params, child_seed(cfg.seed, c))
-            codes["qubo"][c] = enc.levels(x) - enc.offset  # q = base + k
-            qinfo["rows_improved"] += int(improved)
+            k, info = levels.solve_levels(p, "qubo", encoding=cfg.encoding, sampler=cfg.sampler,
+                                          seed=child_seed(cfg.seed, c), params=params,
+                                          levels=2 ** cfg.window_bits + 1, refine_span=cfg.refine_span)
+            ks["qubo"] = k
+            qinfo["rows_improved"] += int(info["stage"] != "classical")
+            qinfo["rows_anneal_stage"] += int(info["stage"] == "anneal")
+            qinfo["energy_classical"] += info["energy_classical"]
+            qinfo["energy_anneal_raw"] += info["energy_anneal_raw"]
             qinfo["sampler_wall_time_s"] += info["wall_time_s"]
             wall["qubo"] += time.perf_counter() - t
-
         for m in methods:
-            q = codes[m][c]
-            if bool(codes_in_window(enc, q).all()):
-                energies[m].append(float(bqm.energy(codes_to_bits(enc, q))))
-            else:
-                outside[m] += int((~codes_in_window(enc, q)).sum())
-                energies[m].append(float(model.predict(s * q - model.theta0, mu)))
+            codes[m][c] = torch.from_numpy(ks[m].astype(np.float64)).to(codes[m])
+            energies[m].append(float(p.energy(ks[m])))
 
     results = {}
     L0 = stats.loss
@@ -505,7 +513,7 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
         E = energies[m]
         results[m] = MethodResult(head=qh, codes=codes[m].to(torch.int64).cpu(),
                                   metrics=metrics(qh, train, test, cfg.l2), energy=float(sum(E) - (C - 1) * L0),
-                                  row_energies=E, outside_window=outside[m], wall_time_s=wall[m], info=info)
+                                  row_energies=E, outside_window=0, wall_time_s=wall[m], info=info)
     timings["total_s"] = time.perf_counter() - t_start
     reference = {**ref, "loss_at_fp32": L0}
     if cfg.refit_bias:  # the same refit of the fp32 head: what the refit alone is worth
