@@ -36,7 +36,7 @@ from qubo_nn.quantize import QuantizeConfig, quantize_head
 from qubo_nn.runtime import atomic_path, atomic_write_json, atomic_write_text, portable_path, tensor_digest, versions
 from qubo_nn.train import SGDConfig, train_sgd
 
-METHOD_ORDER = ("rtn", "greedy")
+METHOD_ORDER = ("rtn", "gptq-natural")
 
 
 def load(dataset: str, args) -> tuple:
@@ -136,15 +136,15 @@ def targets(ds: str, d: dict) -> list[str]:
             out.append(f"- 4-bit {name} within 0.3 points of fp32: {acc:.2f} vs {fp:.2f} "
                        f"({acc - fp:+.2f}) → **{'met' if ok else 'MISSED'}**")
     two = d["bits"].get(2, {})
-    if "rtn" in two and "greedy" in two:
-        base = {m: np.mean([two[m][k]["acc"] for k in sorted(two[m])]) for m in ("rtn", "greedy")}
+    if "rtn" in two and "gptq-natural" in two:
+        base = {m: np.mean([two[m][k]["acc"] for k in sorted(two[m])]) for m in ("rtn", "gptq-natural")}
         for name, cell in two.items():
             if name.startswith("qubo"):
                 acc = np.mean([cell[k]["acc"] for k in sorted(cell)])
-                ok = acc > base["rtn"] and acc > base["greedy"]
-                wins = sum(cell[k]["acc"] > max(two["rtn"][k]["acc"], two["greedy"][k]["acc"]) for k in sorted(cell))
-                ties = sum(cell[k]["acc"] == max(two["rtn"][k]["acc"], two["greedy"][k]["acc"]) for k in sorted(cell))
-                out.append(f"- 2-bit {name} ahead of RTN ({base['rtn']:.2f}) and greedy ({base['greedy']:.2f}): "
+                ok = acc > base["rtn"] and acc > base["gptq-natural"]
+                wins = sum(cell[k]["acc"] > max(two["rtn"][k]["acc"], two["gptq-natural"][k]["acc"]) for k in sorted(cell))
+                ties = sum(cell[k]["acc"] == max(two["rtn"][k]["acc"], two["gptq-natural"][k]["acc"]) for k in sorted(cell))
+                out.append(f"- 2-bit {name} ahead of RTN ({base['rtn']:.2f}) and greedy ({base['gptq-natural']:.2f}): "
                            f"{acc:.2f} → **{'met' if ok else 'MISSED'}** (per seed: ahead of both on {wins}, "
                            f"tied with the better on {ties}, of {len(cell)})")
     return out + [""]
@@ -161,7 +161,7 @@ def plot(runs: dict, path: Path) -> None:
     S = summarize(runs)
     fig, axes = plt.subplots(2, len(S), figsize=(6.2 * len(S), 8.4), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 2]})
-    styles = {"rtn": ("tab:gray", "s"), "greedy": ("tab:blue", "o"), "qubo-neal": ("tab:red", "^"),
+    styles = {"rtn": ("tab:gray", "s"), "gptq-natural": ("tab:blue", "o"), "qubo-neal": ("tab:red", "^"),
               "qubo-tabu": ("tab:green", "v"), "qubo-steepest": ("tab:purple", "D")}
     for col, (ds, d) in enumerate(S.items()):
         top, bottom = axes[0, col], axes[1, col]
@@ -238,8 +238,8 @@ def ablation(train, test, args, seed: int = 0) -> tuple[list[dict], str]:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["methods"]
-        lines.append(f"| {r['bits']} | {r['label']} | {m['rtn']['test_acc']:.2f} | {m['greedy']['test_acc']:.2f} | "
-                     f"{m['qubo']['test_acc']:.2f} | {m['qubo']['energy']:.4f} | {m['greedy']['energy']:.4f} | "
+        lines.append(f"| {r['bits']} | {r['label']} | {m['rtn']['test_acc']:.2f} | {m['gptq-natural']['test_acc']:.2f} | "
+                     f"{m['qubo']['test_acc']:.2f} | {m['qubo']['energy']:.4f} | {m['gptq-natural']['energy']:.4f} | "
                      f"{m['qubo']['rows_improved']} |")
     return rows, "\n".join(lines) + "\n"
 
