@@ -62,8 +62,14 @@ def main() -> None:
     ap.add_argument("--solve-budget", type=float, default=1200.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/network-quantize")
+    ap.add_argument("--head-to-head", action="store_true",
+                    help="Instead of the sweep: the same group problems solved by gptq, cd and qubo (no budget).")
+    ap.add_argument("--rows", type=int, default=8, help="--head-to-head: rows sampled per layer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.head_to_head:
+        head_to_head(args)
+        return
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     pcfg = PretrainConfig()
@@ -91,6 +97,75 @@ def main() -> None:
                 print(f"{run_name(method, bits, seed)}: test loss {q['test_loss']:.4f} acc {q['test_acc']:.2f} "
                       f"in {rec['seconds']:.0f} s (load {rec['loadavg'][0]:.1f})", flush=True)
     summarize(out, skipped)
+
+
+H2H_LAYERS = ("layer1.0.conv1", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2", "layer4.1.conv2")
+H2H_METHODS = ("gptq", "cd", "qubo")
+
+
+def head_to_head(args) -> None:
+    """Equal footing on identical problems: for each layer of ``H2H_LAYERS`` (Gram from the fp32
+    folded network on the calibration images of each seed), ``--rows`` random rows, their first
+    act-order group of ``--group-size`` columns (the group problem of
+    :mod:`qubo_nn.curvature.sequential`), on the layer's ``mse`` grid at each bit width; every
+    method of ``levels.solve_levels`` solves the same ``IntegerProblem`` with no time limit."""
+    from qubo_nn.curvature.layer_gram import capture_gram
+    from qubo_nn.curvature.sequential import sequential_groups
+    from qubo_nn.levels import IntegerProblem, solve_levels
+    from qubo_nn.nets.bn import fold_batchnorm
+    from qubo_nn.params import column_plan, row_view
+    from qubo_nn.quantize import grid_scale, qrange
+
+    out = Path(args.out)
+    pcfg = PretrainConfig()
+    ck = pretrain(pcfg)
+    folded, _ = fold_batchnorm(build_model(pcfg.arch, str(ck.path), num_classes=data.num_classes(pcfg.dataset)))
+    train_ds = load_split(pcfg, "train")
+    rows_out = []
+    for seed in args.seeds:
+        calib, _ = materialize(train_ds, calibration_indices(len(train_ds), args.calib, seed))
+        for name in H2H_LAYERS:
+            acc = capture_gram(folded, name, [calib[i:i + 64] for i in range(0, len(calib), 64)])
+            H = acc.hessian()
+            W = row_view(folded.get_submodule(name).weight.detach()).double()
+            plan = column_plan(W.shape[1], args.group_size, torch.diagonal(H))
+            seq = sequential_groups(H, plan, 0.01, dtype=torch.float64)
+            Hg, cols = seq.group_hessian(0).numpy(), plan.group(0)
+            rows = torch.randperm(W.shape[0], generator=torch.Generator().manual_seed(seed))[:args.rows]
+            for bits in args.bits:
+                scale = grid_scale(W, bits, "mse")
+                qmin, qmax = qrange(bits)
+                m = len(cols)
+                for r in rows.tolist():
+                    prob = IntegerProblem(H=Hg, target=W[r, cols].numpy(), scale=np.full(m, float(scale[r])),
+                                          kmin=np.full(m, qmin), kmax=np.full(m, qmax))
+                    rec = {"seed": seed, "layer": name, "bits": bits, "row": r, "m": m}
+                    for method in H2H_METHODS:
+                        _, info = solve_levels(prob, method, seed=seed * 1000 + r)
+                        rec[method] = {"energy": info["energy"], "wall_time_s": info["wall_time_s"],
+                                       "stage": info.get("stage")}
+                    rows_out.append(rec)
+            print(f"head-to-head seed {seed} {name} done", flush=True)
+    atomic_write_json(out / "head_to_head.json", {"rows": rows_out, "group_size": args.group_size,
+                                                  "calib": args.calib, "checkpoint": portable_path(ck.path)})
+    lines = ["# Head-to-head on identical group problems (first act-order group of random rows)", "",
+             f"group size {args.group_size}, calibration {args.calib} images, seeds {args.seeds}, "
+             f"{args.rows} rows per layer and seed; energies relative to GPTQ act-order's (lower is better).", "",
+             "| bits | layer | problems | cd vs gptq | qubo vs gptq | qubo < cd (strictly) | qubo = cd | qubo > cd "
+             "| ms gptq / cd / qubo |", "|---|---|---|---|---|---|---|---|---|"]
+    for bits in args.bits:
+        for name in H2H_LAYERS:
+            rs = [r for r in rows_out if r["bits"] == bits and r["layer"] == name]
+            if not rs:
+                continue
+            rel = {mth: np.mean([r[mth]["energy"] / r["gptq"]["energy"] - 1 for r in rs]) for mth in ("cd", "qubo")}
+            tol = [1e-9 * max(abs(r["cd"]["energy"]), 1e-300) for r in rs]
+            win = sum(r["qubo"]["energy"] < r["cd"]["energy"] - t for r, t in zip(rs, tol))
+            lose = sum(r["qubo"]["energy"] > r["cd"]["energy"] + t for r, t in zip(rs, tol))
+            ms = " / ".join(f"{1e3 * np.mean([r[mth]['wall_time_s'] for r in rs]):.0f}" for mth in H2H_METHODS)
+            lines.append(f"| W{bits} | {name} | {len(rs)} | {100 * rel['cd']:+.2f} % | {100 * rel['qubo']:+.2f} % "
+                         f"| {win} | {len(rs) - win - lose} | {lose} | {ms} |")
+    atomic_write_text(out / "head_to_head.md", "\n".join(lines) + "\n")
 
 
 def summarize(out: Path, skipped: list[str]) -> None:
