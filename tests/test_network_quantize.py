@@ -130,7 +130,7 @@ def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path,
                                  device="cpu")).path
     out = tmp_path / "net.pt"
     args = ["quantize", "--scope", "network", "--method", "rtn", "--bits", "4", "--checkpoint", str(ck),
-            "--dataset", "synthetic", "--image-size", "16", "--calib", "8", "--device", "cpu", "--out", str(out),
+            "--dataset", "synthetic", "--image-size", "16", "--calib", "8", "--scale", "maxabs", "--device", "cpu", "--out", str(out),
             "--json"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
