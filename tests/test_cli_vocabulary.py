@@ -27,6 +27,7 @@ def option(cmd_name: str, opt: str):
 def test_literal_choices_are_the_library_tuples():
     from qubo_nn.backbones import ARCHS
     from qubo_nn.encoding import ENCODINGS
+    from qubo_nn.execution import EXECUTORS
     from qubo_nn.features import FEATURE_DATASETS
     from qubo_nn.formats import FORMATS
     from qubo_nn.quadratic import BLOCK_KINDS, SALIENCIES
@@ -38,6 +39,7 @@ def test_literal_choices_are_the_library_tuples():
     assert common.DATASETS == FEATURE_DATASETS and common.ARCHS == ARCHS and common.ENCODINGS == ENCODINGS
     assert common.FORMATS == FORMATS and common.BLOCK_KINDS == BLOCK_KINDS and common.SALIENCIES == SALIENCIES
     assert common.SCALE_RULES == SCALE_RULES and common.INITS == INITS and common.SCHEDULES == SCHEDULES
+    assert common.EXECUTORS == EXECUTORS
     assert common.DEFAULT_SAMPLER == DEFAULT_SAMPLER and common.SAMPLER_CHOICE.choices == tuple(SAMPLERS)
 
 

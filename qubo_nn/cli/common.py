@@ -38,6 +38,7 @@ SALIENCIES = ("grad", "obd")                                     # quadratic.SAL
 SCHEDULES = ("none", "cosine", "step")                           # train.SCHEDULES
 FORMATS = ("dimod", "coo", "qubo")                               # formats.FORMATS
 ENCODINGS = ("binary", "unary", "domain-wall")                   # encoding.ENCODINGS
+EXECUTORS = ("threads", "ray")                                   # execution.EXECUTORS
 SCALE_RULES = ("maxabs", "mse")                                  # quantize.SCALE_RULES
 INITS = ("auto", "current", "random")                            # solve.INITS
 DEFAULT_SAMPLER = "neal"                                         # samplers.DEFAULT_SAMPLER
@@ -272,6 +273,19 @@ encoding_option = click.option("--encoding", type=click.Choice(ENCODINGS), defau
                                help="How a weight's grid level becomes bits: binary (b bits, 2^b levels), unary "
                                     "(thermometer, 2^b − 1 bits), domain-wall (2^b − 1 bits with a penalty).")
 
+
+
+def executor_options(work: str) -> Callable:
+    """``--workers``, ``--executor``, ``--ray-address``: where ``work`` (e.g. "blocks are solved") happens."""
+    return options(
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Parallel tasks: threads, or the CPUs of the local Ray instance (--executor ray)."),
+        click.option("--executor", type=click.Choice(EXECUTORS), default="threads", show_default=True,
+                     help=f"Where {work}: threads of this process, or Ray tasks (pip install 'qubo-nn[ray]')."),
+        click.option("--ray-address", default=None, metavar="ADDR",
+                     help="Join this Ray cluster ('auto' or HOST:PORT, from `ray start --head`) [default: start a "
+                          "local instance]."),
+    )
 
 def damping_option(default: float = DAMPING) -> Callable:
     """``--damping``: always relative (the command's config field ``damping_rel``)."""

@@ -6,8 +6,8 @@ from typing import Any
 import click
 
 from ..errors import QuboNNError
-from .common import (SCHEDULES, block_options, check_writable, emit, feature_options_except, handle_errors,
-                     json_option, progress_option, sampler_options, sampler_params, sgd_options)
+from .common import (SCHEDULES, block_options, check_writable, emit, executor_options, feature_options_except,
+                     handle_errors, json_option, progress_option, sampler_options, sampler_params, sgd_options)
 
 # ExperimentConfig / HybridConfig defaults that differ from the shared options (checked by tests)
 _HYBRID_SAMPLER_PARAMS = {"num_reads": 1, "num_sweeps": 100}
@@ -52,12 +52,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
               help="Retries of a rejected block.")
 @click.option("--damping-growth", type=click.FloatRange(min=1, min_open=True), default=4.0, show_default=True,
               help="Damping × this per retry.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Anneals in flight (threads, or the CPUs of the local Ray instance with --executor ray).")
-@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads", show_default=True,
-              help="Where the anneals run: threads of this process, or Ray tasks (pip install 'qubo-nn[ray]').")
-@click.option("--ray-address", default=None, metavar="ADDR",
-              help="Join this Ray cluster ('auto' or HOST:PORT) [default: start a local instance].")
+@executor_options("the anneals run")
 @click.option("--device-threads", type=click.IntRange(min=1), default=None,
               help="Torch threads during the QUBO phase [default: unchanged].")
 @click.option("--time-matched/--no-time-matched", default=True, show_default=True,

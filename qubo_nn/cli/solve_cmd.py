@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from .common import (INITS, SAMPLER_OWN_ARGS, check_writable, device_option, emit, handle_errors, json_option,
-                     progress_option, sampler_options, sampler_params)
+from .common import (INITS, SAMPLER_OWN_ARGS, check_writable, device_option, emit, executor_options, handle_errors,
+                     json_option, progress_option, sampler_options, sampler_params)
 
 
 def _solve_text(s: dict[str, Any], out: Path) -> str:
@@ -35,13 +35,7 @@ def _solve_text(s: dict[str, Any], out: Path) -> str:
               help="Output directory: one <block>.samples.json per block, then solution.json.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
               help="Base seed; block k uses a seed derived from (seed, k), recorded in the solution.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Blocks solved in parallel: threads, or the CPUs of the local Ray instance (--executor ray).")
-@click.option("--executor", type=click.Choice(["threads", "ray"]), default="threads", show_default=True,
-              help="Where blocks are solved: threads of this process, or Ray tasks (pip install 'qubo-nn[ray]').")
-@click.option("--ray-address", default=None, metavar="ADDR",
-              help="Join this Ray cluster ('auto' or HOST:PORT, from `ray start --head`) [default: start a local "
-                   "instance].")
+@executor_options("blocks are solved")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=None,
               help="Blocks read ahead and not yet finished (bounds the driver's memory) [default: 2 x parallelism].")
 @click.option("--overwrite", is_flag=True,
