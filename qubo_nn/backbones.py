@@ -41,12 +41,7 @@ def build_backbone(arch: str = "resnet18", weights: str | os.PathLike = "none", 
     matters for ``weights="none"`` and for the fc of a backbone-only checkpoint).
     """
     _check_arch(arch)
-    kind = weights_kind(weights)
-    state = None
-    if kind == "imagenet":
-        state = _imagenet_state_dict(arch, progress)
-    elif kind == "path":
-        state = load_checkpoint(weights)
+    state = _weights_state(arch, weights, progress)
     num_classes = 1000
     if state is not None and "fc.weight" in state:
         num_classes = int(state["fc.weight"].shape[0])
@@ -59,6 +54,16 @@ def build_backbone(arch: str = "resnet18", weights: str | os.PathLike = "none", 
     return model, head
 
 
+def _weights_state(arch: str, weights: str | os.PathLike, progress: bool) -> dict | None:
+    """The state dict that ``weights`` names ('imagenet' or a checkpoint path), None for 'none'."""
+    kind = weights_kind(weights)
+    if kind == "imagenet":
+        return _imagenet_state_dict(arch, progress)
+    if kind == "path":
+        return load_checkpoint(weights)
+    return None
+
+
 def build_model(arch: str = "resnet18", weights: str | os.PathLike = "none", num_classes: int = 1000,
                 seed: int = 0, progress: bool = False) -> torch.nn.Module:
     """The whole torchvision ResNet (with ``fc``: ``num_classes`` outputs), on CPU, in eval mode.
@@ -68,12 +73,7 @@ def build_model(arch: str = "resnet18", weights: str | os.PathLike = "none", num
     the fc is the seeded random init: the starting point of fine-tuning on a new dataset.
     """
     _check_arch(arch)
-    kind = weights_kind(weights)
-    state = None
-    if kind == "imagenet":
-        state = _imagenet_state_dict(arch, progress)
-    elif kind == "path":
-        state = load_checkpoint(weights)
+    state = _weights_state(arch, weights, progress)
     model = _make_model(arch, num_classes, seed)
     if state is not None:
         if "fc.weight" in state and int(state["fc.weight"].shape[0]) != num_classes:
