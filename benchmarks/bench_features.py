@@ -69,6 +69,9 @@ def sklearn_logreg(train, test, l2: float, max_iter: int) -> dict:
             "n_iter": int(np.max(clf.n_iter_)), "max_iter": max_iter, "wall_time_s": time.perf_counter() - t0}
 
 
+REALISTIC_L2_GRID = (3e-2, 1e-2, 3e-3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -92,7 +95,10 @@ def main() -> None:
     real: dict = {"n_train": n, "n_test": n_test, "dim": train.dim, "num_classes": train.num_classes,
                   "generation_s": gen_s, "digest": tensor_digest(train.X, train.y, test.X, test.y),
                   "zero_fraction": float((train.X == 0).float().mean()), "mean": float(train.X.mean())}
-    head, info = reference_head(train, device="cpu", dtype="float32", max_iter=200, tol=1e-6)
+    # L2 grid around the calibration's choice (results/bench_features-calibration.json: 1e-2 won over
+    # 3.16e-3 and 1e-3); the full half-decade scan takes ~200 s a value on this CPU.
+    head, info = reference_head(train, device="cpu", dtype="float32", max_iter=200, tol=1e-6,
+                                l2_grid=REALISTIC_L2_GRID)
     te_loss, te_acc = evaluate(head, test)
     real["reference"] = {**{k: info[k] for k in ("l2", "val_loss_by_l2", "val_acc_by_l2", "val_fraction", "seed",
                                                   "stopped_early", "train_ce", "train_acc", "dtype", "wall_time_s")},
@@ -111,7 +117,7 @@ def main() -> None:
               f"{'met' if ok else 'NOT met'}); {info['fit']['iterations']} L-BFGS iterations, "
               f"selection + fit {info['wall_time_s']:.0f} s"]
     if not args.no_sklearn:
-        sk = sklearn_logreg(train, test, info["l2"], max_iter=300)
+        sk = sklearn_logreg(train, test, info["l2"], max_iter=150)
         real["sklearn_logreg"] = sk
         lines.append(f"  scikit-learn LogisticRegression (C = {sk['C']:.4g}, same objective): train CE "
                      f"{sk['train_ce']:.4f}, test acc {100 * sk['test_acc']:.2f} % ({sk['n_iter']} iterations, "
@@ -148,9 +154,15 @@ def main() -> None:
                   f"reference head: < {TARGET_JITTER_POINTS} points)"]
     f = get_features(FeatureConfig(dataset="digits", device="cpu"))
     jit: dict = {"digits_digest": tensor_digest(f.train.X, f.train.y, f.test.X, f.test.y)}
+    # The reference head's L2 is selected once on the unjittered features; each trial refits at that L2
+    # (the question is whether the fit is stable, not whether the selection is).
+    dhead, dinfo = reference_head(f.train, device="cpu")
+    jit["digits_reference_l2"] = dinfo["l2"]
+    jit["digits_reference_test_acc"] = evaluate(dhead, f.test)[1]
     checks = [
-        ("digits", "reference head (L2 selection + fit per trial)", f.train, f.test,
-         lambda tr: reference_head(tr, device="cpu")[0], t_digits),
+        ("digits", f"reference head refit at its l2 = {dinfo['l2']:g}, float64", f.train, f.test,
+         lambda tr: convex_optimum(tr, l2=dinfo["l2"], device="cpu", dtype="float64", max_iter=300,
+                                   tol=1e-7)[0], t_digits),
         ("digits", "SGD lr 0.05, 10 epochs", f.train, f.test, lambda tr: sgd_head(tr, None, 0.05)[0], t_digits),
         ("realistic", f"convex optimum at l2 = {info['l2']:g}, float32, from zeros", train, test,
          lambda tr: convex_optimum(tr, l2=info["l2"], device="cpu", dtype="float32", max_iter=200, tol=1e-6)[0],
