@@ -18,7 +18,9 @@ def _shapes(res) -> dict[str, list[int]]:
 
 
 def _describe(res) -> str:
-    where = str(res.path) if res.path is not None else "(generated, not cached)"
+    from ..runtime import portable_path
+
+    where = portable_path(res.path) if res.path is not None else "(generated, not cached)"
     state = "cache hit" if res.hit else ("rebuilt: " + res.rebuilt if res.rebuilt else "extracted")
     return (f"features: {where}\n  {state} in {res.seconds:.2f} s\n"
             f"  train {tuple(res.train.X.shape)}, test {tuple(res.test.X.shape)}, "
