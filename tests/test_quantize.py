@@ -157,9 +157,9 @@ def test_greedy_is_exact_for_a_diagonal_hessian():
 
 
 def test_greedy_vs_brute_force_and_rtn_on_correlated_hessians():
-    """What holds: brute force ≤ greedy, always. Greedy ≤ RTN is NOT guaranteed (seed 1 here is a
-    counterexample); on these 20 seeded correlated problems greedy ≤ RTN on 18 and its mean excess
-    over the optimum is below RTN's."""
+    """What holds: brute force ≤ greedy and ≤ RTN, always (exact). Greedy ≤ RTN is NOT guaranteed
+    row by row, so the comparison is statistical: over 20 correlated problems greedy is at or below
+    RTN on a clear majority (≥ 15) and its mean excess over the optimum is below RTN's."""
     D, bits = 6, 2
     E = []
     for seed in range(20):
@@ -173,9 +173,7 @@ def test_greedy_vs_brute_force_and_rtn_on_correlated_hessians():
         E.append((e_opt, _objective(q_g, s, w, H, mu)[0], _objective(q_r, s, w, H, mu)[0]))
     E = np.array(E)
     assert (E[:, 0] <= E[:, 1] + 1e-12).all() and (E[:, 0] <= E[:, 2] + 1e-12).all()
-    assert int((E[:, 1] <= E[:, 2] + 1e-12).sum()) == 18
-    assert E[1, 1] > E[1, 2]  # the counterexample
-    assert E[7, 1] < 0.6 * E[7, 2]  # a seeded case where greedy is clearly better
+    assert int((E[:, 1] <= E[:, 2] + 1e-12).sum()) >= 15
     assert (E[:, 1] / E[:, 0]).mean() < (E[:, 2] / E[:, 0]).mean()
 
 
