@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--trials", type=int, default=None, help="jitter trials [default 5 digits / 3 realistic]")
     ap.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn's LogisticRegression")
+    ap.add_argument("--digits-jitter-only", action="store_true",
+                    help="only the digits jitter check (3), written to bench_features_jitter_digits.*")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,66 +90,67 @@ def main() -> None:
     lines = [f"bench_features ({'QUICK smoke run' if args.quick else 'full size'}), torch threads "
              f"{torch.get_num_threads()}, load average {res['machine'].get('load_average_1m_start', float('nan')):.2f}"]
 
-    # (1) the realistic set
-    t0 = time.perf_counter()
-    train, test = realistic_features(n_train=n, n_test=n_test, seed=0)
-    gen_s = time.perf_counter() - t0
-    real: dict = {"n_train": n, "n_test": n_test, "dim": train.dim, "num_classes": train.num_classes,
-                  "generation_s": gen_s, "digest": tensor_digest(train.X, train.y, test.X, test.y),
-                  "zero_fraction": float((train.X == 0).float().mean()), "mean": float(train.X.mean())}
-    # L2 grid around the calibration's choice (results/bench_features-calibration.json: 1e-2 won over
-    # 3.16e-3 and 1e-3); the full half-decade scan takes ~200 s a value on this CPU.
-    head, info = reference_head(train, device="cpu", dtype="float32", max_iter=200, tol=1e-6,
-                                l2_grid=REALISTIC_L2_GRID)
-    te_loss, te_acc = evaluate(head, test)
-    real["reference"] = {**{k: info[k] for k in ("l2", "val_loss_by_l2", "val_acc_by_l2", "val_fraction", "seed",
-                                                  "stopped_early", "train_ce", "train_acc", "dtype", "wall_time_s")},
-                         "iterations": info["fit"]["iterations"], "converged": info["fit"]["converged"],
-                         "objective": info["fit"]["loss"], "test_loss": te_loss, "test_acc": te_acc,
-                         "head_digest": tensor_digest(head.W, head.b)}
-    ok = TARGET_ACC[0] <= te_acc <= TARGET_ACC[1] and info["train_ce"] > TARGET_TRAIN_CE
-    real["calibrated"] = ok
-    lines += ["", f"(1) synthetic-features (realistic_features seed 0): {n:,} / {n_test:,} x {train.dim}, "
-                  f"{train.num_classes} classes; generated in {gen_s:.1f} s; {100 * real['zero_fraction']:.0f} % zeros, "
-                  f"mean {real['mean']:.2f}; digest {real['digest']}",
-              f"  convex optimum, L2 by validation: l2 = {info['l2']:g} (tried {list(info['val_loss_by_l2'])})",
-              f"    train CE {info['train_ce']:.4f} nats, train acc {100 * info['train_acc']:.2f} %, "
-              f"test loss {te_loss:.4f}, test acc {100 * te_acc:.2f} %  "
-              f"(target {100 * TARGET_ACC[0]:.0f}-{100 * TARGET_ACC[1]:.0f} %, train CE > {TARGET_TRAIN_CE}: "
-              f"{'met' if ok else 'NOT met'}); {info['fit']['iterations']} L-BFGS iterations, "
-              f"selection + fit {info['wall_time_s']:.0f} s"]
-    if not args.no_sklearn:
-        sk = sklearn_logreg(train, test, info["l2"], max_iter=150)
-        real["sklearn_logreg"] = sk
-        lines.append(f"  scikit-learn LogisticRegression (C = {sk['C']:.4g}, same objective): train CE "
-                     f"{sk['train_ce']:.4f}, test acc {100 * sk['test_acc']:.2f} % ({sk['n_iter']} iterations, "
-                     f"{sk['wall_time_s']:.0f} s)")
-    real["sgd"] = []
-    for lr in (0.01, 0.05):
-        _, hist = sgd_head(train, test, lr)
-        s = sgd_summary(hist, lr)
-        real["sgd"].append(s)
-        lines.append(f"  SGD lr {lr} (momentum 0.9, batch 64, 10 epochs): train loss {s['train_loss']:.4f}, "
-                     f"test acc {100 * s['test_acc']:.2f} %, train loss by epoch "
-                     f"{' '.join(f'{v:.3f}' for v in s['train_loss_by_epoch'])} "
-                     f"({'monotone' if s['monotone'] else 'NOT monotone'})")
-    res["realistic"] = real
+    if not args.digits_jitter_only:
+        # (1) the realistic set
+        t0 = time.perf_counter()
+        train, test = realistic_features(n_train=n, n_test=n_test, seed=0)
+        gen_s = time.perf_counter() - t0
+        real: dict = {"n_train": n, "n_test": n_test, "dim": train.dim, "num_classes": train.num_classes,
+                      "generation_s": gen_s, "digest": tensor_digest(train.X, train.y, test.X, test.y),
+                      "zero_fraction": float((train.X == 0).float().mean()), "mean": float(train.X.mean())}
+        # L2 grid around the calibration's choice (results/bench_features-calibration.json: 1e-2 won over
+        # 3.16e-3 and 1e-3); the full half-decade scan takes ~200 s a value on this CPU.
+        head, info = reference_head(train, device="cpu", dtype="float32", max_iter=200, tol=1e-6,
+                                    l2_grid=REALISTIC_L2_GRID)
+        te_loss, te_acc = evaluate(head, test)
+        real["reference"] = {**{k: info[k] for k in ("l2", "val_loss_by_l2", "val_acc_by_l2", "val_fraction", "seed",
+                                                      "stopped_early", "train_ce", "train_acc", "dtype", "wall_time_s")},
+                             "iterations": info["fit"]["iterations"], "converged": info["fit"]["converged"],
+                             "objective": info["fit"]["loss"], "test_loss": te_loss, "test_acc": te_acc,
+                             "head_digest": tensor_digest(head.W, head.b)}
+        ok = TARGET_ACC[0] <= te_acc <= TARGET_ACC[1] and info["train_ce"] > TARGET_TRAIN_CE
+        real["calibrated"] = ok
+        lines += ["", f"(1) synthetic-features (realistic_features seed 0): {n:,} / {n_test:,} x {train.dim}, "
+                      f"{train.num_classes} classes; generated in {gen_s:.1f} s; {100 * real['zero_fraction']:.0f} % zeros, "
+                      f"mean {real['mean']:.2f}; digest {real['digest']}",
+                  f"  convex optimum, L2 by validation: l2 = {info['l2']:g} (tried {list(info['val_loss_by_l2'])})",
+                  f"    train CE {info['train_ce']:.4f} nats, train acc {100 * info['train_acc']:.2f} %, "
+                  f"test loss {te_loss:.4f}, test acc {100 * te_acc:.2f} %  "
+                  f"(target {100 * TARGET_ACC[0]:.0f}-{100 * TARGET_ACC[1]:.0f} %, train CE > {TARGET_TRAIN_CE}: "
+                  f"{'met' if ok else 'NOT met'}); {info['fit']['iterations']} L-BFGS iterations, "
+                  f"selection + fit {info['wall_time_s']:.0f} s"]
+        if not args.no_sklearn:
+            sk = sklearn_logreg(train, test, info["l2"], max_iter=150)
+            real["sklearn_logreg"] = sk
+            lines.append(f"  scikit-learn LogisticRegression (C = {sk['C']:.4g}, same objective): train CE "
+                         f"{sk['train_ce']:.4f}, test acc {100 * sk['test_acc']:.2f} % ({sk['n_iter']} iterations, "
+                         f"{sk['wall_time_s']:.0f} s)")
+        real["sgd"] = []
+        for lr in (0.01, 0.05):
+            _, hist = sgd_head(train, test, lr)
+            s = sgd_summary(hist, lr)
+            real["sgd"].append(s)
+            lines.append(f"  SGD lr {lr} (momentum 0.9, batch 64, 10 epochs): train loss {s['train_loss']:.4f}, "
+                         f"test acc {100 * s['test_acc']:.2f} %, train loss by epoch "
+                         f"{' '.join(f'{v:.3f}' for v in s['train_loss_by_epoch'])} "
+                         f"({'monotone' if s['monotone'] else 'NOT monotone'})")
+        res["realistic"] = real
 
-    # (2) the old separable set
-    strain, stest = separable_features(n=n, n_test=n_test, seed=0)
-    sep: dict = {"digest": tensor_digest(strain.X, strain.y, stest.X, stest.y)}
-    _, hist = sgd_head(strain, stest, 0.01, epochs=1)
-    sep["sgd_1_epoch"] = sgd_summary(hist, 0.01)
-    h, ci = convex_optimum(strain, l2=1e-4, device="cpu", dtype="float32", max_iter=100, tol=1e-6)
-    tr_ce, tr_acc = evaluate(h, strain)
-    sep["convex_l2_1e-4"] = {"train_ce": tr_ce, "train_acc": tr_acc, "test_acc": evaluate(h, stest)[1],
-                             "iterations": ci["iterations"]}
-    res["separable"] = sep
-    lines += ["", "(2) synthetic-separable (the old set, same size) for contrast:",
-              f"  SGD lr 0.01, 1 epoch: train loss {sep['sgd_1_epoch']['train_loss']:.4f}, test acc "
-              f"{100 * sep['sgd_1_epoch']['test_acc']:.2f} %",
-              f"  convex optimum l2 = 1e-4: train CE {tr_ce:.4f}, train acc {100 * tr_acc:.2f} %, test acc "
-              f"{100 * sep['convex_l2_1e-4']['test_acc']:.2f} %"]
+        # (2) the old separable set
+        strain, stest = separable_features(n=n, n_test=n_test, seed=0)
+        sep: dict = {"digest": tensor_digest(strain.X, strain.y, stest.X, stest.y)}
+        _, hist = sgd_head(strain, stest, 0.01, epochs=1)
+        sep["sgd_1_epoch"] = sgd_summary(hist, 0.01)
+        h, ci = convex_optimum(strain, l2=1e-4, device="cpu", dtype="float32", max_iter=100, tol=1e-6)
+        tr_ce, tr_acc = evaluate(h, strain)
+        sep["convex_l2_1e-4"] = {"train_ce": tr_ce, "train_acc": tr_acc, "test_acc": evaluate(h, stest)[1],
+                                 "iterations": ci["iterations"]}
+        res["separable"] = sep
+        lines += ["", "(2) synthetic-separable (the old set, same size) for contrast:",
+                  f"  SGD lr 0.01, 1 epoch: train loss {sep['sgd_1_epoch']['train_loss']:.4f}, test acc "
+                  f"{100 * sep['sgd_1_epoch']['test_acc']:.2f} %",
+                  f"  convex optimum l2 = 1e-4: train CE {tr_ce:.4f}, train acc {100 * tr_acc:.2f} %, test acc "
+                  f"{100 * sep['convex_l2_1e-4']['test_acc']:.2f} %"]
 
     # (3) jitter
     lines += ["", f"(3) test accuracy under a 1e-6 relative jitter of the training features (target for the "
@@ -164,11 +167,14 @@ def main() -> None:
          lambda tr: convex_optimum(tr, l2=dinfo["l2"], device="cpu", dtype="float64", max_iter=300,
                                    tol=1e-7)[0], t_digits),
         ("digits", "SGD lr 0.05, 10 epochs", f.train, f.test, lambda tr: sgd_head(tr, None, 0.05)[0], t_digits),
-        ("realistic", f"convex optimum at l2 = {info['l2']:g}, float32, from zeros", train, test,
-         lambda tr: convex_optimum(tr, l2=info["l2"], device="cpu", dtype="float32", max_iter=200, tol=1e-6)[0],
-         t_real),
-        ("realistic", "SGD lr 0.05, 10 epochs", train, test, lambda tr: sgd_head(tr, None, 0.05)[0], t_real),
     ]
+    if not args.digits_jitter_only:
+        checks += [
+            ("realistic", f"convex optimum at l2 = {info['l2']:g}, float32, from zeros", train, test,
+             lambda tr: convex_optimum(tr, l2=info["l2"], device="cpu", dtype="float32", max_iter=200, tol=1e-6)[0],
+             t_real),
+            ("realistic", "SGD lr 0.05, 10 epochs", train, test, lambda tr: sgd_head(tr, None, 0.05)[0], t_real),
+        ]
     jit["checks"] = []
     for ds, name, tr, te, fit, trials in checks:
         t0 = time.perf_counter()
@@ -181,8 +187,9 @@ def main() -> None:
     res["machine"]["load_average_1m_end"] = __import__("os").getloadavg()[0]
     text = "\n".join(lines)
     print(text)
-    atomic_write_json(f"{args.out}/bench_features.json", res)
-    atomic_write_text(f"{args.out}/bench_features.txt", text + "\n")
+    name = "bench_features_jitter_digits" if args.digits_jitter_only else "bench_features"
+    atomic_write_json(f"{args.out}/{name}.json", res)
+    atomic_write_text(f"{args.out}/{name}.txt", text + "\n")
 
 
 if __name__ == "__main__":
