@@ -3,7 +3,8 @@
 A task is a plain dict (picklable, no dimod objects when it travels)::
 
     {"bqm": BQM or pack_bqm(BQM), "sampler": name, "params": dict, "seed": int, "polish": bool,
-     "initial": (n,) int8 array or None, "keep": int or None}
+     "initial": (n,) int8 array or None, "keep": int or None,
+     "form": levels.IntegerForm or IntegerForm.arrays() (optional)}
 
 :func:`sample_task` (module level, pure: no files, no globals) rebuilds the model when it came
 packed, samples it with :func:`qubo_nn.samplers.sample` and returns the samples and energies as
@@ -11,7 +12,10 @@ arrays (the SampleSet's record); :func:`to_sampleset` turns them back into a Sam
 driver. In-process executors (threads) hand the BQM object over as it is; executors that ship
 tasks (Ray) send :func:`pack_bqm`'s arrays, from which :func:`unpack_bqm` rebuilds a model
 with the same variables, biases, offset, vartype, dtype and interactions, so that a seeded
-sampler returns the same samples either way.
+sampler returns the same samples either way. ``form`` (the block's integer form, for the level
+samplers gptq, cd and pipeline) travels the same way: the object in-process, its arrays
+(:meth:`~qubo_nn.levels.IntegerForm.arrays`, NumPy) when shipped; it is passed to the sampler as
+``integer_form``.
 
 This module imports neither torch nor the library's builders, so a worker starts fast.
 """
@@ -24,6 +28,7 @@ import dimod
 import numpy as np
 
 from .errors import QuboNNError
+from .levels import IntegerForm
 from .samplers import sample as run_sampler
 
 
@@ -86,12 +91,16 @@ def sample_task(task: dict[str, Any]) -> dict[str, Any]:
         bqm = unpack_bqm(bqm)
     elif not isinstance(bqm, dimod.BinaryQuadraticModel):
         raise QuboNNError(f"expected a BQM or pack_bqm arrays, got {type(bqm).__name__}")
+    form = task.get("form")
+    extra: dict[str, Any] = {}
+    if form is not None:
+        extra["integer_form"] = form if isinstance(form, IntegerForm) else IntegerForm.from_arrays(form)
     t1 = time.perf_counter()
     init = task.get("initial")
     if init is not None:
         init = (np.asarray(init, dtype=np.int8).reshape(1, -1), list(bqm.variables))
     ss = run_sampler(bqm, task["sampler"], seed=task["seed"], polish=task.get("polish", False),
-                     initial_states=init, **task.get("params", {}))
+                     initial_states=init, **task.get("params", {}), **extra)
     keep = task.get("keep")
     if keep is not None and len(ss) > keep:
         ss = ss.truncate(keep)

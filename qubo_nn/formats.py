@@ -32,7 +32,12 @@ here) come back with the same variables and identical energies.
 A block written by :func:`write_block` is ``block_NNNNN.<suffix>`` beside ``block_NNNNN.json``
 (the sidecar: mode, bits, damping, block id, predicted loss L0, digests of the head and features
 it was built from, the sha256 and size of the block file and of the ``.npz``) and
-``block_NNNNN.npz`` (:meth:`Encoding.arrays`: idx, theta0, ref, step, offset, bits, A_values, c).
+``block_NNNNN.npz`` (:meth:`Encoding.arrays`: idx, theta0, ref, step, offset, bits, A_values, c), and
+``block_NNNNN.levels.npz``: the block's integer form (:meth:`levels.IntegerForm.arrays`: H (m × m,
+damping included), target, scale, kmin, kmax, const, kind, bits; ``qubo.integer_form`` of the
+block), so that level-space samplers (gptq, cd, pipeline) can solve the block from its files; its
+sidecar keys are ``levels``, ``levels_sha256`` and ``levels_bytes`` (absent in builds made before
+it existed: :func:`read_integer_form` then says so). Plain dimod still reads every ``.bqm``.
 :func:`read_block` refuses a file whose sha256 differs from its sidecar's.
 
 :func:`build_to_dir` writes ``head.pt``, the blocks (streamed: one BQM in memory at a time) and,
@@ -70,6 +75,7 @@ if TYPE_CHECKING:
 FORMATS = ("dimod", "coo", "qubo")
 SUFFIXES = {"dimod": ".bqm", "coo": ".coo", "qubo": ".qubo"}
 MANIFEST_NAME = "manifest.json"
+LEVELS_SUFFIX = ".levels.npz"   # a block's integer form beside its .npz encoding
 HEAD_NAME = "head.pt"
 MANIFEST_FORMAT = "qubo-nn-manifest"
 SIDECAR_FORMAT = "qubo-nn-block"
@@ -338,16 +344,22 @@ def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_diges
     out = Path(out_dir)
     stem = block_stem(blk.block_id)
     file, npz, side = out / (stem + SUFFIXES[fmt]), out / (stem + ".npz"), out / (stem + ".json")
+    lev = out / (stem + LEVELS_SUFFIX)
+    from .qubo import integer_form
+
     t0 = time.perf_counter()
     write_bqm(blk.bqm, file, fmt)
     with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **blk.enc.arrays())
+    with atomic_path(lev) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **integer_form(blk.model, blk.enc, blk.damping).arrays())
     t1 = time.perf_counter()
     entry = {
         "block_id": int(blk.block_id),
         "file": file.name,
         "sidecar": side.name,
         "npz": npz.name,
+        "levels": lev.name,
         "file_format": fmt,
         "num_weights": blk.enc.m,
         "num_variables": int(blk.bqm.num_variables),
@@ -364,6 +376,8 @@ def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_diges
         "file_sha256": sha256_file(file),
         "npz_sha256": sha256_file(npz),
         "npz_bytes": npz.stat().st_size,
+        "levels_sha256": sha256_file(lev),
+        "levels_bytes": lev.stat().st_size,
         "mode": blk.enc.mode,
         "bits": int(blk.enc.bits),
         "encoding": blk.enc.kind,
@@ -428,6 +442,42 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
     return bqm, enc, side
 
 
+def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = None):
+    """The integer form (:class:`levels.IntegerForm`) of a block written by :func:`write_block`.
+
+    ``path``: the block file or its ``.json`` sidecar; ``side``: the sidecar already read (by
+    :func:`read_block`), else it is loaded. Raises :class:`QuboNNError` when the block has no
+    integer form (a file made elsewhere, or a build made before ``.levels.npz`` files existed),
+    or when the file does not match its sidecar (sha256), or does not describe the block's
+    variables. NumPy only (no torch).
+    """
+    from .levels import IntegerForm
+
+    path = Path(path)
+    side_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
+    if side is None:
+        if not side_path.is_file():
+            raise QuboNNError(f"{str(path)!r} has no integer form: expected a block built by `qubo-nn build` "
+                              f"(its sidecar {side_path.name!r} and {LEVELS_SUFFIX} file), got a bare QUBO file")
+        side = _load_sidecar(side_path)
+    if "levels" not in side or "levels_sha256" not in side:
+        raise QuboNNError(f"block {side.get('file', path.name)!r} has no integer form: its sidecar names no "
+                          f"{LEVELS_SUFFIX} file (built before builds stored it); rebuild it with `qubo-nn build`")
+    lev = side_path.parent / side["levels"]
+    if not lev.is_file() or sha256_file(lev) != side["levels_sha256"]:
+        raise QuboNNError(f"integer form file {str(lev)!r} is missing or does not match its sidecar {side_path.name!r}")
+    try:
+        with np.load(lev) as z:
+            arrs = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise QuboNNError(f"{str(lev)!r} is not a readable .npz file: {exc}") from exc
+    form = IntegerForm.from_arrays(arrs)
+    if form.num_variables != side["num_variables"]:
+        raise QuboNNError(f"integer form {str(lev)!r} encodes {form.num_variables} variables, its block "
+                          f"{side['num_variables']}")
+    return form
+
+
 def read_tagged_json(path: Path, fmt: str, version: int, what: str, kind: str) -> dict[str, Any]:
     """A JSON object of ours (manifest, sidecar, solution): checks its ``format`` tag and ``version``.
 
@@ -465,7 +515,7 @@ def features_digest(feats: FeatureSet) -> str:
     return tensor_digest(feats.X, feats.y)
 
 
-_BUILD_FILE = re.compile(r"block_\d{5}\.(bqm|coo|qubo|json|npz)")
+_BUILD_FILE = re.compile(r"block_\d{5}\.(bqm|coo|qubo|json|npz|levels\.npz)")
 
 
 def build_files(out_dir: str | os.PathLike) -> list[Path]:
@@ -517,6 +567,7 @@ def estimate_build(num_classes: int, dim: int, cfg: BuildConfig, fmt: str = "dim
         else:
             total_bytes += (pairs + n) * (2 * len(str(n)) + 22) + 200
         total_bytes += m * 8 * (per + 6) + 4096  # .npz (A values, idx, grids) and the JSON sidecar
+        total_bytes += m * m * 8 + m * 32 + 1024  # .levels.npz (the integer form: H, target, scale, box)
     return {"blocks": len(sizes), "variables": variables, "interactions": interactions, "bytes": total_bytes,
             "file_format": fmt}
 
@@ -634,7 +685,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     man = read_tagged_json(path, MANIFEST_FORMAT, FILE_VERSION, "manifest", "manifest")
     root = path.parent.resolve()
     missing = [name for name in [man.get("head", HEAD_NAME)]
-               + [n for b in man.get("blocks", []) for n in (b["file"], b["sidecar"], b["npz"])]
+               + [n for b in man.get("blocks", []) for n in (b["file"], b["sidecar"], b["npz"], b.get("levels"))
+                  if n is not None]
                if not (root / name).is_file()]
     if missing:
         raise QuboNNError(f"manifest {str(path)!r} lists files that are missing: {missing[:5]}"

@@ -373,6 +373,23 @@ class IntegerForm:
     def to_bits(self, k) -> np.ndarray:
         return bits_of(k, np.zeros(self.problem.m, dtype=np.int64), self.kind, self.levels)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The form as NumPy arrays (a build's ``block_NNNNN.levels.npz``, a Ray task): H (m × m),
+        target, scale, kmin, kmax (m,), const, kind, bits (0-d). Inverse: :meth:`from_arrays`."""
+        p = self.problem
+        return {"H": p.H, "target": p.target, "scale": p.scale, "kmin": p.kmin, "kmax": p.kmax,
+                "const": np.asarray(p.const), "kind": np.asarray(self.kind), "bits": np.asarray(self.bits)}
+
+    @classmethod
+    def from_arrays(cls, arrs) -> "IntegerForm":
+        """The form of :meth:`arrays`' output (checked as a new form; missing keys -> QuboNNError)."""
+        missing = [k for k in ("H", "target", "scale", "kmin", "kmax", "const", "kind", "bits") if k not in arrs]
+        if missing:
+            raise QuboNNError(f"integer form arrays lack {missing}: expected the output of IntegerForm.arrays()")
+        p = IntegerProblem(arrs["H"], arrs["target"], arrs["scale"], arrs["kmin"], arrs["kmax"],
+                           float(np.asarray(arrs["const"])))
+        return cls(p, str(np.asarray(arrs["kind"])), int(np.asarray(arrs["bits"])))
+
 
 def bits_of(k: np.ndarray, base: np.ndarray, kind: str, levels: int) -> np.ndarray:
     """Bits (…, m·width) of levels k inside the windows starting at ``base``."""

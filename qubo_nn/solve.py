@@ -39,7 +39,7 @@ from .decode import (SOLUTION_FORMAT, SOLUTION_NAME, SOLUTION_VERSION, best_bits
                      read_samples, read_solution)
 from .errors import QuboNNError
 from .execution import ExecutorConfig, check_available, map_unordered
-from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_manifest
+from .formats import MANIFEST_FORMAT, MANIFEST_NAME, read_block, read_integer_form, read_manifest
 from .runtime import atomic_write_json, sha256_file, versions
 from .samplers import DEFAULT_SAMPLER, SAMPLERS, child_seed, get_sampler
 from .samplers.base import check_seed, jsonable
@@ -92,6 +92,9 @@ class SolveConfig:
         for own in ("seed", "initial_states"):
             if own in self.params:
                 raise QuboNNError(f"give {own!r} through the solve options, not through the sampler params")
+        if "integer_form" in self.params:
+            raise QuboNNError("the integer form comes from the build's files (block_NNNNN.levels.npz), "
+                              "not through the sampler params")
         self.executor_config().validate()
 
 
@@ -263,19 +266,24 @@ def _samples_name(blk: dict[str, Any]) -> str:
 
 
 def _source_digests(path: str | os.PathLike) -> dict[str, str | None]:
-    """sha256 of a block's QUBO file and of its encoding (.npz, when a sidecar names one)."""
+    """sha256 of a block's QUBO file and of its encoding (.npz, when a sidecar names one), and of
+    its integer form (``levels_sha256``, only when the sidecar names a .levels.npz)."""
     path = Path(path)
     side_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
-    file, npz = path, None
+    file, npz, lev = path, None, None
     if side_path.is_file():
         try:
             side = json.loads(side_path.read_text())
             file = side_path.parent / side["file"]
             npz = side_path.parent / side["npz"]
+            lev = side_path.parent / side["levels"] if "levels" in side else None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             pass
-    return {"file_sha256": sha256_file(file) if file.is_file() else None,
-            "npz_sha256": sha256_file(npz) if npz is not None and npz.is_file() else None}
+    out = {"file_sha256": sha256_file(file) if file.is_file() else None,
+           "npz_sha256": sha256_file(npz) if npz is not None and npz.is_file() else None}
+    if lev is not None:
+        out["levels_sha256"] = sha256_file(lev) if lev.is_file() else None
+    return out
 
 
 def _block_key(blk: dict[str, Any], cfg: SolveConfig, digests: dict[str, str | None]) -> dict[str, Any]:
@@ -311,7 +319,9 @@ def _read_tasks(todo: list[dict[str, Any]], src: dict[str, Any], cfg: SolveConfi
     slot frees); what the driver keeps of block i until its result comes goes to ``pending[i]``."""
     man = src["manifest"]
     digests = (man["head_digest"], man["features_digest"]) if man else (None, None)
-    takes_init = "initial_states" in get_sampler(cfg.sampler).parameters
+    smp = get_sampler(cfg.sampler)
+    takes_init = "initial_states" in smp.parameters
+    needs_form = smp.properties.get("needs") == "integer_form"   # gptq, cd, pipeline
     for index, blk in enumerate(todo):
         t0 = time.perf_counter()
         bqm, enc, side = read_block(blk["path"], *digests)
@@ -327,8 +337,11 @@ def _read_tasks(todo: list[dict[str, Any]], src: dict[str, Any], cfg: SolveConfi
         if cfg.init == "current" and not takes_init:
             raise QuboNNError(f"sampler {cfg.sampler!r} does not take initial states (init 'current')")
         use_init = cfg.init in ("current", "auto") and current is not None and takes_init
+        form = read_integer_form(blk["path"], side or None) if needs_form else None
         if side:
             source = {"file_sha256": side["file_sha256"], "npz_sha256": side["npz_sha256"]}
+            if "levels_sha256" in side:
+                source["levels_sha256"] = side["levels_sha256"]
         else:
             source = {"file_sha256": sha256_file(blk["path"]), "npz_sha256": None}
         labels = list(range(bqm.num_variables))
@@ -347,8 +360,10 @@ def _read_tasks(todo: list[dict[str, Any]], src: dict[str, Any], cfg: SolveConfi
         task = {"bqm": block_task.pack_bqm(bqm) if pack else bqm, "sampler": cfg.sampler, "params": cfg.params,
                 "seed": child_seed(cfg.seed, blk["block_id"]), "polish": cfg.polish,
                 "initial": current if use_init else None, "keep": cfg.keep}
+        if form is not None:   # Ray: plain arrays (the task stays torch-free); threads: the object
+            task["form"] = form.arrays() if pack else form
         pending[index]["read_s"] = time.perf_counter() - t0
-        del bqm, enc
+        del bqm, enc, form
         yield task
 
 

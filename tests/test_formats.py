@@ -342,12 +342,14 @@ def test_build_into_a_folder_holding_another_build_is_refused_then_replaced(tmp_
     build_to_dir(head, feats, BuildConfig(bits=1, device="cpu"), out)                       # 4 row blocks
     (out / "notes.txt").write_text("mine")
     small = BuildConfig(blocks="rows", per_block=2, bits=1, device="cpu")                   # 2 blocks
-    with pytest.raises(QuboNNError, match=r"already holds a build \(14 files, 4 block files\); expected an empty "
+    with pytest.raises(QuboNNError, match=r"already holds a build \(18 files, 4 block files\); expected an empty "
                                           r"or new folder: pass overwrite \(--overwrite\)"):
         build_to_dir(head, feats, small, out)
     assert len(read_manifest(out)["blocks"]) == 4                                           # untouched
     build_to_dir(head, feats, small, out, overwrite=True)
     assert sorted(p.name for p in out.glob("block_*.bqm")) == ["block_00000.bqm", "block_00001.bqm"]
+    assert sorted(p.name for p in out.glob("block_*.levels.npz")) == ["block_00000.levels.npz",
+                                                                     "block_00001.levels.npz"]
     assert (out / "notes.txt").read_text() == "mine"                                        # not a build's file
     assert len(read_manifest(out)["blocks"]) == 2
 
