@@ -1,7 +1,7 @@
 """Where many independent block solves run: CPU threads of this process, or a Ray cluster.
 
 One seam for every caller that solves many blocks (``solve`` of a manifest, the hybrid's
-anneal stage): :func:`map_unordered` for a stream of tasks whose results may come back in any
+anneal stage, ``quantize``'s row problems of a head or a network, :mod:`qubo_nn.row_tasks`): :func:`map_unordered` for a stream of tasks whose results may come back in any
 order, :func:`open_executor` for callers that schedule tasks themselves (submit, then wait for
 a given one). Executors (:data:`EXECUTORS`):
 
@@ -219,26 +219,32 @@ def open_executor(cfg: ExecutorConfig) -> Executor:
     return Executor(cfg)
 
 
-def map_unordered(fn: Callable[[Any], Any], items: Iterable[Any], cfg: ExecutorConfig, *, progress: bool = False,
-                  desc: str = "", total: int | None = None, nodes: dict[int, str] | None = None
-                  ) -> Iterator[tuple[int, Any]]:
+def map_unordered(fn: Callable[[Any], Any], items: Iterable[Any], cfg: "ExecutorConfig | Executor", *,
+                  progress: bool = False, desc: str = "", total: int | None = None,
+                  nodes: dict[int, str] | None = None) -> Iterator[tuple[int, Any]]:
     """Run ``fn(item)`` for every item; yield ``(index, result)`` as tasks complete.
 
+    ``cfg``: an :class:`ExecutorConfig` (an executor is started for this call and shut down at
+    its end) or an :class:`Executor` from :func:`open_executor` (reused and left open: callers
+    that map many small batches, one per layer group, start Ray once).
     ``items`` may be lazy: the next one is taken only when fewer than ``max_in_flight`` tasks
     are pending. ``nodes``, when given, gets index → the Ray node id that ran the task ("local"
     for threads). A task's :class:`QuboNNError` is raised here unchanged; a task whose Ray
     worker died is retried (``cfg.retries``). Closing the iterator early (``break``, an
-    exception in the caller, Ctrl-C) cancels the pending tasks and shuts the executor down:
-    use it as ``with contextlib.closing(map_unordered(...)) as results:``.
+    exception in the caller, Ctrl-C) cancels the pending tasks (and shuts down an executor this
+    call started): use it as ``with contextlib.closing(map_unordered(...)) as results:``.
     """
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    import contextlib
+
     from tqdm.auto import tqdm
 
-    with open_executor(cfg) as ex:
+    opened = contextlib.nullcontext(cfg) if isinstance(cfg, Executor) else open_executor(cfg)
+    with opened as ex:
         source = enumerate(items)
         pending: dict[Any, int] = {}
-        bar = tqdm(total=total, desc=desc or f"tasks ({cfg.executor})", unit="task", disable=not progress)
+        bar = tqdm(total=total, desc=desc or f"tasks ({ex.cfg.executor})", unit="task", disable=not progress)
         try:
             exhausted = False
             while True:

@@ -59,6 +59,7 @@ predicted loss with all rows changed, cross-row terms ignored):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,15 +67,16 @@ from dataclasses import asdict, dataclass, field
 import dimod
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import levels
 from .encoding import Encoding, quantize_encoding
 from .errors import QuboNNError
+from .execution import ExecutorConfig, check_available, map_unordered
 from .featureset import FeatureSet
 from .head import Head, check_compatible, evaluate
 from .levels import IntegerProblem
 from .quadratic import HeadStats, LocalModel
+from .row_tasks import head_row_task
 from .qubo import build_bqm
 from .runtime import resolve_device, resolve_dtype
 from .samplers import child_seed, get_sampler, sample, vectorized_beta_range
@@ -223,6 +225,11 @@ class QuantizeConfig:
     added for samplers that take it unless given. ``polish`` asks the sampler registry for a
     steepest-descent polish of every sample.
 
+    ``executor``/``workers``/``ray_address``: where the per-row tasks run (threads of this process,
+    or Ray; :mod:`qubo_nn.execution`). The levels do not depend on it: each row's seed is
+    ``child_seed(seed, row)`` whichever worker solves it; ``wall_time_s`` of a method is its task
+    time summed over rows, ``timings["rows_wall_s"]`` the elapsed time of the row loop.
+
     ``refine_span``: for samplers with a ``beta_range`` (neal) started from the incumbents, and no
     ``beta_range`` given, anneal from β_cold/refine_span to β_cold (β_cold from
     :func:`qubo_nn.samplers.vectorized_beta_range`): a low-temperature refinement of the incumbents.
@@ -252,9 +259,17 @@ class QuantizeConfig:
     device: str = "auto"
     chunk: int = 4096
     seed: int = 0
+    executor: str = "threads"
+    workers: int = 1
+    ray_address: str | None = None
+
+    def executor_config(self) -> ExecutorConfig:
+        """Where the row tasks run (``executor``, ``workers``, ``ray_address``; see :mod:`qubo_nn.execution`)."""
+        return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        self.executor_config().validate()
         if self.method not in METHODS:
             raise QuboNNError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.scale not in SCALE_RULES:
@@ -412,6 +427,28 @@ def _solve_row(bqm: dimod.BinaryQuadraticModel, incumbents: list[np.ndarray], cf
     return x, e, improved, {"wall_time_s": float(ss.info.get("wall_time_s", 0.0))}
 
 
+def _row_problem(stats: HeadStats, c: int, D: int, s: float, qmin: int, qmax: int,
+                 cfg: QuantizeConfig) -> IntegerProblem:
+    """Row c's integer problem: E(k) = const + ½(s·k − w*)ᵀ(H + μI)(s·k − w*) from the Hessian block."""
+    idx = torch.arange(c * (D + 1), c * (D + 1) + D)
+    model = stats.block(idx)
+    Hn = model.H.to(torch.float64).cpu().numpy()
+    mu = cfg.damping_rel * float(np.diag(Hn).mean())
+    Ht = Hn + mu * np.eye(D)
+    w = model.theta0.to(torch.float64).cpu().numpy()
+    const = float(model.L0)
+    target = w
+    if cfg.use_grad:
+        g = model.g.to(torch.float64).cpu().numpy()
+        try:
+            Hinv_g = np.linalg.solve(np.linalg.cholesky(Ht).T, np.linalg.solve(np.linalg.cholesky(Ht), g))
+        except np.linalg.LinAlgError as exc:
+            raise QuboNNError("Hessian block is not positive definite even after damping: "
+                              "raise damping_rel (expected a PD matrix, Cholesky failed)") from exc
+        target, const = w - Hinv_g, const - 0.5 * float(g @ Hinv_g)
+    return IntegerProblem(Ht, target, np.full(D, s), qmin, qmax, const)
+
+
 def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: QuantizeConfig,
                   progress: bool = False) -> QuantizeResult:
     """Quantize ``head`` to ``cfg.bits`` per weight by every needed method (see module docstring).
@@ -420,6 +457,7 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     evaluated. Returns the quantized head of ``cfg.method`` and every method's record.
     """
     cfg.validate()
+    check_available(cfg.executor_config())   # Ray missing: fail before any work
     check_head(head)
     check_compatible(head, train)
     if test is not None:
@@ -438,65 +476,48 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     scale = grid_scale(W, bits, cfg.scale, cfg.mse_grid, cfg.mse_min_ratio).to(dtype).to(torch.float64)
     methods = ["rtn", "gptq-natural", "gptq", "cd"] + (["qubo"] if cfg.method == "qubo" else [])
     codes = {m: torch.empty(C, D, dtype=torch.float64, device=device) for m in methods}
-    energies = {m: [] for m in methods}
-    wall = {m: 0.0 for m in methods}
-    t = time.perf_counter()
     codes["rtn"] = round_to_grid(W, scale, bits)
-    wall["rtn"] += time.perf_counter() - t
 
     stats = HeadStats(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
-    qinfo = {"rows_improved": 0, "rows_anneal_stage": 0, "sampler_wall_time_s": 0.0, "encoding": cfg.encoding,
-             "window_levels": 2 ** cfg.window_bits + 1, "energy_classical": 0.0, "energy_anneal_raw": 0.0}
     timings = {"hessian_s": 0.0}
     qmin, qmax = qrange(bits)
-    for c in tqdm(range(C), desc=f"quantize {bits}-bit", unit="row", disable=not progress):
-        idx = torch.arange(c * (D + 1), c * (D + 1) + D)
-        t = time.perf_counter()
-        model = stats.block(idx)
-        Hn = model.H.to(torch.float64).cpu().numpy()
-        mu = cfg.damping_rel * float(np.diag(Hn).mean())
-        Ht = Hn + mu * np.eye(D)
-        w = model.theta0.to(torch.float64).cpu().numpy()
-        const = float(model.L0)
-        target = w
-        if cfg.use_grad:
-            g = model.g.to(torch.float64).cpu().numpy()
-            try:
-                Hinv_g = np.linalg.solve(np.linalg.cholesky(Ht).T, np.linalg.solve(np.linalg.cholesky(Ht), g))
-            except np.linalg.LinAlgError as exc:
-                raise QuboNNError("Hessian block is not positive definite even after damping: "
-                                  "raise damping_rel (expected a PD matrix, Cholesky failed)") from exc
-            target, const = w - Hinv_g, const - 0.5 * float(g @ Hinv_g)
-        s = float(scale[c])
-        p = IntegerProblem(Ht, target, np.full(D, s), qmin, qmax, const)
-        timings["hessian_s"] += time.perf_counter() - t
+    qubo_kw = None
+    if "qubo" in methods:
+        qubo_kw = {"encoding": cfg.encoding, "sampler": cfg.sampler, "params": params,
+                   "levels": 2 ** cfg.window_bits + 1, "refine_span": cfg.refine_span}
+    rtn_codes = codes["rtn"].cpu().numpy().astype(np.int64)
 
-        t = time.perf_counter()
-        k_nat = levels.gptq(p, act_order=False)
-        wall["gptq-natural"] += time.perf_counter() - t
-        t = time.perf_counter()
-        k_act = levels.gptq(p, act_order=True)
-        t_act = time.perf_counter() - t
-        wall["gptq"] += t_act
-        ks = {"rtn": codes["rtn"][c].cpu().numpy().astype(np.int64), "gptq-natural": k_nat, "gptq": k_act}
-        t = time.perf_counter()
-        ks["cd"] = levels.coordinate_descent(p, k_act)[0]
-        wall["cd"] += time.perf_counter() - t + t_act   # CD's time includes its GPTQ act-order start
-        if "qubo" in methods:
+    def row_tasks():
+        """One task per class row, built lazily (the Hessian block is computed when a slot frees)."""
+        for c in range(C):
             t = time.perf_counter()
-            k, info = levels.solve_levels(p, "qubo", encoding=cfg.encoding, sampler=cfg.sampler,
-                                          seed=child_seed(cfg.seed, c), params=params,
-                                          levels=2 ** cfg.window_bits + 1, refine_span=cfg.refine_span)
-            ks["qubo"] = k
+            p = _row_problem(stats, c, D, float(scale[c]), qmin, qmax, cfg)
+            timings["hessian_s"] += time.perf_counter() - t
+            yield {"problem": p, "rtn": rtn_codes[c],
+                   "qubo": None if qubo_kw is None else {**qubo_kw, "seed": child_seed(cfg.seed, c)}}
+
+    per_row: list[dict | None] = [None] * C
+    t_rows = time.perf_counter()
+    with contextlib.closing(map_unordered(head_row_task, row_tasks(), cfg.executor_config(), progress=progress,
+                                          desc=f"quantize {bits}-bit rows", total=C)) as done:
+        for c, res in done:
+            per_row[c] = res
+    timings["rows_wall_s"] = time.perf_counter() - t_rows
+    energies = {m: [] for m in methods}
+    wall = {m: sum(r["wall"][m] for r in per_row) for m in methods}   # summed task time, row order
+    qinfo = {"rows_improved": 0, "rows_anneal_stage": 0, "sampler_wall_time_s": 0.0, "encoding": cfg.encoding,
+             "window_levels": 2 ** cfg.window_bits + 1, "energy_classical": 0.0, "energy_anneal_raw": 0.0}
+    for c, res in enumerate(per_row):
+        for m in methods:
+            codes[m][c] = torch.from_numpy(res["levels"][m].astype(np.float64)).to(codes[m])
+            energies[m].append(res["energy"][m])
+        info = res["qubo_info"]
+        if info is not None:
             qinfo["rows_improved"] += int(info["stage"] != "classical")
             qinfo["rows_anneal_stage"] += int(info["stage"] == "anneal")
             qinfo["energy_classical"] += info["energy_classical"]
             qinfo["energy_anneal_raw"] += info["energy_anneal_raw"]
             qinfo["sampler_wall_time_s"] += info["wall_time_s"]
-            wall["qubo"] += time.perf_counter() - t
-        for m in methods:
-            codes[m][c] = torch.from_numpy(ks[m].astype(np.float64)).to(codes[m])
-            energies[m].append(float(p.energy(ks[m])))
 
     results = {}
     L0 = stats.loss

@@ -1,6 +1,8 @@
 """Shared fixtures: small and general (each test module keeps its own specific helpers)."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -21,3 +23,14 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "feature-cache"
     monkeypatch.setenv("QUBO_NN_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """A local Ray instance with 2 CPUs for one test module, shut down after it; skipped, with the
+    install command as the reason, only when Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'qubo-nn[ray]'")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.cloudpickle.register_pickle_by_value(request.module)  # workers cannot import a test module
+    yield ray
+    ray.shutdown()

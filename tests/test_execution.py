@@ -1,13 +1,12 @@
 """The executor seam (threads | Ray) and the solve loop on it: same samples whatever runs them,
 a killed Ray worker costs nothing, bad input fails the same way, an interrupted solve resumes.
 
-The Ray tests share one local instance with 2 CPUs (module fixture); they are skipped, with the
+The Ray tests share one local instance with 2 CPUs (conftest's module fixture ``ray_local``); they are skipped, with the
 install command as the reason, only when Ray is not installed.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -37,15 +36,6 @@ from qubo_nn.solve import SOLUTION_NAME, SolveConfig, decode, read_samples, solv
 
 FAST = {"num_reads": 20, "num_sweeps": 200}
 SLOW = {"num_reads": 100, "num_sweeps": 20000}  # about a second per 14-variable block: time to kill a worker
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'qubo-nn[ray]'")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ NETWORK_OPTION_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 64,
 
 def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: str, damping: float, seed: int,
                          out: str, record: str | None, progress: bool, as_json: bool, params: dict,
-                         opts: dict[str, Any]) -> None:
+                         opts: dict[str, Any], executor: dict[str, Any] | None = None) -> None:
     """Quantize every conv/linear layer of the checkpoint (``--checkpoint``, else the cached
     ``qubo-nn pretrain`` default of --dataset/--arch/--image-size) and write checkpoint + record."""
 
@@ -30,8 +30,11 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     cfg = NetworkQuantizeConfig(bits=bits, method=method, first_last_bits=g["first_last_bits"], calib=g["calib"],
                                 group_size=g["group_size"], damping=damping, scale=scale_rule, sampler=sampler,
                                 sampler_params=params, solve_budget_s=float(g["solve_budget"]), seed=seed,
-                                device=opts["device"])
+                                device=opts["device"], **(executor or {}))
     cfg.validate()
+    from ..execution import check_available
+
+    check_available(cfg.executor_config())   # fail before pretraining or loading data
     pcfg = PretrainConfig(dataset=opts["dataset"], arch=opts["arch"], image_size=opts["image_size"],
                           data_root=opts["data_root"], download=opts["download"], device=opts["device"])
     checkpoint = opts.get("checkpoint")

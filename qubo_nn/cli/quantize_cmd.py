@@ -1,4 +1,4 @@
-"""``qubo-nn quantize``: a low-bit FC head by round-to-nearest, GPTQ-style greedy or QUBO rounding."""
+"""``qubo-nn quantize``: a low-bit FC head (or, with ``--scope network``, every layer) by RTN, GPTQ, CD or QUBO rounding."""
 from __future__ import annotations
 
 import time
@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from ..errors import QuboNNError
-from .common import (SCALE_RULES, LazyChoice, check_writable, damping_option, emit, encoding_option, feature_config,
-                     feature_options, handle_errors, json_option, progress_option, sampler_options, sampler_params,
+from .common import (SCALE_RULES, LazyChoice, check_writable, damping_option, emit, encoding_option, executor_options,
+                     feature_config, feature_options, handle_errors, json_option, progress_option, sampler_options, sampler_params,
                      seed_option, sgd_options)
 
 QUANTIZE_DAMPING = 0.01   # QuantizeConfig.damping_rel (GPTQ's percdamp); checked by tests
@@ -58,8 +58,9 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--bits", type=int, default=4, show_default=True,
               help="Bits per weight (1–8, checked by the library); codes q ∈ [−2^(b−1), 2^(b−1)−1], w = s_row·q.")
 @click.option("--method", type=LazyChoice(_methods), default="qubo", show_default=True,
-              help="Rounding whose head is written: round-to-nearest, GPTQ-style greedy, or QUBO "
-                   "(rtn and greedy are always computed and recorded; qubo starts from them).")
+              help="Rounding whose head is written: round-to-nearest, GPTQ in natural or act-order, coordinate "
+                   "descent from GPTQ (cd), or the QUBO pipeline (best classical start, annealed level windows, "
+                   "CD polish). Every method but qubo is always computed and recorded beside it.")
 @sampler_options
 @encoding_option
 @click.option("--scale", "scale_rule", type=click.Choice(SCALE_RULES), default="mse", show_default=True,
@@ -98,6 +99,7 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--solve-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[network] Seconds of cd/qubo solving for the whole network, shared by size; rows past it "
                    "keep GPTQ's levels [default: 1200].")
+@executor_options("the row problems are solved (the levels do not depend on it)")
 @feature_options
 @seed_option
 @click.option("--out", type=click.Path(dir_okay=False), default="head-quantized.pt", show_default=True,
@@ -127,6 +129,7 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
     sampler, polish = opts.pop("sampler"), opts.pop("polish")
     for key in ("sampler_params", "params_alias", "num_reads", "num_sweeps", "time_limit", "beta_range"):
         opts.pop(key)
+    ex = {"executor": opts.pop("executor"), "workers": opts.pop("workers"), "ray_address": opts.pop("ray_address")}
     check_writable(out, "--out", kind="file")
     if record:
         check_writable(record, "--record", kind="file")
@@ -135,13 +138,14 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
 
         return run_network_quantize(bits=bits, method=method, sampler=sampler, scale_rule=scale_rule,
                                     damping=damping, seed=seed, out=out, record=record, progress=progress,
-                                    as_json=as_json, params=params, opts=opts)
+                                    as_json=as_json, params=params, opts=opts, executor=ex)
     for name in ("first_last_bits", "calib", "checkpoint", "group_size", "solve_budget"):
         if opts.pop(name) is not None:
             raise QuboNNError(f"--{name.replace('_', '-')} applies to --scope network only")
     import torch
 
     from ..head import Head
+    from ..execution import check_available
     from ..quantize import QuantizeConfig, quantize_head
     from ..runtime import atomic_path, atomic_write_json, tensor_digest
     from ..runtime import machine_info, resolve_device
@@ -151,8 +155,9 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
     cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler, sampler_params=params,
                          encoding=encoding, num_reads=num_reads or QUANTIZE_NUM_READS, window_bits=window_bits,
                          damping_rel=damping, use_grad=use_grad, polish=polish, refine_span=refine_span or None,
-                         refit_bias=refit_bias, l2=l2, subsample=subsample, device=opts["device"], seed=seed)
+                         refit_bias=refit_bias, l2=l2, subsample=subsample, device=opts["device"], seed=seed, **ex)
     cfg.validate()
+    check_available(cfg.executor_config())   # e.g. --executor ray without Ray: fail before the features
     sgd = SGDConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=sgd_batch_size, weight_decay=weight_decay,
                     seed=seed)
     sgd.validate()

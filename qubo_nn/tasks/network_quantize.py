@@ -36,6 +36,7 @@ Pipeline (:func:`quantize_network`):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -51,10 +52,12 @@ from tqdm.auto import tqdm
 from ..curvature.layer_gram import capture_gram
 from ..curvature.sequential import SequentialGroups, sequential_groups
 from ..errors import QuboNNError
+from ..execution import Executor, ExecutorConfig, map_unordered, open_executor
 from ..nets.bn import fold_batchnorm, unfold_batchnorm
 from ..nets.layers import weight_layers
 from ..params import apply_levels, column_plan, row_view
 from ..quantize import SCALE_RULES, check_bits, grid_scale, qrange
+from ..row_tasks import group_row_task
 from ..runtime import atomic_path, atomic_write_json, resolve_device, resolve_dtype, torch_generator, versions
 
 NETWORK_METHODS = ("rtn", "gptq", "cd", "qubo")
@@ -80,9 +83,17 @@ class NetworkQuantizeConfig:
     factor_dtype: str = "float32"
     seed: int = 0
     device: str = "auto"
+    executor: str = "threads"
+    workers: int = 1
+    ray_address: str | None = None
+
+    def executor_config(self) -> ExecutorConfig:
+        """Where the (row, group) re-solves of cd/qubo run (see :mod:`qubo_nn.execution`)."""
+        return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
         check_bits(self.bits)
+        self.executor_config().validate()
         check_bits(self.first_last_bits)
         if self.method not in NETWORK_METHODS:
             raise QuboNNError(f"method must be one of {NETWORK_METHODS}, got {self.method!r}")
@@ -142,28 +153,12 @@ def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: 
     total_weights = sum(folded.get_submodule(n).weight.numel() for n in names)
     fp_loss, fp_acc = evaluate_model(original, test_images, test_labels)
     levels, scales, bits_of, layers = {}, {}, {}, []
-    for i, name in enumerate(tqdm(names, desc=f"{cfg.method} W{cfg.bits}", disable=not progress)):
-        layer = folded.get_submodule(name)
-        bits = cfg.first_last_bits if i in (0, len(names) - 1) else cfg.bits
-        t0 = time.perf_counter()
-        acc = capture_gram(folded, name, batches)
-        t_capture = time.perf_counter() - t0
-        W = row_view(layer.weight.detach()).to("cpu", torch.float64)
-        scale = grid_scale(W, bits, cfg.scale)
-        budget = cfg.solve_budget_s * W.numel() / total_weights
-        t1 = time.perf_counter()
-        k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i)
-        t_solve = time.perf_counter() - t1
-        written = apply_levels(layer.weight.detach().cpu(), k, scale.float())
-        with torch.no_grad():
-            layer.weight.copy_(written.to(device))
-        G = acc.gram.cpu()
-        dW = row_view(written).to(torch.float64) - W      # the error of the weights the network holds
-        rel = float(torch.einsum("rd,de,re->", dW, G, dW) / torch.einsum("rd,de,re->", W, G, W))
-        levels[name], scales[name], bits_of[name] = k.to(torch.int8), scale.float(), bits
-        layers.append({"layer": name, "shape": list(layer.weight.shape), "rows": W.shape[0], "dim": W.shape[1],
-                       "bits": bits, "rel_error": rel, "capture_s": t_capture, "solve_s": t_solve,
-                       "calib_columns": acc.count, **info})
+    with contextlib.ExitStack() as stack:
+        # one executor for the whole network (a Ray instance starts once, not per group)
+        executor = stack.enter_context(open_executor(cfg.executor_config())) if cfg.method in ("cd", "qubo") else None
+        for i, name in enumerate(tqdm(names, desc=f"{cfg.method} W{cfg.bits}", disable=not progress)):
+            layers.append(_quantize_layer(folded, names, i, name, batches, cfg, total_weights, executor,
+                                          levels, scales, bits_of, device))
     folded = folded.to("cpu").eval()
     plain = _plain_copy(original)
     plain.load_state_dict(unfold_batchnorm(folded, original, pairs))
@@ -177,10 +172,43 @@ def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: 
     return NetworkQuantizeResult(plain.eval(), levels, scales, bits_of, record)
 
 
+def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batches: list[torch.Tensor],
+                    cfg: NetworkQuantizeConfig, total_weights: int, executor: Any, levels: dict, scales: dict,
+                    bits_of: dict, device: torch.device) -> dict[str, Any]:
+    """Round layer ``name`` (the i-th weight layer) of ``folded`` in place; fill ``levels``/``scales``/
+    ``bits_of``; return the layer's record."""
+    layer = folded.get_submodule(name)
+    bits = cfg.first_last_bits if i in (0, len(names) - 1) else cfg.bits
+    t0 = time.perf_counter()
+    acc = capture_gram(folded, name, batches)
+    t_capture = time.perf_counter() - t0
+    W = row_view(layer.weight.detach()).to("cpu", torch.float64)
+    scale = grid_scale(W, bits, cfg.scale)
+    budget = cfg.solve_budget_s * W.numel() / total_weights
+    t1 = time.perf_counter()
+    k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i,
+                          executor=executor)
+    t_solve = time.perf_counter() - t1
+    written = apply_levels(layer.weight.detach().cpu(), k, scale.float())
+    with torch.no_grad():
+        layer.weight.copy_(written.to(device))
+    G = acc.gram.cpu()
+    dW = row_view(written).to(torch.float64) - W      # the error of the weights the network holds
+    rel = float(torch.einsum("rd,de,re->", dW, G, dW) / torch.einsum("rd,de,re->", W, G, W))
+    levels[name], scales[name], bits_of[name] = k.to(torch.int8), scale.float(), bits
+    return {"layer": name, "shape": list(layer.weight.shape), "rows": W.shape[0], "dim": W.shape[1],
+            "bits": bits, "rel_error": rel, "capture_s": t_capture, "solve_s": t_solve,
+            "calib_columns": acc.count, **info}
+
+
 def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig,
-                budget_s: float = math.inf, layer_seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+                budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Integer levels k (R × D, int64) of the rows of W (R × D, float64) on the grid ``scale`` (R,)
-    by ``cfg.method`` against the layer Hessian H (D × D); info: groups, energies, stages."""
+    by ``cfg.method`` against the layer Hessian H (D × D); info: groups, energies, stages.
+
+    cd/qubo re-solve the rows of each group as tasks on ``executor`` (an open
+    :class:`~qubo_nn.execution.Executor`; None: one is opened from ``cfg`` for this layer)."""
     qmin, qmax = qrange(bits)
     if cfg.method == "rtn":
         return torch.clamp(torch.round(W / scale[:, None]), qmin, qmax).long(), {"groups": 1}
@@ -192,19 +220,23 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     stages: dict[str, int] = {}
     spent = 0.0     # seconds of cd/qubo solving so far: unspent budget of a group carries over
     solved = 0
+    stack = contextlib.ExitStack()      # closes an executor opened here (none when one was passed)
     for g in range(plan.num_groups):
         a, b = plan.starts[g], plan.starts[g + 1]
         Hg = seq.group_hessian(g).to(torch.float64)
         k = gptq_rows(cur[:, a:b], seq.U[a:b, a:b].to(torch.float64), scale, qmin, qmax)
         if cfg.method in ("cd", "qubo"):
             t0 = time.perf_counter()
+            if executor is None:
+                executor = stack.enter_context(open_executor(cfg.executor_config()))
             solved += _solve_rows(cur[:, a:b], Hg, scale, qmin, qmax, cfg, budget_s * (g + 1) / plan.num_groups - spent,
-                                  (layer_seed, g), stages, k)
+                                  (layer_seed, g), stages, k, executor)
             spent += time.perf_counter() - t0
         delta = scale[:, None] * k.to(torch.float64) - cur[:, a:b]
         energy += 0.5 * torch.einsum("ri,ij,rj->r", delta, Hg, delta)
         seq.feedback(cur, g, delta)
         K[:, a:b] = k
+    stack.close()
     out = torch.empty_like(K)
     out[:, torch.as_tensor(plan.order)] = K
     info: dict[str, Any] = {"groups": plan.num_groups, "group_size": cfg.group_size,
@@ -234,33 +266,40 @@ def gptq_rows(w: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, qmin: int, 
 
 def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
                 cfg: NetworkQuantizeConfig, budget_s: float, key: tuple[int, int], stages: dict[str, int],
-                k: torch.Tensor) -> int:
+                k: torch.Tensor, executor: Executor) -> int:
     """Rows of one group re-solved by ``levels.solve_levels`` (cd, qubo) in place of their GPTQ
-    levels ``k`` (R × m, updated in place), row after row until ``budget_s`` seconds are spent
-    (the rest keep GPTQ's answer, which every cd/qubo answer starts from or beats). Returns the
-    number of rows solved."""
-    from ..levels import IntegerProblem, solve_levels
+    levels ``k`` (R × m, updated in place), as tasks on ``executor`` (:func:`row_tasks.group_row_task`),
+    until ``budget_s`` seconds of wall time are spent: no row starts after the deadline (the rest
+    keep GPTQ's answer, which every cd/qubo answer starts from or beats). A row's seed is
+    ``child_seed(seed, layer, group, row)`` whichever worker runs it. Returns the number of rows solved."""
+    from ..levels import IntegerProblem
     from ..samplers import child_seed
 
     m = w.shape[1]
     H = Hg.numpy()
     kmin, kmax = np.full(m, qmin, dtype=np.int64), np.full(m, qmax, dtype=np.int64)
-    deadline = time.perf_counter() + budget_s
-    for r in range(w.shape[0]):
-        left = deadline - time.perf_counter()
-        if left <= 0:
-            return r
-        prob = IntegerProblem(H=H, target=w[r].numpy(), scale=np.full(m, float(scale[r])), kmin=kmin, kmax=kmax)
-        kw: dict[str, Any] = {"seed": child_seed(cfg.seed, *key, r)}
-        if cfg.method == "qubo":
-            kw.update(encoding=cfg.encoding, sampler=cfg.sampler, params=cfg.sampler_params or None,
-                      time_budget_s=left)
-        kr, info = solve_levels(prob, cfg.method, **kw)
-        if prob.energy(kr) <= prob.energy(k[r].numpy()):
-            k[r] = torch.as_tensor(kr, dtype=torch.long)
-        stage = str(info.get("stage", cfg.method))
-        stages[stage] = stages.get(stage, 0) + 1
-    return w.shape[0]
+    deadline = time.time() + budget_s
+    extra: dict[str, Any] = {}
+    if cfg.method == "qubo":
+        extra = {"encoding": cfg.encoding, "sampler": cfg.sampler, "params": cfg.sampler_params or None}
+
+    def tasks():
+        for r in range(w.shape[0]):
+            if time.time() >= deadline:
+                return
+            prob = IntegerProblem(H=H, target=w[r].numpy(), scale=np.full(m, float(scale[r])), kmin=kmin, kmax=kmax)
+            yield {"problem": prob, "method": cfg.method, "incumbent": k[r].numpy().copy(), "deadline": deadline,
+                   "kwargs": {"seed": child_seed(cfg.seed, *key, r), **extra}}
+
+    solved = 0
+    with contextlib.closing(map_unordered(group_row_task, tasks(), executor)) as done:
+        for r, res in done:
+            if res is None:      # started after the deadline: keeps GPTQ's levels
+                continue
+            k[r] = torch.from_numpy(np.array(res["levels"], dtype=np.int64))
+            stages[res["stage"]] = stages.get(res["stage"], 0) + 1
+            solved += 1
+    return solved
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
