@@ -1,340 +1,431 @@
-"""Low-bit FC heads: bits × methods × seeds on the embedded default and on synthetic CIFAR-100 features.
+"""Low-bit FC heads on stable fp32 heads: bits × methods × seeds on digits and the realistic synthetic set.
 
-For each dataset and seed an SGD baseline head is trained (qubo_nn.train.train_sgd, the same
-defaults as ``qubo-nn train``), then quantized at each bit width with
-:func:`qubo_nn.quantize.quantize_head`: round-to-nearest, GPTQ-style greedy and QUBO rounding with
-each sampler (rtn/greedy are computed once per (seed, bits); each sampler adds a QUBO run).
+For each dataset the fp32 head is the reference head (:func:`qubo_nn.train.reference_head`: the
+L2-regularised convex optimum, L2 chosen on a held-out 20 % of train), fitted ONCE per dataset and
+saved under ``<out>/heads/<dataset>.pt`` (+ ``.json``: digest, L2 path, fit info); a rerun reuses it
+when the feature digest matches. Each (dataset, seed, bits) run is one
+:func:`qubo_nn.quantize.quantize_head` call with the library's default QUBO config (method
+``qubo``, sampler neal, binary encoding, 1-bit window, 4 reads, damping 0.01): it computes every
+method (rtn, gptq-natural, gptq act-order, cd, qubo) on the same per-row integer problems.
+
+What a seed varies: ``QuantizeConfig.seed`` only, i.e. the annealer's seed (per row:
+``child_seed(seed, row)``) and, where ``--subsample`` applies (synthetic-features), the random
+training subset the Hessian blocks are computed from. The head and the features are the same for
+every seed. Hence on digits (full Hessian) rtn, gptq-natural, gptq and cd are deterministic and
+their std over seeds is exactly 0; only qubo can move.
 
 Datasets:
-- ``digits``: the embedded default (qubo_nn.features.get_features: digits, resnet18, weights none,
-  64×64), 1,437 train / 360 test images, 10 classes, D = 512.
-- ``synthetic``: qubo_nn.featureset.synthetic_features (100 classes, D = 512) with a reduced size
-  (``--synthetic-n`` train, ``--synthetic-n-test`` test; defaults 10,000 / 2,000) for time.
+- ``digits``: the embedded default features (qubo_nn.features.get_features(FeatureConfig()):
+  digits, resnet18, weights none, 64×64), 1,437 train / 360 test, 10 classes, D = 512.
+- ``synthetic-features``: :func:`qubo_nn.featureset.realistic_features` (seed 0; D = 512, 100
+  classes; ``--synthetic-n`` / ``--synthetic-n-test``, default the full 50,000 / 10,000), Hessian
+  blocks from ``--subsample`` training samples (default 10,000).
 
-Writes (atomically, after every run, so ``--resume`` skips finished runs):
-  <out>/sweep.json       every run's record (config, fp32 reference, per-method metrics and energies)
-  <out>/table.md         mean ± std over seeds of test accuracy, test loss, QUBO energy, targets
-  <out>/accuracy_vs_bits.png
-  <out>/ablation.md     (--ablation) one setting changed at a time, digits seed 0
+Writes (atomically; a finished run is skipped on the next call):
+  <out>/heads/<dataset>.pt, .json        the fp32 head and how it was fitted
+  <out>/runs/<dataset>/<b>bit-seed<k>.json one record per run (digests, machine, versions, config, metrics)
+  <out>/jitter/<dataset>.json             (--jitter) train.jitter_check of the fp32 fit at the chosen L2
+  <out>/summary.json, table.md, accuracy_vs_bits.png   recomputed from the per-run records
 
-Usage: .venv/bin/python experiments/quantize_sweep.py [--seeds 0 1 2] [--samplers neal tabu] ...
+Usage: .venv/bin/python experiments/quantize_sweep.py [--datasets digits synthetic-features] [--seeds 0 1 2 3 4]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from qubo_nn.features import FeatureConfig, get_features
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.head import Head
-from qubo_nn.quantize import QuantizeConfig, quantize_head
-from qubo_nn.runtime import atomic_path, atomic_write_json, atomic_write_text, portable_path, tensor_digest, versions
-from qubo_nn.train import SGDConfig, train_sgd
+DATASETS = ("digits", "synthetic-features")
+METHOD_LABELS = {"rtn": "rtn", "gptq-natural": "gptq natural order", "gptq": "gptq act-order",
+                 "cd": "cd (from gptq act-order)", "qubo": "qubo (default pipeline, neal)"}
+METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "energy", "wall_time_s")
+# the realistic set's L2 grid: the one of benchmarks/bench_features.py (around the calibration's choice)
+REALISTIC_L2_GRID = (3e-2, 1e-2, 3e-3)
+SEED_NOTE = ("a seed varies QuantizeConfig.seed only: the annealer's seed (per row) and, where the Hessian is "
+             "subsampled, the training subset of the Hessian blocks; the fp32 head and the features are the "
+             "same for every seed, so a method without randomness has std 0 where the Hessian is not subsampled")
 
-METHOD_ORDER = ("rtn", "gptq-natural")
 
+# ---------------------------------------------------------------- data and heads
 
 def load(dataset: str, args) -> tuple:
+    """(train, test, source) of ``dataset``; source says what the features are."""
+    from qubo_nn.features import FeatureConfig, get_features
+    from qubo_nn.runtime import portable_path
+
     if dataset == "digits":
-        cfg = FeatureConfig()
-        res = get_features(cfg)
-        return res.train, res.test, {"features": vars(cfg), "path": portable_path(res.path)}
-    train, test = synthetic_features(n=args.synthetic_n, dim=512, num_classes=100, seed=0,
-                                     n_test=args.synthetic_n_test)
-    return train, test, {"features": "synthetic_features", "n": args.synthetic_n, "n_test": args.synthetic_n_test,
-                         "dim": 512, "num_classes": 100, "seed": 0}
+        cfg = FeatureConfig(device="cpu")
+    else:
+        cfg = FeatureConfig(dataset="synthetic-features", n_train=args.synthetic_n, n_test=args.synthetic_n_test,
+                            device="cpu")
+    res = get_features(cfg)
+    fc = {k: v for k, v in vars(cfg).items() if k not in ("cache_dir", "data_root", "device")}
+    if dataset != "digits":
+        fc = {k: fc[k] for k in ("dataset", "n_train", "n_test", "seed")} | {"dim": 512, "num_classes": 100}
+    return res.train, res.test, {"features": fc, "path": portable_path(res.path),
+                                 "n_train": res.train.n, "n_test": res.test.n, "dim": res.train.dim,
+                                 "num_classes": res.train.num_classes}
 
 
-def run_key(dataset: str, seed: int, bits: int, sampler: str) -> str:
-    return f"{dataset}/seed{seed}/{bits}bit/{sampler}"
+def fit_settings(dataset: str) -> dict:
+    """reference_head's keyword arguments per dataset (digits: the library default, as `qubo-nn quantize
+    --fp32-head reference`; the realistic set: float32 and the grid of bench_features, for time)."""
+    if dataset == "digits":
+        return {"seed": 0, "device": "cpu"}
+    return {"seed": 0, "device": "cpu", "dtype": "float32", "max_iter": 200, "tol": 1e-6,
+            "l2_grid": REALISTIC_L2_GRID}
 
 
-def _flat(v: dict) -> dict:
-    """A method's record as (quantized only, + bias refit): the refit run keeps both."""
-    pure = v.get("before_refit", v)
-    return {"acc": pure["test_acc"], "loss": pure["test_loss"], "energy": v["energy"],
-            "improved": v.get("rows_improved"), "time": v["wall_time_s"],
-            "refit_acc": v["test_acc"] if "before_refit" in v else None}
+def refit_settings(dataset: str, l2: float) -> dict:
+    """convex_optimum's keyword arguments for a refit at the chosen ``l2`` (the jitter check)."""
+    s = fit_settings(dataset)
+    return {"l2": l2, "device": "cpu", "dtype": s.get("dtype", "float64"), "max_iter": s.get("max_iter", 300),
+            "tol": s.get("tol", 1e-7)}
 
 
-def summarize(runs: dict) -> dict:
-    """{dataset: {"fp32": {seed: {...}}, "bits": {bits: {method: {seed: {...}}}}}}."""
+def get_head(dataset: str, train, test, out: Path, features_digest: str) -> tuple[Any, dict]:
+    """The fp32 reference head of ``dataset``: loaded from ``out/heads`` when it was fitted on the same
+    features (digest), else fitted and saved atomically (.pt, then .json)."""
+    import torch
+
+    from qubo_nn.decode import load_head_file
+    from qubo_nn.head import evaluate
+    from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, tensor_digest, versions
+    from qubo_nn.train import reference_head
+
+    pt, js = out / "heads" / f"{dataset}.pt", out / "heads" / f"{dataset}.json"
+    if pt.exists() and js.exists():
+        meta = json.loads(js.read_text())
+        head = load_head_file(pt)
+        if meta["features_digest"] == features_digest and tensor_digest(head.W, head.b) == meta["head_digest"]:
+            return head, meta
+        print(f"{pt}: fitted on other features or damaged; refitting", flush=True)
+    settings = fit_settings(dataset)
+    machine = machine_info("cpu")
+    t0 = time.perf_counter()
+    head, info = reference_head(train, **settings)
+    head = head.to("cpu")
+    with atomic_path(pt) as tmp:
+        torch.save(head.state_dict(), tmp)
+    tl, ta = evaluate(head, test)
+    meta = {"dataset": dataset, "features_digest": features_digest, "head_digest": tensor_digest(head.W, head.b),
+            "reference_head": {k: v for k, v in settings.items()}, "info": info, "test_loss": tl, "test_acc": ta,
+            "wall_time_s": time.perf_counter() - t0, "machine": machine,
+            "load_average_1m_end": os.getloadavg()[0], "versions": versions()}
+    atomic_write_json(js, meta)
+    return head, meta
+
+
+# ---------------------------------------------------------------- runs
+
+def run_path(out: Path, dataset: str, bits: int, seed: int) -> Path:
+    return out / "runs" / dataset / f"{bits}bit-seed{seed}.json"
+
+
+def quantize_config(dataset: str, bits: int, seed: int, args):
+    """The library's default QUBO config (QuantizeConfig defaults) at ``bits``, ``seed``; the Hessian
+    subsampled on the synthetic set only."""
+    from qubo_nn.quantize import QuantizeConfig
+
+    sub = args.subsample if dataset != "digits" else None
+    return QuantizeConfig(bits=bits, method="qubo", sampler="neal", subsample=sub, device="cpu", seed=seed)
+
+
+def one_run(dataset: str, bits: int, seed: int, head, head_meta: dict, train, test, source: dict,
+            features_digest: str, args) -> dict:
+    """Quantize ``head`` once (every method) and return the run's record."""
+    from qubo_nn.quantize import quantize_head
+    from qubo_nn.runtime import machine_info, tensor_digest, versions
+
+    cfg = quantize_config(dataset, bits, seed, args)
+    machine = machine_info("cpu")
+    t0 = time.perf_counter()
+    res = quantize_head(head, train, test, cfg, progress=False)
+    wall = time.perf_counter() - t0
+    rec = res.record()
+    methods = {}
+    for m, v in rec["methods"].items():
+        methods[m] = {k: v[k] for k in v if k != "row_energies"}
+        methods[m]["row_energies"] = v["row_energies"]
+    return {"dataset": dataset, "bits": bits, "seed": seed, "seed_varies": SEED_NOTE,
+            "features": source, "features_digest": features_digest,
+            "head_digest": tensor_digest(head.W, head.b), "head_file": f"heads/{dataset}.pt",
+            "head_l2": head_meta["info"]["l2"], "config": rec["config"], "reference": rec["reference"],
+            "methods": methods, "timings": rec["timings"], "wall_time_s": wall, "machine": machine,
+            "load_average_1m_end": os.getloadavg()[0], "versions": versions()}
+
+
+def run_jitter(dataset: str, train, test, head_meta: dict, out: Path, trials: int) -> dict:
+    """train.jitter_check of a from-zeros refit at the head's chosen L2 (1e-6 relative jitter)."""
+    from qubo_nn.runtime import atomic_write_json, machine_info, versions
+    from qubo_nn.train import convex_optimum, jitter_check
+
+    settings = refit_settings(dataset, head_meta["info"]["l2"])
+    machine = machine_info("cpu")
+    t0 = time.perf_counter()
+    res = jitter_check(train, test, lambda tr: convex_optimum(tr, **settings)[0], rel=1e-6, trials=trials, seed=0)
+    rec = {"dataset": dataset, "fit": "convex_optimum from zeros", "settings": settings, "jitter": res,
+           "features_digest": head_meta["features_digest"], "wall_time_s": time.perf_counter() - t0,
+           "machine": machine, "load_average_1m_end": os.getloadavg()[0], "versions": versions()}
+    atomic_write_json(out / "jitter" / f"{dataset}.json", rec)
+    return rec
+
+
+# ---------------------------------------------------------------- summary, table, plot
+
+def load_records(out: Path) -> list[dict]:
+    """Every per-run record under ``out/runs`` (sorted by dataset, bits, seed)."""
+    recs = [json.loads(p.read_text()) for p in sorted((Path(out) / "runs").glob("*/*.json"))]
+    return sorted(recs, key=lambda r: (r["dataset"], r["bits"], r["seed"]))
+
+
+def _stat(xs: list[float]) -> dict:
+    a = np.asarray(xs, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size),
+            "min": float(a.min()), "max": float(a.max())}
+
+
+def summarize(records: list[dict]) -> dict:
+    """Mean, sample std (ddof = 1), n, min, max over seeds, recomputed from the per-run records:
+
+    {dataset: {"fp32": {metric: stat}, "seeds": [...], "bits": {bits: {method: {metric: stat,
+    "delta_acc": stat (acc − fp32 acc of the same run), "qubo": {...}}}}}}; the qubo method also
+    gets ``rows_improved`` / ``rows_anneal_stage`` (stats of the per-run counts), ``rows`` (C) and
+    ``energy_below_cd`` (runs whose qubo energy is strictly below cd's).
+    """
     out: dict = {}
-    for rec in runs.values():
-        d = out.setdefault(rec["dataset"], {"fp32": {}, "bits": {}})
-        ref = rec["reference"]
-        d["fp32"][rec["seed"]] = {"acc": ref["test_acc"], "loss": ref["test_loss"],
-                                  "refit_acc": ref.get("refit_bias", {}).get("test_acc")}
-        for m, v in rec["methods"].items():
-            name = m if m != "qubo" else f"qubo-{rec['sampler']}"
-            d["bits"].setdefault(rec["bits"], {}).setdefault(name, {})[rec["seed"]] = _flat(v)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(r["dataset"], {}).setdefault(r["bits"], []).append(r)
+    for ds, by_bits in groups.items():
+        allruns = [r for rs in by_bits.values() for r in rs]
+        d = out[ds] = {"seeds": sorted({r["seed"] for r in allruns}),
+                       "fp32": {k: _stat([r["reference"][k] for r in allruns])
+                                for k in ("test_acc", "test_loss", "train_acc", "train_loss")},
+                       "head_digests": sorted({r["head_digest"] for r in allruns}),
+                       "features_digests": sorted({r["features_digest"] for r in allruns}),
+                       "bits": {}}
+        for bits, runs in sorted(by_bits.items()):
+            cell: dict = {}
+            names = sorted(runs[0]["methods"], key=lambda m: (list(METHOD_LABELS).index(m)
+                                                              if m in METHOD_LABELS else len(METHOD_LABELS), m))
+            for m in names:
+                ms = [r["methods"][m] for r in runs]
+                c = {k: _stat([x[k] for x in ms]) for k in METRICS}
+                c["delta_acc"] = _stat([r["methods"][m]["test_acc"] - r["reference"]["test_acc"] for r in runs])
+                c["seeds"] = [r["seed"] for r in runs]
+                if m == "qubo":
+                    c["rows_improved"] = _stat([x["rows_improved"] for x in ms])
+                    c["rows_anneal_stage"] = _stat([x["rows_anneal_stage"] for x in ms])
+                    c["rows"] = len(ms[0]["row_energies"])
+                    c["energy_below_cd"] = int(sum(r["methods"]["qubo"]["energy"] < r["methods"]["cd"]["energy"]
+                                                   for r in runs))
+                    # the pipeline's energy split in two: its classical start (best of CD from gptq act-order,
+                    # gptq natural, rtn) against cd, and what annealing + polish took off that start
+                    c["classical_gain_vs_cd"] = _stat([sum(r["methods"]["cd"]["row_energies"])
+                                                       - r["methods"]["qubo"]["energy_classical"] for r in runs])
+                    c["anneal_gain"] = _stat([r["methods"]["qubo"]["energy_classical"]
+                                              - sum(r["methods"]["qubo"]["row_energies"]) for r in runs])
+                    c["anneal_raw_excess"] = _stat([r["methods"]["qubo"]["energy_anneal_raw"]
+                                                    - r["methods"]["qubo"]["energy_classical"] for r in runs])
+                    c["runs"] = len(runs)
+                cell[m] = c
+            d["bits"][bits] = cell
     return out
 
 
-def _ms(xs) -> str:
-    xs = np.asarray(xs, dtype=float)
-    return f"{xs.mean():.2f} ± {xs.std():.2f}" if len(xs) > 1 else f"{xs.mean():.2f}"
+def _pm(s: dict, f: str = ".2f") -> str:
+    return f"{s['mean']:{f}} ± {s['std']:{f}}" if s["n"] > 1 else f"{s['mean']:{f}}"
 
 
-def table(runs: dict, meta: dict) -> str:
-    S = summarize(runs)
-    lines = ["# Low-bit FC heads: round-to-nearest vs GPTQ-style greedy vs QUBO rounding", "",
-             "Recorded by `experiments/quantize_sweep.py` (every run, its config and versions: `sweep.json`). "
-             "Test accuracy in %, mean ± std over seeds (population std); Δ = mean paired difference to the "
-             "fp32 head of the same seed, in points; test loss in nats. QUBO energy = the quantized head's "
-             "predicted loss on the per-row BQMs (nats; Σ_rows E_row − (C−1)·L0, here L0 + Σ_rows ½ΔᵀH̃Δ: "
-             "lower is better, every method scored on the same BQMs). `rows improved` = rows (per seed) where "
-             "the sampler beat the greedy/RTN incumbents it started from. `time s`: the method's own time (qubo: "
-             "sampling only, after greedy). `+ bias refit`: the same head after "
-             "re-fitting its fp32 bias with the weights frozen (L-BFGS); the fp32 line gets the same refit.", "",
-             f"Settings: {meta['settings']}", ""]
+def table(records: list[dict], jitter: dict | None = None, notes: dict | None = None) -> str:
+    """Markdown table of :func:`summarize` (jitter: {dataset: jitter record}; notes: {dataset: text})."""
+    S = summarize(records)
+    jitter, notes = jitter or {}, notes or {}
+    lines = ["# Low-bit FC heads on the stable fp32 reference heads", "",
+             "Recorded by `experiments/quantize_sweep.py`; every number below is recomputed from the per-run "
+             "records in `runs/` (`summary.json` holds the same statistics). Mean ± sample std (ddof 1) over "
+             "seeds. Accuracy in %, losses in nats (mean cross-entropy, no L2 term). Δ acc: the quantized head "
+             "minus the fp32 head, in points. Energy: the predicted loss of the quantized head on the per-row "
+             "integer problems (Σ_rows E_row − (C−1)·L0, every method scored on the same problems; lower is "
+             "better). qubo rows improved: rows where annealing + CD polish beat the best classical start "
+             "(of C rows); of which anneal stage: rows where a raw annealed sample did, before any polish. "
+             "E(qubo) < E(cd): runs where the pipeline's total energy is strictly below cd's. time s: the "
+             "method's own time (cd includes its gptq start; qubo includes its classical start).", "",
+             f"Seeds: {SEED_NOTE}.", ""]
     for ds, d in S.items():
-        seeds = sorted(d["fp32"])
-        fp = [d["fp32"][k]["acc"] for k in seeds]
-        fpr = [d["fp32"][k]["refit_acc"] for k in seeds if d["fp32"][k]["refit_acc"] is not None]
-        lines += [f"## {ds}", "", meta["datasets"][ds], "",
-                  f"fp32 head (SGD baseline, seeds {seeds}): test accuracy **{_ms(fp)}**, "
-                  f"test loss {_ms([d['fp32'][k]['loss'] for k in seeds])}"
-                  + (f"; with the bias refit {_ms(fpr)}" if fpr else ""), "",
-                  "| bits | method | test acc % | Δ vs fp32 | test loss | QUBO energy | rows improved | time s "
-                  "| + bias refit: acc % |", "|---|---|---|---|---|---|---|---|---|"]
-        for bits in sorted(d["bits"]):
-            for name, cell in sorted(d["bits"][bits].items(), key=lambda kv: _order(kv[0])):
-                ks = sorted(cell)
-                acc = [cell[k]["acc"] for k in ks]
-                delta = np.mean([cell[k]["acc"] - d["fp32"][k]["acc"] for k in ks])
-                imp = [cell[k]["improved"] for k in ks if cell[k]["improved"] is not None]
-                refit = [cell[k]["refit_acc"] for k in ks if cell[k]["refit_acc"] is not None]
-                lines.append(f"| {bits} | {name} | {_ms(acc)} | {delta:+.2f} | {_ms([cell[k]['loss'] for k in ks])} | "
-                             f"{np.mean([cell[k]['energy'] for k in ks]):.4f} | "
-                             f"{'/'.join(str(i) for i in imp)} | {np.mean([cell[k]['time'] for k in ks]):.1f} | "
-                             f"{_ms(refit) if refit else ''} |")
+        f = d["fp32"]
+        lines += [f"## {ds}", ""]
+        if ds in notes:
+            lines += [notes[ds], ""]
+        lines += [f"fp32 reference head (digest {', '.join(d['head_digests'])}; features "
+                  f"{', '.join(d['features_digests'])}; seeds {d['seeds']}): test acc **{_pm(f['test_acc'])}**, "
+                  f"test loss {_pm(f['test_loss'], '.4f')}, train acc {_pm(f['train_acc'])}, "
+                  f"train loss {_pm(f['train_loss'], '.4f')}.", ""]
+        j = jitter.get(ds)
+        if j:
+            jj = j["jitter"]
+            lines += [f"Jitter check (refit from zeros at l2 = {j['settings']['l2']:g}, {j['settings']['dtype']}, "
+                      f"features × (1 + 1e-6·N(0,1)), {jj['trials']} trials): base {100 * jj['base_acc']:.2f} %, "
+                      f"trials {' '.join(f'{100 * a:.2f}' for a in jj['accs'])} → spread "
+                      f"**{jj['spread_points']:.2f} points** (target < 0.5).", ""]
+        else:
+            lines += ["Jitter check: not run for this dataset in this sweep (see REPRODUCE.md).", ""]
+        lines += ["| bits | method | test acc % | Δ acc | test loss | train loss | energy (nats) | time s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for bits, cell in d["bits"].items():
+            for m, c in cell.items():
+                lines.append(f"| {bits} | {METHOD_LABELS.get(m, m)} | {_pm(c['test_acc'])} | "
+                             f"{c['delta_acc']['mean']:+.2f} | {_pm(c['test_loss'], '.4f')} | "
+                             f"{_pm(c['train_loss'], '.4f')} | {_pm(c['energy'], '.6f')} | "
+                             f"{c['wall_time_s']['mean']:.2f} |")
+        lines += ["", f"Where the qubo pipeline's energy comes from ({ds}; nats, mean ± std over seeds): "
+                  "`cd − start` = cd's energy minus the pipeline's classical start (best of CD from gptq act-order, "
+                  "gptq natural order and rtn: no annealing); `anneal gain` = that start minus the final energy "
+                  "(what annealing + CD polish of the samples added); `raw anneal − start` = the annealer's own best "
+                  "samples (before polish and before any fallback) minus the start (> 0: the raw samples are worse).",
+                  "", "| bits | rows improved (by a raw sample) / C | runs E(qubo) < E(cd) | cd − start | anneal gain "
+                  "| raw anneal − start |", "|---|---|---|---|---|---|"]
+        for bits, cell in d["bits"].items():
+            c = cell.get("qubo")
+            if c:
+                lines.append(f"| {bits} | {c['rows_improved']['mean']:.1f} ({c['rows_anneal_stage']['mean']:.1f}) / "
+                             f"{c['rows']} | {c['energy_below_cd']} of {c['runs']} | "
+                             f"{c['classical_gain_vs_cd']['mean']:.3g} ± {c['classical_gain_vs_cd']['std']:.2g} | "
+                             f"{c['anneal_gain']['mean']:.3g} ± {c['anneal_gain']['std']:.2g} | "
+                             f"{c['anneal_raw_excess']['mean']:.3g} ± {c['anneal_raw_excess']['std']:.2g} |")
         lines.append("")
-        lines += targets(ds, d)
     return "\n".join(lines) + "\n"
 
 
-def _order(name: str) -> tuple:
-    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), name)
-
-
-def targets(ds: str, d: dict) -> list[str]:
-    """The issue's targets, on the quantized heads without the bias refit (set for the embedded
-    default; checked on every dataset)."""
-    out = [f"Targets ({ds}; quantized heads, no bias refit):", ""]
-    seeds = sorted(d["fp32"])
-    fp = np.mean([d["fp32"][k]["acc"] for k in seeds])
-    for name, cell in d["bits"].get(4, {}).items():
-        if name.startswith("qubo"):
-            acc = np.mean([cell[k]["acc"] for k in sorted(cell)])
-            ok = acc >= fp - 0.3
-            out.append(f"- 4-bit {name} within 0.3 points of fp32: {acc:.2f} vs {fp:.2f} "
-                       f"({acc - fp:+.2f}) → **{'met' if ok else 'MISSED'}**")
-    two = d["bits"].get(2, {})
-    if "rtn" in two and "gptq-natural" in two:
-        base = {m: np.mean([two[m][k]["acc"] for k in sorted(two[m])]) for m in ("rtn", "gptq-natural")}
-        for name, cell in two.items():
-            if name.startswith("qubo"):
-                acc = np.mean([cell[k]["acc"] for k in sorted(cell)])
-                ok = acc > base["rtn"] and acc > base["gptq-natural"]
-                wins = sum(cell[k]["acc"] > max(two["rtn"][k]["acc"], two["gptq-natural"][k]["acc"]) for k in sorted(cell))
-                ties = sum(cell[k]["acc"] == max(two["rtn"][k]["acc"], two["gptq-natural"][k]["acc"]) for k in sorted(cell))
-                out.append(f"- 2-bit {name} ahead of RTN ({base['rtn']:.2f}) and greedy ({base['gptq-natural']:.2f}): "
-                           f"{acc:.2f} → **{'met' if ok else 'MISSED'}** (per seed: ahead of both on {wins}, "
-                           f"tied with the better on {ties}, of {len(cell)})")
-    return out + [""]
-
-
-def plot(runs: dict, path: Path) -> None:
-    """Top row: test accuracy vs bits (mean ± std over seeds), fp32 as a dashed line. Bottom row:
-    the paired change vs the fp32 head of the same seed (the seeds' fp32 heads differ by points)."""
+def plot(records: list[dict], path: Path) -> None:
+    """Test accuracy (top) and test loss (bottom) vs bits, per method, one column per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    S = summarize(runs)
-    fig, axes = plt.subplots(2, len(S), figsize=(6.2 * len(S), 8.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 2]})
-    styles = {"rtn": ("tab:gray", "s"), "gptq-natural": ("tab:blue", "o"), "qubo-neal": ("tab:red", "^"),
-              "qubo-tabu": ("tab:green", "v"), "qubo-steepest": ("tab:purple", "D")}
+    from qubo_nn.runtime import atomic_path
+
+    S = summarize(records)
+    fig, axes = plt.subplots(2, len(S), figsize=(6.2 * len(S), 8.0), squeeze=False)
+    styles = {"rtn": ("tab:gray", "s"), "gptq-natural": ("tab:blue", "o"), "gptq": ("tab:cyan", "v"),
+              "cd": ("tab:green", "D"), "qubo": ("tab:red", "^")}
     for col, (ds, d) in enumerate(S.items()):
-        top, bottom = axes[0, col], axes[1, col]
         bits = sorted(d["bits"])
-        names = sorted({n for b in bits for n in d["bits"][b]}, key=_order)
-        for k, name in enumerate(names):
-            xs, ms, ss, dm, ds_ = [], [], [], [], []
-            for b in bits:
-                cell = d["bits"][b].get(name)
-                if cell:
-                    a = np.array([cell[s]["acc"] for s in sorted(cell)])
-                    delta = a - np.array([d["fp32"][s]["acc"] for s in sorted(cell)])
-                    xs.append(b + (k - (len(names) - 1) / 2) * 0.06)
-                    ms.append(a.mean())
-                    ss.append(a.std())
-                    dm.append(delta.mean())
-                    ds_.append(delta.std())
-            color, marker = styles.get(name, (None, "x"))
-            top.errorbar(xs, ms, yerr=ss, color=color, marker=marker, capsize=3, label=name)
-            bottom.errorbar(xs, dm, yerr=ds_, color=color, marker=marker, capsize=3, label=name)
-        fp = np.array([v["acc"] for v in d["fp32"].values()])
-        top.axhline(fp.mean(), color="black", ls="--", lw=1, label=f"fp32 head ({fp.mean():.2f}%)")
-        bottom.axhline(0.0, color="black", ls="--", lw=1, label="fp32 head")
-        top.set_title(f"{ds}: mean ± std over {len(fp)} seed(s)")
-        top.set_ylabel("test accuracy (%)")
-        bottom.set_ylabel("test accuracy − fp32, same seed (points)")
-        bottom.set_xlabel("bits per weight (per-row symmetric grid; bias fp32)")
-        for ax in (top, bottom):
+        names = list(dict.fromkeys(m for b in bits for m in d["bits"][b]))
+        for row, metric, fp in ((0, "test_acc", d["fp32"]["test_acc"]), (1, "test_loss", d["fp32"]["test_loss"])):
+            ax = axes[row, col]
+            for k, m in enumerate(names):
+                xs = [b + (k - (len(names) - 1) / 2) * 0.07 for b in bits if m in d["bits"][b]]
+                st = [d["bits"][b][m][metric] for b in bits if m in d["bits"][b]]
+                color, marker = styles.get(m, (None, "x"))
+                ax.errorbar(xs, [s["mean"] for s in st], yerr=[s["std"] for s in st], color=color, marker=marker,
+                            capsize=3, label=METHOD_LABELS.get(m, m))
+            ax.axhline(fp["mean"], color="black", ls="--", lw=1, label=f"fp32 reference ({fp['mean']:.3g})")
             ax.set_xticks(bits)
             ax.grid(alpha=0.3)
-        top.legend(loc="lower right", fontsize=8)
-    fig.suptitle("Quantized FC head (no bias refit): test accuracy vs bits per method")
+            ax.set_ylabel("test accuracy (%)" if metric == "test_acc" else "test loss (nats)")
+            if row == 0:
+                ax.set_title(f"{ds}: mean ± std over {len(d['seeds'])} seeds")
+                ax.legend(loc="lower right", fontsize=8)
+            else:
+                ax.set_xlabel("bits per weight (per-row symmetric grid, bias fp32)")
+                if metric == "test_loss":
+                    ax.set_yscale("log")
+    fig.suptitle("Quantized FC head of the fp32 reference head: test accuracy and loss vs bits")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
 
 
-ABLATION = [  # (label, QuantizeConfig overrides): one change at a time from the sweep's settings
-    ("sweep settings", {}),
-    ("damping 0.1", {"damping_rel": 0.1}),
-    ("gradient term, damping 0.01", {"use_grad": True}),
-    ("gradient term, damping 1", {"use_grad": True, "damping_rel": 1.0}),
-    ("gradient term, damping 10", {"use_grad": True, "damping_rel": 10.0}),
-    ("scale maxabs", {"scale": "maxabs"}),
-    ("QUBO window 2 bits", {"window_bits": 2}),
-    ("neal's own (hot) schedule", {"refine_span": None}),
-]
+def dataset_notes(out: Path) -> dict:
+    """{dataset: one line on the features and the head}, from the saved head records."""
+    notes = {}
+    for js in sorted((out / "heads").glob("*.json")):
+        m = json.loads(js.read_text())
+        info = m["info"]
+        notes[m["dataset"]] = (f"fp32 head: reference_head({', '.join(f'{k}={v}' for k, v in m['reference_head'].items())})"
+                               f" → l2 = {info['l2']:g} (validation CE by l2: "
+                               f"{', '.join(f'{float(k):g}: {v:.4f}' for k, v in info['val_loss_by_l2'].items())}), "
+                               f"fitted in {m['wall_time_s']:.0f} s.")
+    return notes
 
 
-def ablation(train, test, args, seed: int = 0) -> tuple[list[dict], str]:
-    """One change at a time, digits seed ``seed``, 2 and 4 bits, neal: records and a markdown table."""
-    sgd = SGDConfig(epochs=args.epochs, lr=0.05, seed=seed)
-    head, _ = train_sgd(Head.init_like_linear(train.num_classes, train.dim, seed=seed), train, test, sgd,
-                        device=args.device)
-    rows = []
-    for bits in (2, 4):
-        for label, over in ABLATION:
-            kw = dict(bits=bits, method="qubo", sampler="neal", scale=args.scale, num_reads=args.num_reads,
-                      damping_rel=args.damping, device=args.device, seed=seed)
-            kw.update(over)
-            res = quantize_head(head.to("cpu"), train, test, QuantizeConfig(**kw))
-            rows.append({"bits": bits, "label": label, "overrides": over, "fp32_test_acc": res.reference["test_acc"],
-                         "methods": {m: {"test_acc": v.metrics["test_acc"], "test_loss": v.metrics["test_loss"],
-                                         "energy": v.energy, "rows_improved": v.info.get("rows_improved")}
-                                     for m, v in res.methods.items()}})
-            print(f"ablation {bits}-bit {label}: " + "  ".join(
-                f"{m} {v['test_acc']:.2f}" for m, v in rows[-1]["methods"].items()), flush=True)
-    lines = [f"# Ablation: one setting changed at a time (digits, seed {seed}, neal)", "",
-             "Test accuracy % of the quantized heads (no bias refit); energy = predicted loss on that run's "
-             "BQMs (not comparable across rows that change the objective: damping, gradient term). "
-             f"fp32 head: {rows[0]['fp32_test_acc']:.2f} %.", "",
-             "| bits | change | rtn | greedy | qubo-neal | qubo energy | greedy energy | rows improved |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        m = r["methods"]
-        lines.append(f"| {r['bits']} | {r['label']} | {m['rtn']['test_acc']:.2f} | {m['gptq-natural']['test_acc']:.2f} | "
-                     f"{m['qubo']['test_acc']:.2f} | {m['qubo']['energy']:.4f} | {m['gptq-natural']['energy']:.4f} | "
-                     f"{m['qubo']['rows_improved']} |")
-    return rows, "\n".join(lines) + "\n"
+def write_summary(out: Path) -> None:
+    """summary.json, table.md and the plot, from the per-run records on disk."""
+    from qubo_nn.runtime import atomic_write_json, atomic_write_text
 
+    recs = load_records(out)
+    if not recs:
+        return
+    jitter = {p.stem: json.loads(p.read_text()) for p in sorted((out / "jitter").glob("*.json"))}
+    atomic_write_json(out / "summary.json", {"summary": summarize(recs), "runs": len(recs), "seed_varies": SEED_NOTE})
+    atomic_write_text(out / "table.md", table(recs, jitter, dataset_notes(out)))
+    plot(recs, out / "accuracy_vs_bits.png")
+
+
+# ---------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/quantize")
-    p.add_argument("--datasets", nargs="+", default=["digits", "synthetic"], choices=["digits", "synthetic"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--synthetic-seeds", nargs="+", type=int, default=None,
-                   help="seeds on the synthetic set [default: --seeds]")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4])
-    p.add_argument("--samplers", nargs="+", default=["neal", "tabu"])
-    p.add_argument("--synthetic-samplers", nargs="+", default=None, help="[default: --samplers]")
-    p.add_argument("--sampler-params", default="{}", help="JSON: {sampler: {param: value}}")
-    p.add_argument("--num-reads", type=int, default=4)
-    p.add_argument("--scale", default="mse", choices=["maxabs", "mse"])
-    p.add_argument("--damping", type=float, default=0.01)
-    p.add_argument("--synthetic-n", type=int, default=10_000)
-    p.add_argument("--synthetic-n-test", type=int, default=2_000)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true", help="keep finished runs of an existing sweep.json")
-    p.add_argument("--ablation", action="store_true", help="also run the one-change-at-a-time ablation (digits)")
-    p.add_argument("--replot", action="store_true", help="only rewrite table.md and the plot from sweep.json")
+    p.add_argument("--synthetic-n", type=int, default=50_000)
+    p.add_argument("--synthetic-n-test", type=int, default=10_000)
+    p.add_argument("--subsample", type=int, default=10_000, help="Hessian rows on synthetic-features")
+    p.add_argument("--jitter", action="store_true", help="also run the fp32 jitter check (after the runs)")
+    p.add_argument("--jitter-trials", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--summary-only", action="store_true", help="only rewrite summary.json, table.md and the plot")
     args = p.parse_args(argv)
     out = Path(args.out)
-    sampler_params = json.loads(args.sampler_params)
-    runs: dict = {}
-    abl: list = []
-    if args.resume and (out / "sweep.json").exists():
-        old = json.loads((out / "sweep.json").read_text())
-        runs, abl = old["runs"], old.get("ablation", [])
-    if args.replot:
-        old = json.loads((out / "sweep.json").read_text())
-        atomic_write_text(out / "table.md", table(old["runs"], old["meta"]))
-        plot(old["runs"], out / "accuracy_vs_bits.png")
+    if args.summary_only:
+        write_summary(out)
         return 0
-    meta = {"settings": (f"per-row symmetric grid, scale `{args.scale}`, bias fp32, Hessian damping "
-                         f"{args.damping} × mean diag, objective without the gradient term (GPTQ's), QUBO window "
-                         f"1 bit (floor/ceil, shifted to hold the greedy level), {args.num_reads} reads per row "
-                         "started from the "
-                         f"greedy and RTN solutions (neal: refinement schedule β_cold/100 → β_cold), "
-                         f"sampler params {sampler_params or 'defaults'}; SGD baseline {args.epochs} epochs "
-                         f"(lr 0.05, momentum 0.9, batch 64)"),
-            "datasets": {"digits": "embedded default: digits, resnet18 weights none, 64×64; 1,437 train / 360 test, "
-                                   "10 classes, D = 512",
-                         "synthetic": f"synthetic_features, CIFAR-100-shaped but reduced: {args.synthetic_n:,} train / "
-                                      f"{args.synthetic_n_test:,} test, 100 classes, D = 512"}}
+    import torch
 
-    def save() -> None:
-        atomic_write_json(out / "sweep.json", {"meta": meta, "args": vars(args), "versions": versions(), "runs": runs,
-                                               "ablation": abl})
-        atomic_write_text(out / "table.md", table(runs, meta))
-        plot(runs, out / "accuracy_vs_bits.png")
+    from qubo_nn.runtime import atomic_write_json, tensor_digest
 
+    torch.set_num_threads(args.threads)
     for ds in args.datasets:
         train, test, source = load(ds, args)
-        seeds = args.synthetic_seeds if (ds == "synthetic" and args.synthetic_seeds) else args.seeds
-        samplers = args.synthetic_samplers if (ds == "synthetic" and args.synthetic_samplers) else args.samplers
-        for seed in seeds:
-            head = None
-            for bits in args.bits:
-                for k, sampler in enumerate(samplers):
-                    key = run_key(ds, seed, bits, sampler)
-                    if key in runs:
+        fdig = tensor_digest(train.X, train.y, test.X, test.y)
+        print(f"{ds}: features {fdig} ({train.n} train / {test.n} test, D = {train.dim}, C = {train.num_classes})",
+              flush=True)
+        head, hmeta = get_head(ds, train, test, out, fdig)
+        print(f"{ds}: fp32 head {hmeta['head_digest']} l2 {hmeta['info']['l2']:g} test acc "
+              f"{100 * hmeta['test_acc']:.2f} % (fit {hmeta['wall_time_s']:.0f} s)", flush=True)
+        for bits in args.bits:
+            for seed in args.seeds:
+                path = run_path(out, ds, bits, seed)
+                if path.exists():
+                    old = json.loads(path.read_text())
+                    if old["features_digest"] == fdig and old["head_digest"] == hmeta["head_digest"]:
                         continue
-                    if head is None:
-                        sgd = SGDConfig(epochs=args.epochs, lr=0.05, seed=seed)
-                        head0 = Head.init_like_linear(train.num_classes, train.dim, seed=seed)
-                        head, _ = train_sgd(head0, train, test, sgd, device=args.device)
-                        head = head.to("cpu")
-                    cfg = QuantizeConfig(bits=bits, method="qubo", sampler=sampler, scale=args.scale,
-                                         sampler_params=sampler_params.get(sampler, {}), num_reads=args.num_reads,
-                                         damping_rel=args.damping, refit_bias=True, device=args.device, seed=seed)
-                    t0 = time.perf_counter()
-                    res = quantize_head(head, train, test, cfg, progress=False)
-                    rec = res.record()
-                    runs[key] = {"dataset": ds, "seed": seed, "bits": bits, "sampler": sampler,
-                                 "source": source, "head_digest": tensor_digest(head.W, head.b),
-                                 "sgd": vars(SGDConfig(epochs=args.epochs, lr=0.05, seed=seed)),
-                                 "reference": rec["reference"], "config": rec["config"], "timings": rec["timings"],
-                                 "methods": {m: {kk: vv for kk, vv in v.items() if kk != "row_energies"}
-                                             for m, v in rec["methods"].items()
-                                             if m == "qubo" or k == 0}}
-                    msg = "  ".join(f"{m} {_flat(v)['acc']:.2f}" for m, v in runs[key]["methods"].items())
-                    print(f"{key}: fp32 {rec['reference']['test_acc']:.2f}  {msg}  "
-                          f"({time.perf_counter() - t0:.1f} s)", flush=True)
-                    save()
-    if args.ablation and not abl:
-        train, test, _ = load("digits", args)
-        abl, text = ablation(train, test, args)
-        atomic_write_text(out / "ablation.md", text)
-    save()
-    print(table(runs, meta))
+                rec = one_run(ds, bits, seed, head, hmeta, train, test, source, fdig, args)
+                atomic_write_json(path, rec)
+                print(f"{ds} {bits}-bit seed {seed}: fp32 {rec['reference']['test_acc']:.2f}  " + "  ".join(
+                    f"{m} {v['test_acc']:.2f}/{v['energy']:.5f}" for m, v in rec["methods"].items())
+                    + f"  qubo rows improved {rec['methods']['qubo']['rows_improved']}  ({rec['wall_time_s']:.1f} s, "
+                    f"load {rec['load_average_1m_end']:.1f})", flush=True)
+                write_summary(out)
+        if args.jitter and not (out / "jitter" / f"{ds}.json").exists():
+            j = run_jitter(ds, train, test, hmeta, out, args.jitter_trials)
+            print(f"{ds}: jitter spread {j['jitter']['spread_points']:.2f} points ({j['wall_time_s']:.0f} s)",
+                  flush=True)
+        write_summary(out)
+    write_summary(out)
+    print((out / "table.md").read_text() if (out / "table.md").exists() else "no runs")
     return 0
 
 
