@@ -14,7 +14,7 @@ quantization error is not reduced by any rounding choice), so the block of row c
 weights only; ``refit_bias`` re-fits it afterwards with the weights frozen (convex, L-BFGS).
 
 Objective. All methods round the same thing: the local model of the row's loss at the fp32 head,
-from :meth:`HeadStats.block` (exact task-loss Hessian block H of the class row), damped as in
+from :class:`curvature.head_ce.HeadCE` (the exact task-loss Hessian block H of the class row), damped as in
 GPTQ by μ = ``damping_rel`` · mean(diag H):
 
     E(Δ) = L0 + γ·gᵀΔ + ½ Δᵀ (H + μI) Δ,      Δ = w_quantized − w_fp32,
@@ -75,7 +75,9 @@ from .execution import ExecutorConfig, check_available, map_unordered
 from .featureset import FeatureSet
 from .head import Head, check_compatible, evaluate
 from .levels import IntegerProblem
-from .quadratic import HeadStats, LocalModel
+from .curvature.head_ce import HeadCE
+from .params import apply_levels
+from .quadratic import LocalModel
 from .row_tasks import head_row_task
 from .qubo import build_bqm
 from .runtime import resolve_device, resolve_dtype
@@ -89,10 +91,9 @@ MIN_BITS, MAX_BITS = 1, 8
 # ---------------------------------------------------------------- grids
 
 def check_bits(bits: int) -> int:
-    """``bits`` as an int in [1, 8], else QuboNNError."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise QuboNNError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-    return int(bits)
+    """``bits`` as an int in [1, 8] (a grid of int8 codes), else QuboNNError: :func:`levels.check_bits`
+    with this module's limit."""
+    return levels.check_bits(bits, max_bits=MAX_BITS, what="bits")
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -427,28 +428,6 @@ def _solve_row(bqm: dimod.BinaryQuadraticModel, incumbents: list[np.ndarray], cf
     return x, e, improved, {"wall_time_s": float(ss.info.get("wall_time_s", 0.0))}
 
 
-def _row_problem(stats: HeadStats, c: int, D: int, s: float, qmin: int, qmax: int,
-                 cfg: QuantizeConfig) -> IntegerProblem:
-    """Row c's integer problem: E(k) = const + ½(s·k − w*)ᵀ(H + μI)(s·k − w*) from the Hessian block."""
-    idx = torch.arange(c * (D + 1), c * (D + 1) + D)
-    model = stats.block(idx)
-    Hn = model.H.to(torch.float64).cpu().numpy()
-    mu = cfg.damping_rel * float(np.diag(Hn).mean())
-    Ht = Hn + mu * np.eye(D)
-    w = model.theta0.to(torch.float64).cpu().numpy()
-    const = float(model.L0)
-    target = w
-    if cfg.use_grad:
-        g = model.g.to(torch.float64).cpu().numpy()
-        try:
-            Hinv_g = np.linalg.solve(np.linalg.cholesky(Ht).T, np.linalg.solve(np.linalg.cholesky(Ht), g))
-        except np.linalg.LinAlgError as exc:
-            raise QuboNNError("Hessian block is not positive definite even after damping: "
-                              "raise damping_rel (expected a PD matrix, Cholesky failed)") from exc
-        target, const = w - Hinv_g, const - 0.5 * float(g @ Hinv_g)
-    return IntegerProblem(Ht, target, np.full(D, s), qmin, qmax, const)
-
-
 def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: QuantizeConfig,
                   progress: bool = False) -> QuantizeResult:
     """Quantize ``head`` to ``cfg.bits`` per weight by every needed method (see module docstring).
@@ -478,7 +457,7 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     codes = {m: torch.empty(C, D, dtype=torch.float64, device=device) for m in methods}
     codes["rtn"] = round_to_grid(W, scale, bits)
 
-    stats = HeadStats(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
+    source = HeadCE(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
     timings = {"hessian_s": 0.0}
     qmin, qmax = qrange(bits)
     qubo_kw = None
@@ -491,7 +470,7 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
         """One task per class row, built lazily (the Hessian block is computed when a slot frees)."""
         for c in range(C):
             t = time.perf_counter()
-            p = _row_problem(stats, c, D, float(scale[c]), qmin, qmax, cfg)
+            p = source.row_problem(c, float(scale[c]), qmin, qmax, cfg.damping_rel, cfg.use_grad)
             timings["hessian_s"] += time.perf_counter() - t
             yield {"problem": p, "rtn": rtn_codes[c],
                    "qubo": None if qubo_kw is None else {**qubo_kw, "seed": child_seed(cfg.seed, c)}}
@@ -520,10 +499,9 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
             qinfo["sampler_wall_time_s"] += info["wall_time_s"]
 
     results = {}
-    L0 = stats.loss
+    L0 = source.loss
     for m in methods:
-        Wq = (scale[:, None] * codes[m]).to(dtype)
-        qh = Head(Wq, head_d.b.clone())
+        qh = Head(apply_levels(head_d.W, codes[m], scale.to(dtype)), head_d.b.clone())
         info = {}
         if cfg.refit_bias:
             info["before_refit"] = metrics(qh, train, test, cfg.l2)
