@@ -127,3 +127,4 @@ def test_ray_missing_fails_at_once_with_the_install_command(monkeypatch, tmp_pat
     assert res.exit_code == 2 and "pip install 'qubo-nn[ray]'" in res.output and not out.exists()
     res = CliRunner().invoke(main, ["quantize", "--executor", "threads", "--ray-address", "auto", "--out", str(out)])
     assert res.exit_code == 2 and "ray_address needs executor 'ray'" in res.output
+

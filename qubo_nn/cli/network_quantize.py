@@ -10,7 +10,8 @@ from typing import Any
 
 from .common import emit
 
-NETWORK_OPTION_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 64, "solve_budget": 1200.0}
+NETWORK_OPTION_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 64, "solve_budget": 1200.0,
+                           "bn_correct": False}
 
 
 def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: str, damping: float, seed: int,
@@ -30,6 +31,7 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     cfg = NetworkQuantizeConfig(bits=bits, method=method, first_last_bits=g["first_last_bits"], calib=g["calib"],
                                 group_size=g["group_size"], damping=damping, scale=scale_rule, sampler=sampler,
                                 sampler_params=params, solve_budget_s=float(g["solve_budget"]), seed=seed,
+                                bn_correct=bool(g["bn_correct"]),
                                 device=opts["device"], **(executor or {}))
     cfg.validate()
     from ..execution import check_available
@@ -59,5 +61,8 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     ref, q = rec["reference"], rec["quantized"]
     lines.append(f"fp32: test loss {ref['test_loss']:.4f}, acc {ref['test_acc']:.2f} %   "
                  f"{method} W{bits}: test loss {q['test_loss']:.4f}, acc {q['test_acc']:.2f} %")
+    if "bn_correct" in rec:
+        b = rec["bn_correct"]["before"]
+        lines.append(f"(before the statistics correction: test loss {b['test_loss']:.4f}, acc {b['test_acc']:.2f} %)")
     lines.append(f"quantized network written to {out} (loads with --weights {out}); record {record_path}")
     emit({**rec, "record": str(record_path)}, as_json, "\n".join(lines))

@@ -99,6 +99,9 @@ def _table(rec: dict, method: str) -> str:
 @click.option("--solve-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[network] Seconds of cd/qubo solving for the whole network, shared by size; rows past it "
                    "keep GPTQ's levels [default: 1200].")
+@click.option("--bn-correct", is_flag=True, default=None,
+              help="[network] After rounding, match each quantized conv's output mean and spread to the fp32 "
+                   "network's on the calibration images (BatchNorm re-estimation for folded BN; levels unchanged).")
 @executor_options("the row problems are solved (the levels do not depend on it)")
 @feature_options
 @seed_option
@@ -139,7 +142,7 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
         return run_network_quantize(bits=bits, method=method, sampler=sampler, scale_rule=scale_rule,
                                     damping=damping, seed=seed, out=out, record=record, progress=progress,
                                     as_json=as_json, params=params, opts=opts, executor=ex)
-    for name in ("first_last_bits", "calib", "checkpoint", "group_size", "solve_budget"):
+    for name in ("first_last_bits", "calib", "checkpoint", "group_size", "solve_budget", "bn_correct"):
         if opts.pop(name) is not None:
             raise QuboNNError(f"--{name.replace('_', '-')} applies to --scope network only")
     import torch

@@ -29,6 +29,10 @@ Pipeline (:func:`quantize_network`):
      Rows past the budget keep GPTQ's answer; ``coverage`` records the solved fraction. The same
      budget for cd and qubo puts them on an equal wall-time footing.
 
+   With ``bn_correct`` the quantized convolutions then get the folded-network form of BatchNorm
+   re-estimation (:mod:`nets.bn_correct`: each conv's output mean and spread matched, in forward
+   order, to the fp32 network's on the calibration images; levels unchanged, row scales times a_c).
+
 5. The per-layer relative reconstruction error ‖(W − Ŵ) X‖² / ‖W X‖² = tr(ΔGΔᵀ)/tr(WGWᵀ)
    (G = X Xᵀ, undamped, the layer's calibration inputs) and the end-to-end test loss
    (cross-entropy) and accuracy are recorded. The quantized network is written back into the
@@ -37,6 +41,7 @@ Pipeline (:func:`quantize_network`):
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -86,6 +91,7 @@ class NetworkQuantizeConfig:
     executor: str = "threads"
     workers: int = 1
     ray_address: str | None = None
+    bn_correct: bool = False
 
     def executor_config(self) -> ExecutorConfig:
         """Where the (row, group) re-solves of cd/qubo run (see :mod:`qubo_nn.execution`)."""
@@ -153,12 +159,17 @@ def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: 
     total_weights = sum(folded.get_submodule(n).weight.numel() for n in names)
     fp_loss, fp_acc = evaluate_model(original, test_images, test_labels)
     levels, scales, bits_of, layers = {}, {}, {}, []
+    reference = copy.deepcopy(folded) if cfg.bn_correct else None   # the fp32 folded network's statistics
     with contextlib.ExitStack() as stack:
         # one executor for the whole network (a Ray instance starts once, not per group)
         executor = stack.enter_context(open_executor(cfg.executor_config())) if cfg.method in ("cd", "qubo") else None
         for i, name in enumerate(tqdm(names, desc=f"{cfg.method} W{cfg.bits}", disable=not progress)):
             layers.append(_quantize_layer(folded, names, i, name, batches, cfg, total_weights, executor,
                                           levels, scales, bits_of, device))
+    correction = None
+    if reference is not None:
+        folded, correction = _correct_statistics(reference, folded, calib_images.to(device), cfg, scales,
+                                                 original, pairs, test_images, test_labels)
     folded = folded.to("cpu").eval()
     plain = _plain_copy(original)
     plain.load_state_dict(unfold_batchnorm(folded, original, pairs))
@@ -169,7 +180,33 @@ def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: 
               "calib_images": int(len(calib_images)), "seconds": time.perf_counter() - t_start,
               "loadavg": list(os.getloadavg()), "device": str(device), "torch_threads": torch.get_num_threads(),
               "versions": versions()}
+    if correction is not None:
+        record["bn_correct"] = correction
     return NetworkQuantizeResult(plain.eval(), levels, scales, bits_of, record)
+
+
+def _correct_statistics(reference: nn.Module, folded: nn.Module, images: torch.Tensor, cfg: NetworkQuantizeConfig,
+                        scales: dict[str, torch.Tensor], original: nn.Module, pairs: list, test_images: torch.Tensor,
+                        test_labels: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """Bias + variance correction of every quantized conv (:func:`nets.bn_correct.correct_statistics`,
+    the folded-network form of re-estimating BatchNorm after quantization). The levels stay; each
+    corrected row's scale becomes a_c·s_c (``scales`` updated). Returns the corrected network and
+    the record: test loss/accuracy before the correction and per-layer statistics errors."""
+    from ..nets.bn_correct import correct_statistics
+    from ..pretrain import evaluate_model
+
+    t0 = time.perf_counter()
+    plain = _plain_copy(original)
+    plain.load_state_dict(unfold_batchnorm(copy.deepcopy(folded).cpu().eval(), original, pairs))
+    before_loss, before_acc = evaluate_model(plain, test_images, test_labels)
+    corrected, info = correct_statistics(reference.eval(), folded.eval(), images, cfg.batch_size)
+    for name, inf in info.items():
+        scales[name] = (scales[name].to(torch.float64) * inf["scale_factor"].cpu().to(torch.float64)).float()
+    return corrected, {"before": {"test_loss": before_loss, "test_acc": before_acc},
+                       "note": "layers[].rel_error are before the correction",
+                       "seconds": time.perf_counter() - t0,
+                       "layers": {n: {k: inf[k] for k in ("mean_error_rel", "std_ratio_min", "std_ratio_max")}
+                                  for n, inf in info.items()}}
 
 
 def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batches: list[torch.Tensor],
