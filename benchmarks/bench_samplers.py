@@ -20,17 +20,36 @@ weight; unary: 2^b − 1) built by ``qubo.build_bqm`` over the whole grid, with 
 - best known: the lowest E over every method above and a longer pipeline (2 reads × 1000 sweeps,
   4 rounds) started by the same code (kept per row in the results file).
 
+Added groups (``--only GROUP,...`` runs just these on the same rows and merges them into the
+existing results file, as a separate run with its own load and wall time; the best known and every
+fraction are recomputed with the new energies):
+
+- ``sb``: simulated bifurcation on the binary BQM (32 agents, discrete mode, ``time_limit`` = the
+  row's neal time, at least 0.5 s; polished by steepest descent; CPU: no GPU on this machine);
+- ``domain-wall``: neal on the domain-wall BQM (1 and 2 bits, as neal-unary) and the pipeline with
+  domain-wall windows (``encoding="domain-wall"``, otherwise the pipeline's settings), all bits;
+- ``bound``: a certified lower bound: the minimum of the convex box relaxation (k real in
+  [kmin, kmax], L-BFGS-B) minus its first-order optimality gap (valid for any approximate
+  minimiser by convexity); when it equals the best known, the best known is the optimum;
+- ``lns``: large-neighbourhood search with exact sub-solves started from the pipeline's classical
+  start (best of CD from GPTQ act-order / natural / RTN): a random variable and 15 of its 30 most
+  coupled ones (|H_ij|/√(H_ii H_jj)), the rest fixed, solved exactly (enumeration up to 2^16
+  states, else ``levels.sphere_decode``); budget 10× the row's gptq + cd time measured in the same run
+  (gptq and cd are re-timed there, and their energies checked against the stored run).
+
 Score: the fraction of the best-known decrease from round-to-nearest reached,
 (E_rtn − E)/(E_rtn − E_best) (1 = the best known; rows where RTN is already the best known count 1),
 and wall time. Targets (issue 10): pipeline ≥ 99.9 % on 2-/4-bit rows and ≥ 99 % on 1-bit rows;
 strictly below gptq act-order + cd on ≥ 90 % of 1- and 2-bit rows within 10× their time.
 
 Usage: python benchmarks/bench_samplers.py [--rows 5] [--bits 1,2,4] [--n 10000] [--out results] [--quick]
+       python benchmarks/bench_samplers.py --only sb,domain-wall,bound,lns   (add to the recorded run)
 Writes results/bench_samplers.json and .txt (atomically); records os.getloadavg().
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -50,6 +69,11 @@ from qubo_nn.qubo import build_bqm, integer_form  # noqa: E402
 from qubo_nn.runtime import atomic_write_json, machine_info  # noqa: E402
 
 METHODS = ("neal", "neal-unary", "tabu", "steepest", "decompose", "gptq", "gptq-natural", "cd", "pipeline")
+GROUPS = {"sb": ("sb",), "domain-wall": ("neal-domain-wall", "pipeline-domain-wall"), "bound": (), "lns": ("lns",)}
+ALL_METHODS = METHODS + tuple(m for ms in GROUPS.values() for m in ms)
+#: candidates for the issue's targets (the default pipeline, its domain-wall variant, and the LNS stage)
+CANDIDATES = ("pipeline", "pipeline-domain-wall", "lns")
+PIPELINE_SHORT = {"num_reads": 2, "num_sweeps": 300, "rounds": 3}
 
 
 def heads(n: int, quick: bool):
@@ -115,8 +139,7 @@ def run_row(stats, head, c, bits, seed):
     for name, kw in (("gptq", {}), ("gptq-natural", {"act_order": False}), ("cd", {})):
         ss, t = timed(lambda: S.sample(bqm, name.split("-")[0], integer_form=form, **kw))
         res[name] = (float(p.energy(levels_of(ss, form))), t)
-    ss, t = timed(lambda: S.sample(bqm, "pipeline", integer_form=form, seed=seed, num_reads=2, num_sweeps=300,
-                                   rounds=3))
+    ss, t = timed(lambda: S.sample(bqm, "pipeline", integer_form=form, seed=seed, **PIPELINE_SHORT))
     res["pipeline"] = (float(p.energy(levels_of(ss, form))), t)
     pinfo = {k: ss.info.get(k) for k in ("stage", "energy_classical", "energy_anneal_raw", "anneal_improved_rounds")}
     # best known: a longer pipeline
@@ -134,14 +157,177 @@ def run_row(stats, head, c, bits, seed):
             "time_s": {m: t for m, (_, t) in res.items()}, "fraction": frac, "pipeline_info": pinfo}
 
 
+# ------------------------------------------------------------------ added groups (sb, domain-wall, bound, lns)
+
+def box_lower_bound(p: lv.IntegerProblem, max_iter: int = 5000) -> dict:
+    """A certified lower bound on min E over the integer box: the convex relaxation (k real in
+    [kmin, kmax]) solved by L-BFGS-B, minus its first-order gap. By convexity, for any k̂ in the box
+    E(k) ≥ E(k̂) + ∇E(k̂)ᵀ(k − k̂) ≥ E(k̂) + Σ_i min(∇_i (kmin_i − k̂_i), ∇_i (kmax_i − k̂_i)) for every
+    real k in the box, so the bound holds however roughly L-BFGS-B converged."""
+    from scipy.optimize import minimize
+
+    A = p.scale[:, None] * p.H * p.scale[None, :]
+    c = p.target / p.scale
+    lo, hi = p.kmin.astype(np.float64), p.kmax.astype(np.float64)
+
+    def f(k):
+        return p.const + 0.5 * float((k - c) @ A @ (k - c))
+
+    def g(k):
+        return A @ (k - c)
+
+    res = minimize(f, np.clip(c, lo, hi), jac=g, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+                   options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-14})
+    k = np.clip(res.x, lo, hi)
+    grad = g(k)
+    lb = f(k) + float(np.minimum(grad * (lo - k), grad * (hi - k)).sum())
+    at_level = np.isclose(k, np.round(k), rtol=0, atol=1e-6)
+    return {"lower_bound": lb, "relaxation": f(k), "relaxation_integral_fraction": float(at_level.mean()),
+            "iterations": int(res.nit)}
+
+
+def exact_sub(sub: lv.IntegerProblem, k0: np.ndarray, max_states: int = 1 << 16,
+              max_nodes: int = 200_000) -> np.ndarray:
+    """The exact minimiser of a small integer problem (enumeration when its box has at most
+    ``max_states`` points, else sphere decoding from ``k0``); ``k0`` when nothing is lower."""
+    sizes = (sub.kmax - sub.kmin + 1).astype(np.float64)
+    if float(np.prod(sizes)) <= max_states:
+        grids = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(sub.kmin, sub.kmax)], indexing="ij")
+        K = np.stack([gr.reshape(-1) for gr in grids], 1)
+        E = sub.energy(K)
+        j = int(np.argmin(E))
+        return K[j] if E[j] < sub.energy(k0) else np.asarray(k0)
+    return lv.sphere_decode(sub, k0=k0, max_nodes=max_nodes)[0]
+
+
+def conditional(p: lv.IntegerProblem, k: np.ndarray, S: np.ndarray) -> lv.IntegerProblem:
+    """E as a function of k_S with the other levels fixed at ``k`` (same energy up to a constant):
+    with r = s∘k − t and u = H_{S,rest} r_rest, E(k_S) = ½(r_S + H_SS⁻¹u)ᵀH_SS(r_S + H_SS⁻¹u) + const."""
+    r = p.scale * k - p.target
+    HSS = p.H[np.ix_(S, S)]
+    u = p.H[S] @ r - HSS @ r[S]
+    return lv.IntegerProblem(HSS, p.target[S] - np.linalg.solve(HSS, u), p.scale[S], p.kmin[S], p.kmax[S])
+
+
+def lns_exact(p: lv.IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int = 16, seed: int = 0,
+              max_tries: int | None = None) -> tuple[np.ndarray, dict]:
+    """Large-neighbourhood search with exact sub-solves from ``k0``: repeatedly a random variable and
+    ``size`` − 1 of its 2·size most coupled ones (|H_ij|/√(H_ii H_jj)) are re-solved exactly with the
+    rest fixed; a lower energy is kept. Stops before a try would end past ``budget_s``."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    k = p.clip(k0)
+    e = float(p.energy(k))
+    d = np.sqrt(np.diag(p.H))
+    C = np.abs(p.H) / d[:, None] / d[None, :]
+    np.fill_diagonal(C, -np.inf)
+    size = min(size, p.m)
+    tries = improved = 0
+    longest = 0.0
+    while True:
+        now = time.perf_counter()
+        if now - t0 + longest > budget_s or (max_tries is not None and tries >= max_tries):
+            break
+        i = int(rng.integers(p.m))
+        near = np.argsort(-C[i], kind="stable")[: 2 * size]
+        S = np.unique(np.concatenate([[i], rng.choice(near, size=min(size - 1, near.size), replace=False)]))
+        kS = exact_sub(conditional(p, k, S), k[S])
+        tries += 1
+        if not np.array_equal(kS, k[S]):
+            kn = k.copy()
+            kn[S] = kS
+            en = float(p.energy(kn))
+            if en < e - 1e-12 * max(1.0, abs(e)):
+                k, e, improved = kn, en, improved + 1
+        longest = max(longest, time.perf_counter() - now)
+    return k, {"tries": tries, "improved": improved, "size": size, "budget_s": budget_s}
+
+
+def run_added(stats, head, c, bits, seed, groups, old: dict) -> dict:
+    """The added groups on one row; checks that the row's problem is the stored one (RTN, gptq and
+    cd energies) and re-times gptq and cd in this run (the peers of the time ratios)."""
+    bqm, form, _ = row_problem(stats, head, c, bits, "binary")
+    p = form.problem
+    e_rtn = float(p.energy(lv.rtn(p)))
+    if not np.isclose(e_rtn, old["energy_rtn"], rtol=1e-9, atol=0):
+        raise SystemExit(f"row {c} ({bits} bits): RTN energy {e_rtn!r} differs from the stored {old['energy_rtn']!r}:"
+                         " not the same problem, rerun the whole benchmark")
+    out: dict = {"energy": {}, "time_s": {}, "peer_time_s": {}, "info": {}}
+    for name, kw in (("gptq", {}), ("cd", {})):
+        ss, t = timed(lambda: S.sample(bqm, name, integer_form=form, **kw))
+        e = float(p.energy(levels_of(ss, form)))
+        if not np.isclose(e, old["energy"][name], rtol=1e-9, atol=0):
+            raise SystemExit(f"row {c} ({bits} bits): {name} energy {e!r} differs from the stored {old['energy'][name]!r}")
+        out["peer_time_s"][name] = t
+    if "sb" in groups:
+        tl = max(float(old["time_s"]["neal"]), 0.5)
+        ss, t = timed(lambda: S.sample(bqm, "sb", seed=seed, num_reads=32, time_limit=tl))
+        out["energy"]["sb"], out["time_s"]["sb"] = float(p.energy(levels_of(ss, form))), t
+        out["info"]["sb"] = {"time_limit": tl, **ss.info["sb"], **ss.info.get("timing", {})}
+    if "domain-wall" in groups:
+        if bits <= 2:
+            bqm_d, form_d, _ = row_problem(stats, head, c, bits, "domain-wall")
+            ss, t = timed(lambda: S.sample(bqm_d, "neal", seed=seed, num_reads=1))
+            out["energy"]["neal-domain-wall"] = float(form_d.problem.energy(levels_of(ss, form_d)))
+            out["time_s"]["neal-domain-wall"] = t
+        ss, t = timed(lambda: S.sample(bqm, "pipeline", integer_form=form, seed=seed, encoding="domain-wall",
+                                       **PIPELINE_SHORT))
+        out["energy"]["pipeline-domain-wall"] = float(p.energy(levels_of(ss, form)))
+        out["time_s"]["pipeline-domain-wall"] = t
+        out["info"]["pipeline-domain-wall"] = {k: ss.info.get(k) for k in ("stage", "energy_classical",
+                                                                           "energy_anneal_raw", "anneal_improved_rounds")}
+    if "bound" in groups:
+        b, t = timed(lambda: box_lower_bound(p))
+        out["bound"] = {**b, "time_s": t}
+    if "lns" in groups:
+        budget = 9.0 * (out["peer_time_s"]["gptq"] + out["peer_time_s"]["cd"])
+        t0 = time.perf_counter()
+        ss = S.sample(bqm, "pipeline", integer_form=form, rounds=0)          # the classical start only
+        k0 = levels_of(ss, form)
+        k, info = lns_exact(p, k0, budget - (time.perf_counter() - t0), seed=seed)
+        out["energy"]["lns"], out["time_s"]["lns"] = float(p.energy(k)), time.perf_counter() - t0
+        out["info"]["lns"] = {**info, "start": ss.info.get("classical_start"), "energy_start": float(p.energy(k0))}
+    return out
+
+
+def rescore_row(r: dict) -> None:
+    """Best known (and which method found it) and every fraction, from all energies the row holds."""
+    e_rtn = r["energy_rtn"]
+    cands = {"long-pipeline": r["energy_long_pipeline"], **r["energy"]}
+    by = min(cands, key=cands.get)
+    e_best = cands[by]
+    dec = e_rtn - e_best
+    r["energy_best_known"], r["best_known_by"] = e_best, by
+    r["fraction"] = {m: (1.0 if dec <= 1e-15 * max(1.0, abs(e_rtn)) else (e_rtn - e) / dec)
+                     for m, e in r["energy"].items()}
+    if "bound" in r:
+        lb = r["bound"]["lower_bound"]
+        r["bound"]["best_known_gap"] = (e_best - lb) / (e_rtn - lb) if e_rtn > lb else 0.0
+        r["bound"]["certified_optimal"] = bool(e_best - lb <= 1e-9 * max(abs(e_best), 1e-300) + 1e-15)
+
+
+def merge_added(row: dict, added: dict, run_index: int) -> None:
+    for m, e in added["energy"].items():
+        row["energy"][m] = e
+        row["time_s"][m] = added["time_s"][m]
+        row.setdefault("method_run", {})[m] = run_index
+    row.setdefault("peer_time_s_by_run", {})[str(run_index)] = added["peer_time_s"]
+    row.setdefault("added_info", {}).update(added["info"])
+    if "bound" in added:
+        row["bound"] = added["bound"]
+    rescore_row(row)
+
+
+# ------------------------------------------------------------------ tables
+
 def summarise(rows):
-    lines, table = [], {}
+    table = {}
     for ds in sorted({r["dataset"] for r in rows}):
         for bits in sorted({r["bits"] for r in rows}):
             rs = [r for r in rows if r["dataset"] == ds and r["bits"] == bits]
             if not rs:
                 continue
-            for m in METHODS:
+            for m in ALL_METHODS:
                 fr = [r["fraction"][m] for r in rs if m in r["fraction"]]
                 ts = [r["time_s"][m] for r in rs if m in r["time_s"]]
                 if fr:
@@ -150,23 +336,102 @@ def summarise(rows):
     return table
 
 
-def targets(rows):
+def peer_time(r: dict, method: str) -> float:
+    """gptq + cd time of the run that measured ``method`` (the same run, so the ratio is fair)."""
+    run = r.get("method_run", {}).get(method, 0)
+    if run == 0:
+        return r["time_s"]["gptq"] + r["time_s"]["cd"]
+    t = r["peer_time_s_by_run"][str(run)]
+    return t["gptq"] + t["cd"]
+
+
+def targets(rows, method="pipeline"):
     out = {}
     for bits in sorted({r["bits"] for r in rows}):
-        rs = [r for r in rows if r["bits"] == bits]
+        rs = [r for r in rows if r["bits"] == bits and method in r["energy"]]
+        if not rs:
+            continue
         need = 0.99 if bits == 1 else 0.999
-        fr = [r["fraction"]["pipeline"] for r in rs]
-        strictly = [r["energy"]["pipeline"] < r["energy"]["cd"] - 1e-12 * max(1.0, abs(r["energy"]["cd"])) for r in rs]
-        ratio = [r["time_s"]["pipeline"] / (r["time_s"]["gptq"] + r["time_s"]["cd"]) for r in rs]
+        fr = [r["fraction"][method] for r in rs]
+        strictly = [r["energy"][method] < r["energy"]["cd"] - 1e-12 * max(1.0, abs(r["energy"]["cd"])) for r in rs]
+        ratio = [r["time_s"][method] / peer_time(r, method) for r in rs]
         within = [s and q <= 10 for s, q in zip(strictly, ratio)]
-        out[str(bits)] = {"fraction_target": need, "pipeline_fraction_min": min(fr),
-                          "rows_meeting_fraction": int(sum(f >= need for f in fr)), "rows": len(rs),
-                          "rows_strictly_below_gptq_cd": int(sum(strictly)),
-                          "rows_strictly_below_within_10x": int(sum(within)),
-                          "time_ratio_median": float(np.median(ratio)),
-                          "stages": {s: sum(r["pipeline_info"]["stage"] == s for r in rs)
-                                     for s in ("classical", "anneal", "polish")}}
+        rec = {"fraction_target": need, "fraction_min": min(fr),
+               "rows_meeting_fraction": int(sum(f >= need for f in fr)), "rows": len(rs),
+               "rows_strictly_below_gptq_cd": int(sum(strictly)),
+               "rows_strictly_below_within_10x": int(sum(within)),
+               "time_ratio_median": float(np.median(ratio))}
+        info_key = "pipeline_info" if method == "pipeline" else None
+        if info_key or method == "pipeline-domain-wall":
+            infos = [r[info_key] if info_key else r["added_info"][method] for r in rs]
+            rec["stages"] = {s: sum(i["stage"] == s for i in infos) for s in ("classical", "anneal", "polish")}
+        bounded = [r for r in rs if "bound" in r]
+        if bounded:
+            rec["rows_cd_certified_optimal"] = int(sum(
+                r["energy"]["cd"] - r["bound"]["lower_bound"] <= 1e-9 * abs(r["energy"]["cd"]) + 1e-15
+                for r in bounded))
+            rec["rows_with_bound"] = len(bounded)
+        out[str(bits)] = rec
     return out
+
+
+def render(rec: dict) -> str:
+    runs = [rec.get("first_run", {"loadavg_start": rec["loadavg_start"], "loadavg_end": rec["loadavg_end"],
+                                  "wall_time_s": rec["wall_time_s"], "methods": list(METHODS)})]
+    runs += rec.get("added_runs", [])
+    lines = ["# bench_samplers: fraction of the best-known decrease from RTN (min / median over rows), median time", ""]
+    for i, run in enumerate(runs):
+        lines.append(f"run {i} ({', '.join(run['methods'])}): load average start {tuple(run['loadavg_start'])}, "
+                     f"end {tuple(run['loadavg_end'])} (2 shared cores); wall {run['wall_time_s']:.0f} s")
+    lines += ["", "Best known = the lowest energy any method of any run found (fractions recomputed after each run).",
+              "", "| dataset | bits | method | fraction min | fraction median | time median (s) | rows |",
+              "|---|---|---|---|---|---|---|"]
+    for key, v in rec["summary"].items():
+        ds, bits, m = key.split("/")
+        lines.append(f"| {ds} | {bits} | {m} | {v['min']:.4f} | {v['median']:.4f} | {v['time_median_s']:.3f} | {v['rows']} |")
+    for method, tg in rec["targets"].items():
+        lines += ["", f"## Targets ({method})", "",
+                  "| bits | fraction target | min fraction | rows meeting | strictly below gptq+cd | ... within 10× time "
+                  "| median time ratio | stage classical/anneal/polish | cd certified optimal |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for bits, v in tg.items():
+            st = v.get("stages")
+            stages = f"{st['classical']}/{st['anneal']}/{st['polish']}" if st else "-"
+            cert = f"{v['rows_cd_certified_optimal']}/{v['rows_with_bound']}" if "rows_with_bound" in v else "-"
+            lines.append(f"| {bits} | {v['fraction_target']} | {v['fraction_min']:.5f} | "
+                         f"{v['rows_meeting_fraction']}/{v['rows']} | {v['rows_strictly_below_gptq_cd']}/{v['rows']} | "
+                         f"{v['rows_strictly_below_within_10x']}/{v['rows']} | {v['time_ratio_median']:.1f} | "
+                         f"{stages} | {cert} |")
+    bounded = [r for r in rec["rows"] if "bound" in r]
+    if bounded:
+        lines += ["", "## Certified lower bound (convex box relaxation)", "",
+                  "| dataset | bits | rows | relaxation integral (all levels) | best known certified optimal "
+                  "| best-known gap to the bound, max (share of RTN − bound) |", "|---|---|---|---|---|---|"]
+        for ds in sorted({r["dataset"] for r in bounded}):
+            for bits in sorted({r["bits"] for r in bounded}):
+                rs = [r for r in bounded if r["dataset"] == ds and r["bits"] == bits]
+                if rs:
+                    integral = sum(r["bound"]["relaxation_integral_fraction"] == 1.0 for r in rs)
+                    cert = sum(r["bound"]["certified_optimal"] for r in rs)
+                    gap = max(r["bound"]["best_known_gap"] for r in rs)
+                    lines.append(f"| {ds} | {bits} | {len(rs)} | {integral}/{len(rs)} | {cert}/{len(rs)} | {gap:.4%} |")
+    by = {}
+    for r in rec["rows"]:
+        by[r.get("best_known_by", "?")] = by.get(r.get("best_known_by", "?"), 0) + 1
+    lines += ["", "Best known found by: " + ", ".join(f"{k} {v}" for k, v in sorted(by.items()))]
+    return "\n".join(lines) + "\n"
+
+
+def write(rec: dict, out: Path, name: str) -> str:
+    rec["summary"] = summarise(rec["rows"])
+    rec["targets"] = {m: targets(rec["rows"], m) for m in CANDIDATES if any(m in r["energy"] for r in rec["rows"])}
+    text = render(rec)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", rec)
+    from qubo_nn.runtime import atomic_path
+    with atomic_path(out / f"{name}.txt") as tmp:
+        Path(tmp).write_text(text)
+    return text
 
 
 def main(argv=None) -> int:
@@ -177,10 +442,27 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=None,
+                    help=f"comma list of added groups {tuple(GROUPS)}: run only these on the recorded rows and merge")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
+    out = Path(a.out)
+    name = "bench_samplers_quick" if a.quick else "bench_samplers"
+    groups = [g for g in (a.only or "").split(",") if g]
+    bad = sorted(set(groups) - set(GROUPS))
+    if bad:
+        ap.error(f"--only takes groups from {tuple(GROUPS)}, got {bad}")
+    old = None
+    if groups:
+        old = json.loads((out / f"{name}.json").read_text())
+        same = {k: old["argv"][k] for k in ("rows", "bits", "n", "seed", "quick")}
+        mine = {k: vars(a)[k] for k in ("rows", "bits", "n", "seed", "quick")}
+        if same != mine:
+            ap.error(f"--only adds to the recorded run: give its settings {same}, got {mine}")
+        stored = {(r["dataset"], r["bits"], r["row"]): r for r in old["rows"]}
+        run_index = 1 + len(old.get("added_runs", []))
     bits_list = [int(b) for b in a.bits.split(",")]
     rows = []
     for ds, head, tr, l2 in heads(a.n if not a.quick else 2000, a.quick):
@@ -188,39 +470,33 @@ def main(argv=None) -> int:
         nrows = min(a.rows if not a.quick else 1, head.num_classes)
         for bits in bits_list:
             for c in range(nrows):
-                r = run_row(stats, head, c, bits, a.seed)
-                r.update(dataset=ds, head_l2=l2)
+                if groups:
+                    r = stored[(ds, bits, c)]
+                    added = run_added(stats, head, c, bits, a.seed, groups, r)
+                    merge_added(r, added, run_index)
+                    shown = [m for g in groups for m in GROUPS[g] if m in r["fraction"]]
+                else:
+                    r = run_row(stats, head, c, bits, a.seed)
+                    r.update(dataset=ds, head_l2=l2)
+                    rescore_row(r)
+                    shown = [m for m in METHODS if m in r["fraction"]]
                 rows.append(r)
+                extra = f" bound gap {r['bound']['best_known_gap']:.2e}" if "bound" in r else ""
                 print(f"{ds} {bits}-bit row {c}: " + " ".join(f"{m}={r['fraction'][m]:.4f}/{r['time_s'][m]:.2f}s"
-                                                         for m in METHODS if m in r["fraction"]), flush=True)
-    table, tg = summarise(rows), targets(rows)
-    rec = {"benchmark": "samplers", "argv": vars(a), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-           "machine": machine_info("cpu"), "wall_time_s": time.perf_counter() - t0, "rows": rows,
-           "summary": table, "targets": tg}
-    lines = ["# bench_samplers: fraction of the best-known decrease from RTN (min / median over rows), median time",
-             f"load average start {load0}, end {rec['loadavg_end']} (2 shared cores); wall {rec['wall_time_s']:.0f} s", "",
-             "| dataset | bits | method | fraction min | fraction median | time median (s) | rows |", "|---|---|---|---|---|---|---|"]
-    for key, v in table.items():
-        ds, bits, m = key.split("/")
-        lines.append(f"| {ds} | {bits} | {m} | {v['min']:.4f} | {v['median']:.4f} | {v['time_median_s']:.3f} | {v['rows']} |")
-    lines += ["", "## Targets (pipeline)", "",
-              "| bits | fraction target | pipeline min | rows meeting | strictly below gptq+cd | ... within 10× time "
-              "| median time ratio | stage classical/anneal/polish |", "|---|---|---|---|---|---|---|---|"]
-    for bits, v in tg.items():
-        st = v["stages"]
-        lines.append(f"| {bits} | {v['fraction_target']} | {v['pipeline_fraction_min']:.5f} | "
-                     f"{v['rows_meeting_fraction']}/{v['rows']} | {v['rows_strictly_below_gptq_cd']}/{v['rows']} | "
-                     f"{v['rows_strictly_below_within_10x']}/{v['rows']} | {v['time_ratio_median']:.1f} | "
-                     f"{st['classical']}/{st['anneal']}/{st['polish']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "bench_samplers_quick" if a.quick else "bench_samplers"
-    atomic_write_json(out / f"{name}.json", rec)
-    from qubo_nn.runtime import atomic_path
-    with atomic_path(out / f"{name}.txt") as tmp:
-        Path(tmp).write_text(text)
+                                                         for m in shown) + extra, flush=True)
+    if groups:
+        rec = old
+        rec.setdefault("first_run", {"loadavg_start": rec["loadavg_start"], "loadavg_end": rec["loadavg_end"],
+                                     "wall_time_s": rec["wall_time_s"], "methods": list(METHODS)})
+        rec.setdefault("added_runs", []).append({
+            "groups": groups, "methods": [m for g in groups for m in GROUPS[g]] + (["bound"] if "bound" in groups else []),
+            "argv": vars(a), "loadavg_start": load0, "loadavg_end": os.getloadavg(), "machine": machine_info("cpu"),
+            "wall_time_s": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "gpu": "none on this machine: sb ran on the CPU"})
+    else:
+        rec = {"benchmark": "samplers", "argv": vars(a), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+               "machine": machine_info("cpu"), "wall_time_s": time.perf_counter() - t0, "rows": rows}
+    print(write(rec, out, name))
     return 0
 
 
