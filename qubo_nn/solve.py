@@ -11,6 +11,11 @@ the GIL) and writes into ``out_dir``:
   energy (for a block built here, the predicted loss in nats per sample of the head with only
   that block changed), energy of the current weights, sampling time.
 
+Samplers that work on levels (``gptq``, ``cd``, ``pipeline``: ``properties["needs"] ==
+"integer_form"``) get each block's integer form from its ``block_NNNNN.levels.npz``
+(:func:`qubo_nn.formats.read_integer_form`); a bare file, or a build made before those files
+existed, is refused with a QuboNNError naming the block.
+
 Nothing is written unless every block succeeds: block results go to a staging directory inside
 ``out_dir`` and are moved into place at the end, then ``solution.json`` is written.
 

@@ -55,7 +55,9 @@ def solve_command(source: str, out: str, seed: int, workers: int, executor: str,
     build directory / its manifest.json (every block, --workers at a time).
 
     For blocks built here the best energy is the predicted loss of the head with that block's
-    weights moved; `qubo-nn decode OUT` turns the solution into a head.
+    weights moved; `qubo-nn decode OUT` turns the solution into a head. The level samplers
+    (gptq, cd, pipeline) read each block's integer form from its block_NNNNN.levels.npz (written
+    by `qubo-nn build`); a file without one is refused.
 
     \b
     Example:
