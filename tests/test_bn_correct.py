@@ -138,6 +138,24 @@ def test_float32_network_runs_and_dead_channel_keeps_scale_one():
     assert torch.allclose(mu, mu_r, atol=1e-5, rtol=0)
 
 
+def test_one_layer_at_a_time_equals_all_at_once():
+    """Correcting layer "0", then layer "2" of the result (the per-layer use inside a quantization
+    loop) gives the same network as one sequential call; no layers = an unchanged copy."""
+    ref = tiny_net(seed=6)
+    q = perturbed(ref, seed=8)
+    x = images()
+    both, _ = correct_statistics(ref, q, x)
+    first, _ = correct_statistics(ref, q, x, layers=["0"])
+    stepwise, info = correct_statistics(ref, first, x, layers=["2"])
+    assert list(info) == ["2"]
+    for name in ("0", "2"):
+        for attr in ("weight", "bias"):
+            assert torch.allclose(getattr(stepwise.get_submodule(name), attr), getattr(both.get_submodule(name), attr),
+                                  atol=1e-12, rtol=0)
+    same, none = correct_statistics(ref, q, x, layers=[])
+    assert none == {} and same is not q and torch.equal(same[0].weight, q[0].weight)
+
+
 def test_refuses_bad_input():
     ref = tiny_net()
     with pytest.raises(QuboNNError, match="expected names of Conv2d/Linear layers"):

@@ -10,7 +10,7 @@ from qubo_nn.curvature.gauss_newton import gauss_newton
 from qubo_nn.encoding import optimize_encoding
 from qubo_nn.errors import QuboNNError
 from qubo_nn.qubo import build_bqm
-from qubo_nn.tasks.bn_tune import BasicBlockTail, BNTuneConfig, evaluate, tune
+from qubo_nn.tasks.bn_tune import BasicBlockTail, BNTuneConfig, TailState, evaluate, tune
 
 C_WIDTH, CLASSES = 3, 4
 
@@ -70,6 +70,29 @@ def test_tail_reproduces_the_model_and_its_parameter_layout():
     assert tail.P == 4 * C_WIDTH
     sl = tail.slices()
     assert torch.equal(tail.theta0[sl["bn2.bias"]], model.layer4[1].bn2.bias.detach())
+
+
+@pytest.mark.parametrize("matrix", [True, False])
+def test_tail_state_trial_losses_are_exact(matrix):
+    """Incremental trial losses (bn1 channels through conv2 on those channels only; bn2 without a
+    conv) equal a full evaluation, for the dense-matrix conv2 and the conv fallback."""
+    _, tail, data, _, _ = setup()
+    if not matrix:
+        tail._w2_matrix = None
+    state = TailState(tail, data, tail.theta0)
+    assert state.loss == pytest.approx(evaluate(tail, tail.theta0, data)[0], abs=1e-12)
+    g = torch.Generator().manual_seed(9)
+    theta = tail.theta0.clone()
+    for idx in (torch.tensor([0, 4]), torch.tensor([7, 9, 11]), torch.tensor([1, 2, 6, 10]), torch.arange(12)):
+        values = theta[idx] + 0.3 * torch.randn(idx.numel(), generator=g, dtype=torch.float64)
+        moved = theta.clone()
+        moved[idx] = values
+        assert state.trial_loss(idx, values) == pytest.approx(evaluate(tail, moved, data)[0], abs=1e-12)
+        assert state.loss == pytest.approx(evaluate(tail, theta, data)[0], abs=1e-12)   # trial does not move it
+        state.update(idx, values)
+        theta = moved
+        assert torch.equal(state.theta, theta)
+        assert state.loss == pytest.approx(evaluate(tail, theta, data)[0], abs=1e-12)
 
 
 def test_gauss_newton_matches_autograd_in_float64():

@@ -70,6 +70,8 @@ def correct_statistics(reference: nn.Module, quantized: nn.Module, images: torch
     if unknown:
         raise QuboNNError(f"expected names of Conv2d/Linear layers of the quantized network, got {unknown}")
     names = [n for n in order if n in set(layers)]
+    if not names:
+        return corrected, {}
     ref_mods = dict(reference.named_modules())
     for n in names:
         r, q = ref_mods.get(n), corrected.get_submodule(n)
@@ -77,7 +79,7 @@ def correct_statistics(reference: nn.Module, quantized: nn.Module, images: torch
             raise QuboNNError(f"expected layer {n!r} in the reference with weight shape {tuple(q.weight.shape)}, "
                               f"got {None if r is None else tuple(getattr(r, 'weight', torch.empty(0)).shape)}")
     batches = [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
-    ref_stats = _output_stats(reference, names, batches, stop_at=None)
+    ref_stats = _output_stats(reference, names, batches, stop_at=names[-1])   # nothing after it is needed
     info: dict[str, dict[str, Any]] = {}
     for n in names:
         mu_q, sd_q, count = _output_stats(corrected, [n], batches, stop_at=n)[n]
@@ -125,7 +127,7 @@ def _output_stats(model: nn.Module, names: list[str], batches: list[torch.Tensor
             s[1] = s[1] + (y * y).sum(1)
             s[2] += y.shape[1]
             if name == stop_at:
-                raise _Reached
+                raise _Reached   # after the accumulation: this layer's output is counted
         return fn
 
     for n in names:

@@ -75,7 +75,8 @@ class BasicBlockTail:
             raise QuboNNError(f"expected a module named {block!r} in the model, got none") from exc
         needed = ("conv1", "bn1", "conv2", "bn2")
         if not all(hasattr(blk, a) for a in needed) or getattr(blk, "downsample", None) is not None \
-                or not isinstance(blk.bn1, nn.BatchNorm2d) or not isinstance(blk.bn2, nn.BatchNorm2d):
+                or not isinstance(blk.bn1, nn.BatchNorm2d) or not isinstance(blk.bn2, nn.BatchNorm2d) \
+                or blk.conv2.groups != 1:
             raise QuboNNError(f"expected {block!r} to be a torchvision BasicBlock without downsample, "
                               f"got {type(blk).__name__}")
         if not (hasattr(model, "avgpool") and isinstance(getattr(model, "fc", None), nn.Linear)):
@@ -143,18 +144,37 @@ class BasicBlockTail:
 
     def logits(self, theta: torch.Tensor, zhat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits (B × classes) of cached activations at parameters ``theta`` (P,)."""
+        return self.head(theta, self.conv2_normalized(self.bn1_relu(theta, zhat)), x)
+
+    def bn1_relu(self, theta: torch.Tensor, zhat: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
+        """a = relu(γ1 ẑ1 + β1), all channels or only ``channels`` (ẑ1 then holds just those)."""
         C = self.channels
-        g1, b1, g2, b2 = (theta[i * C:(i + 1) * C][None, :, None, None] for i in range(4))
-        a = F.relu(g1 * zhat + b1)
+        g1, b1 = theta[:C], theta[C:2 * C]
+        if channels is not None:
+            g1, b1 = g1[channels], b1[channels]
+        return F.relu(g1[None, :, None, None] * zhat + b1[None, :, None, None])
+
+    def conv2_normalized(self, a: torch.Tensor, channels: torch.Tensor | None = None, shift: bool = True) -> torch.Tensor:
+        """ĉ = (conv2(a) − μ2)/√(σ2² + ε); with ``channels``, ``a`` holds only those input channels
+        (conv2 restricted to them); ``shift=False`` leaves out −μ2 (for differences)."""
         M = self._w2_matrix
-        if M is not None and tuple(a.shape[1:]) == self._matrix_shape:
-            c = (a.reshape(a.shape[0], -1) @ M.to(a.dtype)).reshape(a.shape[0], *self._out_shape)
+        if M is not None and (tuple(a.shape[1:]) == self._matrix_shape if channels is None
+                              else tuple(a.shape[2:]) == self._matrix_shape[1:]):
+            rows = M if channels is None else M.reshape(self._matrix_shape[0], -1, M.shape[1])[channels].reshape(-1, M.shape[1])
+            c = (a.reshape(a.shape[0], -1) @ rows.to(a.dtype)).reshape(a.shape[0], *self._out_shape)
         else:
-            c = F.conv2d(a, self.w2.to(a.dtype), None, self.conv2.stride, self.conv2.padding, self.conv2.dilation,
-                         self.conv2.groups)
+            w = self.w2 if channels is None else self.w2[:, channels]
+            c = F.conv2d(a, w.to(a.dtype), None, self.conv2.stride, self.conv2.padding, self.conv2.dilation)
         mu, sd = self._bn["bn2"]
-        c = (c - mu[:, None, None].to(c.dtype)) / sd[:, None, None].to(c.dtype)
-        out = F.relu(g2 * c + b2 + x)
+        if shift:
+            c = c - mu[:, None, None].to(c.dtype)
+        return c / sd[:, None, None].to(c.dtype)
+
+    def head(self, theta: torch.Tensor, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits from ĉ: fc(avgpool(relu(γ2 ĉ + β2 + x)))."""
+        C = self.channels
+        g2, b2 = theta[2 * C:3 * C], theta[3 * C:]
+        out = F.relu(g2[None, :, None, None] * c + b2[None, :, None, None] + x)
         return F.linear(out.mean((2, 3)), self.fc_w.to(out.dtype), self.fc_b.to(out.dtype))
 
     @torch.no_grad()
@@ -193,6 +213,53 @@ class BasicBlockTail:
                 ch = torch.arange(start, min(start + channels_per_block, C))
                 out.append(torch.cat([2 * layer * C + ch, (2 * layer + 1) * C + ch]))
         return out
+
+
+class TailState:
+    """The tail's activations at θ on one split, for exact trial losses of block changes.
+
+    Holds a = relu(γ1 ẑ1 + β1) and ĉ (normalized conv2 output). A change of bn1's γ/β on channels
+    S updates ĉ by conv2 of the change of a on S alone (O(N·|S|) of the full conv's work); a
+    change of bn2's γ/β needs no conv at all. Float rounding drifts with many updates: build a
+    fresh state per sweep (as the head hybrid builds a fresh ``HeadStats``).
+    """
+
+    def __init__(self, tail: BasicBlockTail, data: TailData, theta: torch.Tensor) -> None:
+        self.tail, self.data = tail, data
+        with torch.no_grad():
+            self.theta = theta.detach().clone()
+            self.a = tail.bn1_relu(self.theta, data.zhat)
+            self.c = tail.conv2_normalized(self.a)
+            self.loss = self._loss(self.theta, self.c)
+
+    def _loss(self, theta: torch.Tensor, c: torch.Tensor) -> float:
+        z = self.tail.head(theta, c, self.data.x)
+        return float(F.cross_entropy(z.double(), self.data.y))
+
+    def _moved(self, idx: torch.Tensor, values: torch.Tensor):
+        theta = self.theta.clone()
+        theta[idx] = values.to(theta.dtype)
+        C = self.tail.channels
+        ch = torch.unique(idx[idx < 2 * C] % C)
+        if ch.numel() == 0:
+            return theta, None, None, self.c
+        a_ch = self.tail.bn1_relu(theta, self.data.zhat[:, ch], ch)
+        c = self.c + self.tail.conv2_normalized(a_ch - self.a[:, ch], ch, shift=False)
+        return theta, ch, a_ch, c
+
+    @torch.no_grad()
+    def trial_loss(self, idx: torch.Tensor, values: torch.Tensor) -> float:
+        """Mean cross-entropy with θ[idx] = values, without moving the state."""
+        theta, _, _, c = self._moved(idx, values)
+        return self._loss(theta, c)
+
+    @torch.no_grad()
+    def update(self, idx: torch.Tensor, values: torch.Tensor) -> None:
+        """Set θ[idx] = values (and the cached activations)."""
+        theta, ch, a_ch, c = self._moved(idx, values)
+        if ch is not None:
+            self.a[:, ch] = a_ch
+        self.theta, self.c, self.loss = theta, c, self._loss(theta, c)
 
 
 def evaluate(tail: BasicBlockTail, theta: torch.Tensor, data: TailData, batch_size: int = 512) -> tuple[float, float]:
@@ -417,7 +484,8 @@ def _hybrid(tail, train, theta, cfg, clock, mon) -> tuple[torch.Tensor, dict[str
         gn = gauss_newton(tail.logits, theta, train.inputs(), train.y, batch_size=cfg.gn_batch, hessian_rows=rows)
         t_gn = clock.elapsed() - t0
         shift = torch.zeros(tail.P, dtype=torch.float64)
-        loss_now = gn.L0
+        state = TailState(tail, train, theta)
+        loss_now = state.loss
         loss_round = loss_now
         order = torch.randperm(len(blocks), generator=torch_generator(_derive_seed(cfg.seed, rnd, 0, 0))).tolist()
         accepted = 0
@@ -450,18 +518,18 @@ def _hybrid(tail, train, theta, cfg, clock, mon) -> tuple[torch.Tensor, dict[str
                     att.update(accepted=False, reason="no predicted gain")
                     entry["attempts"].append(att)
                     continue
-                new = p.detach().clone()
-                new[idx] = enc.decode(x).to(new.dtype)
-                trial, _ = evaluate(tail, new, train)
+                values = enc.decode(x).to(theta.dtype)
+                trial = state.trial_loss(idx, values)
                 ok = trial - loss_now < -hc.accept_tol
                 att.update(true_change=trial - loss_now, accepted=ok, evaluate_s=time.perf_counter() - tsolve,
                            reason="loss fell" if ok else "loss did not fall")
                 entry["attempts"].append(att)
                 if ok:
-                    shift[idx] += (new[idx] - p.detach()[idx]).double()
+                    shift[idx] += (values - state.theta[idx]).double()
+                    state.update(idx, values)
                     with torch.no_grad():
-                        p.copy_(new)
-                    loss_now = trial
+                        p.copy_(state.theta)
+                    loss_now = state.loss
                     accepted += 1
                     break
             last = entry["attempts"][-1]
