@@ -34,7 +34,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -365,7 +364,7 @@ def plot(recs: dict, path: Path, T: float) -> None:
                          label=m if i == 0 else None, marker="." if m == "hybrid" else None, ms=3)
             axes[1].plot(t, [p["test_loss"] for p in h], color=COLORS.get(m), alpha=0.8, label=m if i == 0 else None)
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("training cross-entropy (log)")
+    axes[0].set_ylabel("training cross-entropy (log; clipped at 1e-6)")
     axes[1].set_ylabel("test cross-entropy")
     for ax in axes:
         ax.set_xlabel("optimizer time (s)")

@@ -403,7 +403,7 @@ def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _sgd_epochs(tail, train, theta, opt_param, opt, cfg, clock, mon, epochs, epoch0, phase) -> tuple[int, bool]:
+def _sgd_epochs(tail, train, opt_param, opt, cfg, clock, mon, epochs, epoch0, phase) -> tuple[int, bool]:
     """Run up to ``epochs`` epochs (math.inf: until the budget) of ``opt`` on ``opt_param``; a point per epoch.
     Returns (epochs done, budget spent)."""
     e = 0
@@ -425,7 +425,7 @@ def _first_order(tail, train, theta, method, cfg, clock, mon) -> torch.Tensor:
     p = theta.clone().requires_grad_(True)
     opt = (torch.optim.SGD([p], lr=cfg.sgd_lr, momentum=cfg.momentum) if method == "sgd"
            else torch.optim.Adam([p], lr=cfg.adam_lr))
-    _sgd_epochs(tail, train, theta, p, opt, cfg, clock, mon, math.inf, 0, method)
+    _sgd_epochs(tail, train, p, opt, cfg, clock, mon, math.inf, 0, method)
     return p.detach()
 
 
@@ -540,7 +540,7 @@ def _hybrid(tail, train, theta, cfg, clock, mon) -> tuple[torch.Tensor, dict[str
         rounds.append({"round": rnd, "gauss_newton_s": t_gn, "loss_before": loss_round, "loss_after": loss_now,
                        "accepted": accepted, "blocks": len(order), "t_end": clock.elapsed()})
         if cfg.sgd_epochs and clock.elapsed() < cfg.budget_s:
-            done, _ = _sgd_epochs(tail, train, p, p, opt, cfg, clock, mon, cfg.sgd_epochs, epoch, "sgd")
+            done, _ = _sgd_epochs(tail, train, p, opt, cfg, clock, mon, cfg.sgd_epochs, epoch, "sgd")
             epoch += done
         rnd += 1
     return p.detach(), {"rounds": rounds, "blocks": block_log,
