@@ -33,9 +33,9 @@ A block written by :func:`write_block` is ``block_NNNNN.<suffix>`` beside ``bloc
 (the sidecar: mode, bits, damping, block id, predicted loss L0, digests of the head and features
 it was built from, the sha256 and size of the block file and of the ``.npz``) and
 ``block_NNNNN.npz`` (:meth:`Encoding.arrays`: idx, theta0, ref, step, offset, bits, A_values, c), and
-``block_NNNNN.levels.npz``: the block's integer form (:meth:`levels.IntegerForm.arrays`: H (m × m,
-damping included), target, scale, kmin, kmax, const, kind, bits; ``qubo.integer_form`` of the
-block), so that level-space samplers (gptq, cd, pipeline) can solve the block from its files; its
+``block_NNNNN.levels.npz``: the block's integer form (:meth:`levels.IntegerForm.arrays` with H (m × m,
+damping included) stored as ``H_upper``, its upper triangle row-major (m(m+1)/2 values, H symmetric),
+beside target, scale, kmin, kmax, const, kind, bits; ``qubo.integer_form`` of the block), so that level-space samplers (gptq, cd, pipeline) can solve the block from its files; its
 sidecar keys are ``levels``, ``levels_sha256`` and ``levels_bytes`` (absent in builds made before
 it existed: :func:`read_integer_form` then says so). Plain dimod still reads every ``.bqm``.
 :func:`read_block` refuses a file whose sha256 differs from its sidecar's.
@@ -352,7 +352,7 @@ def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_diges
     with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **blk.enc.arrays())
     with atomic_path(lev) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **integer_form(blk.model, blk.enc, blk.damping).arrays())
+        np.savez(fh, **_pack_form(integer_form(blk.model, blk.enc, blk.damping).arrays()))
     t1 = time.perf_counter()
     entry = {
         "block_id": int(blk.block_id),
@@ -442,6 +442,28 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
     return bqm, enc, side
 
 
+def _pack_form(arrs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The form's arrays with the symmetric H as its upper triangle (half the bytes on disk)."""
+    out = dict(arrs)
+    H = out.pop("H")
+    out["H_upper"] = H[np.triu_indices(H.shape[0])]
+    return out
+
+
+def _unpack_form(arrs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if "H_upper" not in arrs:
+        return arrs
+    out = dict(arrs)
+    up = out.pop("H_upper")
+    m = int(round((np.sqrt(8 * up.size + 1) - 1) / 2))
+    if m * (m + 1) // 2 != up.size:
+        raise QuboNNError(f"H_upper has {up.size} values, expected m(m+1)/2 for some m")
+    H = np.zeros((m, m), dtype=up.dtype)
+    H[np.triu_indices(m)] = up
+    out["H"] = H + np.triu(H, 1).T
+    return out
+
+
 def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = None):
     """The integer form (:class:`levels.IntegerForm`) of a block written by :func:`write_block`.
 
@@ -471,7 +493,7 @@ def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = Non
             arrs = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise QuboNNError(f"{str(lev)!r} is not a readable .npz file: {exc}") from exc
-    form = IntegerForm.from_arrays(arrs)
+    form = IntegerForm.from_arrays(_unpack_form(arrs))
     if form.num_variables != side["num_variables"]:
         raise QuboNNError(f"integer form {str(lev)!r} encodes {form.num_variables} variables, its block "
                           f"{side['num_variables']}")
@@ -567,7 +589,7 @@ def estimate_build(num_classes: int, dim: int, cfg: BuildConfig, fmt: str = "dim
         else:
             total_bytes += (pairs + n) * (2 * len(str(n)) + 22) + 200
         total_bytes += m * 8 * (per + 6) + 4096  # .npz (A values, idx, grids) and the JSON sidecar
-        total_bytes += m * m * 8 + m * 32 + 1024  # .levels.npz (the integer form: H, target, scale, box)
+        total_bytes += m * (m + 1) * 4 + m * 32 + 1024  # .levels.npz (the integer form: H's triangle, target, box)
     return {"blocks": len(sizes), "variables": variables, "interactions": interactions, "bytes": total_bytes,
             "file_format": fmt}
 

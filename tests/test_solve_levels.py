@@ -72,8 +72,16 @@ def hand_energy(arrs: dict, k: np.ndarray) -> np.ndarray:
 
 
 def stored_arrays(build_dir: Path, block: dict) -> dict:
+    """The .levels.npz arrays, with H rebuilt from its stored upper triangle (row-major)."""
     with np.load(build_dir / block["levels"]) as z:
-        return {k: z[k] for k in z.files}
+        arrs = {k: z[k] for k in z.files}
+    up = arrs.pop("H_upper")
+    m = arrs["target"].size
+    assert up.size == m * (m + 1) // 2
+    H = np.zeros((m, m))
+    H[np.triu_indices(m)] = up
+    arrs["H"] = H + np.triu(H, 1).T
+    return arrs
 
 
 # ------------------------------------------------------------------------- what build stores
