@@ -35,7 +35,9 @@ fraction are recomputed with the new energies):
   start (best of CD from GPTQ act-order / natural / RTN): a random variable and 15 of its 30 most
   coupled ones (|H_ij|/√(H_ii H_jj)), the rest fixed, solved exactly (enumeration up to 2^16
   states, else ``levels.sphere_decode``); budget 10× the row's gptq + cd time measured in the same run
-  (gptq and cd are re-timed there, and their energies checked against the stored run).
+  (gptq and cd are re-timed there, and their energies checked against the stored run);
+- ``pipeline-lns``: a candidate change of the pipeline: the pipeline as above, then the LNS from its
+  answer for the rest of the same budget (9× gptq + cd of the same run, the pipeline's time included).
 
 Score: the fraction of the best-known decrease from round-to-nearest reached,
 (E_rtn − E)/(E_rtn − E_best) (1 = the best known; rows where RTN is already the best known count 1),
@@ -69,10 +71,11 @@ from qubo_nn.qubo import build_bqm, integer_form  # noqa: E402
 from qubo_nn.runtime import atomic_write_json, machine_info  # noqa: E402
 
 METHODS = ("neal", "neal-unary", "tabu", "steepest", "decompose", "gptq", "gptq-natural", "cd", "pipeline")
-GROUPS = {"sb": ("sb",), "domain-wall": ("neal-domain-wall", "pipeline-domain-wall"), "bound": (), "lns": ("lns",)}
+GROUPS = {"sb": ("sb",), "domain-wall": ("neal-domain-wall", "pipeline-domain-wall"), "bound": (), "lns": ("lns",),
+          "pipeline-lns": ("pipeline-lns",)}
 ALL_METHODS = METHODS + tuple(m for ms in GROUPS.values() for m in ms)
 #: candidates for the issue's targets (the default pipeline, its domain-wall variant, and the LNS stage)
-CANDIDATES = ("pipeline", "pipeline-domain-wall", "lns")
+CANDIDATES = ("pipeline", "pipeline-domain-wall", "lns", "pipeline-lns")
 PIPELINE_SHORT = {"num_reads": 2, "num_sweeps": 300, "rounds": 3}
 
 
@@ -287,6 +290,16 @@ def run_added(stats, head, c, bits, seed, groups, old: dict) -> dict:
         k, info = lns_exact(p, k0, budget - (time.perf_counter() - t0), seed=seed)
         out["energy"]["lns"], out["time_s"]["lns"] = float(p.energy(k)), time.perf_counter() - t0
         out["info"]["lns"] = {**info, "start": ss.info.get("classical_start"), "energy_start": float(p.energy(k0))}
+    if "pipeline-lns" in groups:
+        budget = 9.0 * (out["peer_time_s"]["gptq"] + out["peer_time_s"]["cd"])
+        t0 = time.perf_counter()
+        ss = S.sample(bqm, "pipeline", integer_form=form, seed=seed, **PIPELINE_SHORT)
+        k0 = levels_of(ss, form)
+        k, info = lns_exact(p, k0, budget - (time.perf_counter() - t0), seed=seed)
+        out["energy"]["pipeline-lns"], out["time_s"]["pipeline-lns"] = float(p.energy(k)), time.perf_counter() - t0
+        out["info"]["pipeline-lns"] = {**info, "pipeline_stage": ss.info.get("stage"),
+                                       "energy_pipeline": float(p.energy(k0)),
+                                       "pipeline_reproduced": bool(float(p.energy(k0)) == old["energy"]["pipeline"])}
     return out
 
 
