@@ -232,6 +232,9 @@ def summarize(records: list[dict]) -> dict:
                                                        - r["methods"]["qubo"]["energy_classical"] for r in runs])
                     c["anneal_gain"] = _stat([r["methods"]["qubo"]["energy_classical"]
                                               - sum(r["methods"]["qubo"]["row_energies"]) for r in runs])
+                    for base in ("cd", "gptq"):   # paired over seeds: the seed's Hessian subset is shared
+                        c[f"acc_minus_{base}"] = _stat([r["methods"]["qubo"]["test_acc"] - r["methods"][base]["test_acc"]
+                                                        for r in runs])
                     c["anneal_raw_excess"] = _stat([r["methods"]["qubo"]["energy_anneal_raw"]
                                                     - r["methods"]["qubo"]["energy_classical"] for r in runs])
                     c["runs"] = len(runs)
@@ -289,9 +292,11 @@ def table(records: list[dict], jitter: dict | None = None, notes: dict | None = 
                   "`cd − start` = cd's energy minus the pipeline's classical start (best of CD from gptq act-order, "
                   "gptq natural order and rtn: no annealing); `anneal gain` = that start minus the final energy "
                   "(what annealing + CD polish of the samples added); `raw anneal − start` = the annealer's own best "
-                  "samples (before polish and before any fallback) minus the start (> 0: the raw samples are worse).",
+                  "samples (before polish and before any fallback) minus the start (> 0: the raw samples are worse); the "
+                  "accuracy differences are paired by seed, in points.",
                   "", "| bits | rows improved (by a raw sample) / C | runs E(qubo) < E(cd) | cd − start | anneal gain "
-                  "| raw anneal − start |", "|---|---|---|---|---|---|"]
+                  "| raw anneal − start | test acc qubo − cd (paired) | qubo − gptq act-order |",
+                  "|---|---|---|---|---|---|---|---|"]
         for bits, cell in d["bits"].items():
             c = cell.get("qubo")
             if c:
@@ -299,7 +304,9 @@ def table(records: list[dict], jitter: dict | None = None, notes: dict | None = 
                              f"{c['rows']} | {c['energy_below_cd']} of {c['runs']} | "
                              f"{c['classical_gain_vs_cd']['mean']:.3g} ± {c['classical_gain_vs_cd']['std']:.2g} | "
                              f"{c['anneal_gain']['mean']:.3g} ± {c['anneal_gain']['std']:.2g} | "
-                             f"{c['anneal_raw_excess']['mean']:.3g} ± {c['anneal_raw_excess']['std']:.2g} |")
+                             f"{c['anneal_raw_excess']['mean']:.3g} ± {c['anneal_raw_excess']['std']:.2g} | "
+                             f"{c['acc_minus_cd']['mean']:+.2f} ± {c['acc_minus_cd']['std']:.2f} | "
+                             f"{c['acc_minus_gptq']['mean']:+.2f} ± {c['acc_minus_gptq']['std']:.2f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -337,7 +344,8 @@ def plot(records: list[dict], path: Path) -> None:
                 ax.legend(loc="lower right", fontsize=8)
             else:
                 ax.set_xlabel("bits per weight (per-row symmetric grid, bias fp32)")
-                if metric == "test_loss":
+                lo, hi = ax.get_ylim()
+                if lo > 0 and hi / lo > 20:   # rtn's low-bit losses are orders of magnitude above the rest
                     ax.set_yscale("log")
     fig.suptitle("Quantized FC head of the fp32 reference head: test accuracy and loss vs bits")
     fig.tight_layout()

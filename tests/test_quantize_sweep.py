@@ -78,6 +78,9 @@ def test_summary_matches_numpy_on_the_same_numbers(sweep):
             assert q["energy_below_cd"] == sum(r["methods"]["qubo"]["energy"] < r["methods"]["cd"]["energy"]
                                                for r in runs[b])
             assert q["rows"] == 3 and q["runs"] == 5
+            paired = [r["methods"]["qubo"]["test_acc"] - r["methods"]["cd"]["test_acc"] for r in runs[b]]
+            assert q["acc_minus_cd"]["mean"] == pytest.approx(np.mean(paired), rel=1e-12)
+            assert q["acc_minus_cd"]["std"] == pytest.approx(np.std(paired, ddof=1), rel=1e-12)
 
 
 def test_a_deterministic_method_has_std_zero_and_one_seed_has_no_std(sweep):
