@@ -154,6 +154,13 @@ def _cholesky(A: np.ndarray, what: str) -> np.ndarray:
                           "raise the damping") from exc
 
 
+def solve_pd(A: np.ndarray, b: np.ndarray, what: str = "the damped block Hessian") -> np.ndarray:
+    """A⁻¹b for a positive definite A by its Cholesky factor (QuboNNError naming ``what`` when A is
+    not PD): the damped Newton step H̃⁻¹g of a block's gradient term."""
+    L = _cholesky(A, what)
+    return np.linalg.solve(L.T, np.linalg.solve(L, b))
+
+
 # ---------------------------------------------------------------- kernels
 
 def rtn(p: IntegerProblem) -> np.ndarray:

@@ -23,7 +23,8 @@ from .encoding import Encoding, optimize_encoding
 from .errors import QuboNNError
 from .featureset import FeatureSet
 from .head import Head
-from .levels import IntegerForm, IntegerProblem, add_domain_wall, check_bits, check_encoding, domain_wall_penalty
+from .levels import (IntegerForm, IntegerProblem, add_domain_wall, check_bits, check_encoding, domain_wall_penalty,
+                     solve_pd)
 from .quadratic import HeadStats, LocalModel, select_blocks, unflatten
 
 DEFAULT_MAX_QUBO_BYTES = 4 * 2**30
@@ -108,12 +109,7 @@ def integer_form(model: LocalModel, enc: Encoding, damping: float = 0.0) -> Inte
     H[np.diag_indices_from(H)] += damping
     g = model.g.double().cpu().numpy()
     theta0 = model.theta0.double().cpu().numpy()
-    try:
-        L = np.linalg.cholesky(H)
-    except np.linalg.LinAlgError as exc:
-        raise QuboNNError("the damped block Hessian is not positive definite: expected a PD matrix; "
-                          "raise the damping") from exc
-    Hinv_g = np.linalg.solve(L.T, np.linalg.solve(L, g))
+    Hinv_g = solve_pd(H, g)
     step = enc.step.double().cpu().numpy()
     ref = enc.ref.double().cpu().numpy()
     off = enc.offset.double().cpu().numpy()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import QuboNNError
-from ..levels import IntegerProblem
+from ..levels import IntegerProblem, solve_pd
 from ..quadratic import HeadStats
 
 
@@ -62,11 +62,6 @@ class HeadCE:
         const = float(model.L0)
         if use_grad:
             g = model.g.to(torch.float64).cpu().numpy()
-            try:
-                L = np.linalg.cholesky(Ht)
-            except np.linalg.LinAlgError as exc:
-                raise QuboNNError("Hessian block is not positive definite even after damping: "
-                                  "raise damping_rel (expected a PD matrix, Cholesky failed)") from exc
-            Hinv_g = np.linalg.solve(L.T, np.linalg.solve(L, g))
+            Hinv_g = solve_pd(Ht, g, f"the damped Hessian block of row {c}")
             target, const = target - Hinv_g, const - 0.5 * float(g @ Hinv_g)
         return IntegerProblem(Ht, target, np.full(self.dim, float(scale)), kmin, kmax, const)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import QuboNNError
+from ..nets.layers import StopForward, run_hooked
 
 CHUNK_ELEMENTS = 1 << 23      # im2col entries per chunk (8 M floats = 32 MB in float32)
 
@@ -84,22 +85,10 @@ def capture_gram(model: nn.Module, layer_name: str, batches, *, dtype: torch.dty
     def hook(module, args):
         acc.add(args[0].detach())
         if stop_after:
-            raise _Reached
+            raise StopForward
 
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for xb in batches:
-                try:
-                    model(xb)
-                except _Reached:
-                    pass
-    finally:
-        handle.remove()
+    run_hooked(model, batches, [layer.register_forward_pre_hook(hook)])
     if acc.count == 0:
         raise QuboNNError(f"layer {layer_name!r} received no input on the calibration data")
     return acc
 
-
-class _Reached(Exception):
-    """Raised by the capture hook to stop a forward pass at the layer."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import QuboNNError
-from .layers import WEIGHT_LAYERS, weight_layers
+from .layers import WEIGHT_LAYERS, StopForward, run_hooked, weight_layers
 
 
 def correct_statistics(reference: nn.Module, quantized: nn.Module, images: torch.Tensor, batch_size: int = 64,
@@ -127,21 +127,12 @@ def _output_stats(model: nn.Module, names: list[str], batches: list[torch.Tensor
             s[1] = s[1] + (y * y).sum(1)
             s[2] += y.shape[1]
             if name == stop_at:
-                raise _Reached   # after the accumulation: this layer's output is counted
+                raise StopForward   # after the accumulation: this layer's output is counted
         return fn
 
     for n in names:
         handles.append(model.get_submodule(n).register_forward_hook(hook(n)))
-    try:
-        with torch.no_grad():
-            for xb in batches:
-                try:
-                    model(xb)
-                except _Reached:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, batches, handles)
     out = {}
     for n in names:
         if n not in sums:
@@ -152,6 +143,3 @@ def _output_stats(model: nn.Module, names: list[str], batches: list[torch.Tensor
         out[n] = (mean.cpu(), var.sqrt().cpu(), cnt)
     return out
 
-
-class _Reached(Exception):
-    """Raised by the statistics hook to end a forward pass at the layer being corrected."""

@@ -27,3 +27,23 @@ def weight_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     if twice:
         raise QuboNNError(f"expected every weight layer to run once per forward pass, got {twice} more often")
     return order
+
+
+class StopForward(Exception):
+    """Raised by a forward hook to end a pass once the hook has seen what it needs."""
+
+
+def run_hooked(model: nn.Module, batches, handles: list) -> None:
+    """Run every batch of ``batches`` through ``model`` without gradients; a hook that raises
+    :class:`StopForward` ends that batch's pass early. The hook ``handles`` are removed at the
+    end, also on error (capture passes of the layer Gram, BN statistics, cached activations)."""
+    try:
+        with torch.no_grad():
+            for xb in batches:
+                try:
+                    model(xb)
+                except StopForward:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..errors import QuboNNError
 from ..hybrid import HybridConfig, default_build
+from ..nets.layers import StopForward, run_hooked
 from ..runtime import torch_generator, versions
 
 TUNE_METHODS = ("sgd", "adam", "hybrid", "lbfgs")
@@ -116,17 +117,10 @@ class BasicBlockTail:
 
         def hook(module, args):
             xs.append(args[0].detach())
-            raise _Reached
+            raise StopForward
 
-        h = blk.register_forward_pre_hook(hook)
-        try:
-            for i in range(0, images.shape[0], batch_size):
-                try:
-                    self.model(images[i:i + batch_size])
-                except _Reached:
-                    pass
-        finally:
-            h.remove()
+        batches = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size))
+        run_hooked(self.model, batches, [blk.register_forward_pre_hook(hook)])
         x = torch.cat(xs)
         self._build_matrix(x.shape[1:])
         mu, sd = self._bn["bn1"]
@@ -546,6 +540,3 @@ def _hybrid(tail, train, theta, cfg, clock, mon) -> tuple[torch.Tensor, dict[str
     return p.detach(), {"rounds": rounds, "blocks": block_log,
                         "hessian_samples": train.n if rows is None else int(rows.numel())}
 
-
-class _Reached(Exception):
-    """Raised by the caching hook to stop the forward pass at the block."""
