@@ -20,7 +20,8 @@ Run directory ``out`` (files written atomically):
   steps plus the QUBO phase, without the per-epoch monitoring evaluations, ``phase``), starting
   with the initial head at epoch 0; the hybrid has two points at epoch W (before and after the
   QUBO phase), ``qubo_phase`` (where it sits: ``after_epoch``, ``start_s``, ``end_s``) and the
-  full ``qubo`` record of :func:`qubo_nn.hybrid.hybrid_sweeps`;
+  full ``qubo`` record of :func:`qubo_nn.hybrid.hybrid_sweeps`; every result also records
+  ``features_digest``, ``head_digest`` (the run's final head) and ``machine``;
 - ``summary.json``, ``summary.txt`` and the PNG plots of :mod:`qubo_nn.plots`.
 
 Resume: rerunning with the same config loads the completed (method, seed) results and computes
@@ -313,7 +314,7 @@ def _run_sgd(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool,
     pts, wall = _sgd_points(hist, 0.0, "sgd")
     history += pts
     return {"history": history, "final": _final(history), "elapsed_s": time.perf_counter() - t0,
-            "sgd": asdict(sgd)}
+            "sgd": asdict(sgd), "head_digest": _head_digest(head)}
 
 
 def matched_epochs(cfg: ExperimentConfig, sgd_time_s: float, hybrid_time_s: float) -> int:
@@ -362,7 +363,7 @@ def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bo
     phase = {"after_epoch": W, "start_s": q_start, "end_s": q_start + qrec["total_wall_s"],
              "loss_before": qrec["loss_start"], "loss_after": qrec["loss_end"]}
     return {"history": history, "final": _final(history), "elapsed_s": time.perf_counter() - t0,
-            "qubo_phase": phase, "qubo": qrec, "sgd": asdict(cfg.sgd(seed))}
+            "qubo_phase": phase, "qubo": qrec, "sgd": asdict(cfg.sgd(seed)), "head_digest": _head_digest(head)}
 
 
 def _run_lbfgs(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict) -> dict:
@@ -373,7 +374,13 @@ def _run_lbfgs(cfg: ExperimentConfig, seed: int, train, test, dev, progress: boo
     head, info = convex_optimum(train, l2=cfg.weight_decay, device=str(dev), max_iter=cfg.lbfgs_max_iter, init=init)
     point = _point(0, head, train, test, cfg.weight_decay, info["wall_time_s"], "lbfgs")
     point.pop("epoch")
-    return {"final": point, "lbfgs": info, "elapsed_s": time.perf_counter() - t0}
+    return {"final": point, "lbfgs": info, "elapsed_s": time.perf_counter() - t0, "head_digest": _head_digest(head)}
+
+
+def _head_digest(head: Head) -> str:
+    """Content digest of a run's final head (weights and bias, as stored on the CPU)."""
+    h = head.to("cpu")
+    return tensor_digest(h.W, h.b)
 
 
 _RUNNERS = {"sgd": _run_sgd, "hybrid": _run_hybrid, "sgd_matched": _run_sgd_matched, "lbfgs": _run_lbfgs}

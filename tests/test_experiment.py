@@ -95,6 +95,11 @@ def test_resume_recomputes_only_missing_and_corrupt_results(first_run):
     (runs / "sgd-seed1.json").unlink()
     again = run_experiment(tiny_config(out))
     assert again["computed"] == ["sgd-seed1"] and again["warnings"] == []
+    # the recomputed run trained the same head on this machine: same head digest (and every result has one)
+    digest = json.loads((runs / "sgd-seed1.json").read_text())["head_digest"]
+    assert digest == json.loads(before["sgd-seed1.json"])["head_digest"]
+    digests = {name: json.loads(data)["head_digest"] for name, data in before.items()}
+    assert all(len(d) == 16 for d in digests.values()) and digests["sgd-seed0.json"] != digests["sgd-seed1.json"]
     # untouched results were loaded, not rewritten
     for name, data in before.items():
         if name != "sgd-seed1.json":
