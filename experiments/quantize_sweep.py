@@ -344,8 +344,8 @@ def plot(records: list[dict], path: Path) -> None:
                 ax.legend(loc="lower right", fontsize=8)
             else:
                 ax.set_xlabel("bits per weight (per-row symmetric grid, bias fp32)")
-                lo, hi = ax.get_ylim()
-                if lo > 0 and hi / lo > 20:   # rtn's low-bit losses are orders of magnitude above the rest
+                vals = [c["test_loss"]["mean"] for b in bits for c in d["bits"][b].values()] + [fp["mean"]]
+                if min(vals) > 0 and max(vals) / min(vals) > 20:   # rtn's low-bit losses: orders of magnitude above
                     ax.set_yscale("log")
     fig.suptitle("Quantized FC head of the fp32 reference head: test accuracy and loss vs bits")
     fig.tight_layout()
