@@ -260,11 +260,11 @@ def render(rec: dict) -> str:
         lines.append(f"\n{m} stage (classical/anneal/polish): {st.count('classical')}/{st.count('anneal')}/{st.count('polish')}")
     b = sm["bound"]
     lines += ["", "## Per row (fraction / time ratio to gptq+cd; * = strictly below gptq+cd)", "",
-              "| dataset | row | cd | classical | pipeline | pipeline-hot | neal | neal-warm | tabu-warm | lns | gptq+cd (s) | bound gap |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| dataset | row | cd | classical | pipeline | pipeline-hot | neal | tabu | neal-warm | tabu-warm | lns "
+              "| gptq+cd (s) | bound gap |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rec["rows"]:
         cells = []
-        for m in ("classical", "pipeline", "pipeline-hot", "neal", "neal-warm", "tabu-warm", "lns"):
+        for m in ("classical", "pipeline", "pipeline-hot", "neal", "tabu", "neal-warm", "tabu-warm", "lns"):
             star = "*" if r["strictly_below_cd"][m] else ""
             cells.append(f"{r['fraction'][m]:.5f}{star} / {r['time_ratio'][m]:.1f}")
         gap = f"{r['bound']['best_known_gap']:.2e}" if "bound" in r else "-"
@@ -277,6 +277,15 @@ def render(rec: dict) -> str:
               f"cd's share of the best-known decrease: min {sm['cd_share_of_best_decrease']['min']:.5f}, median "
               f"{sm['cd_share_of_best_decrease']['median']:.5f}.",
               "Best known found by: " + ", ".join(f"{k} {v}" for k, v in sorted(sm["best_known_by"].items()))]
+    lr = [r["time_long_s"] / r["peer_time_s"] for r in rec["rows"] if "time_long_s" in r]
+    if lr:
+        below = sum(r["energy_long"] < r["energy"]["cd"] - 1e-12 * max(1.0, abs(r["energy"]["cd"])) for r in rec["rows"])
+        lines.append(f"Long hot pipeline (best-known run): strictly below gptq+cd on {below}/{len(lr)} rows at "
+                     f"{min(lr):.0f}–{max(lr):.0f}× (median {np.median(lr):.0f}×) gptq+cd's time.")
+    sg = sm.get("symmetric_over_signed_best_known")
+    if sg:
+        lines.append(f"Symmetric grid vs quantize's signed 1-bit grid {{−s, 0}} (bench_samplers' best known, same rows): "
+                     f"best-known energy ratio min {sg['min']:.3f}, median {sg['median']:.3f}, max {sg['max']:.3f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +301,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     name = "bench_binary_grid_quick" if a.quick else "bench_binary_grid"
     if a.render:
-        write_text(json.loads((Path(a.out) / f"{name}.json").read_text()), Path(a.out) / f"{name}.txt")
+        rec = json.loads((Path(a.out) / f"{name}.json").read_text())
+        attach_signed(rec, Path(a.out) / "bench_samplers.json")
+        atomic_write_json(Path(a.out) / f"{name}.json", rec)
+        write_text(rec, Path(a.out) / f"{name}.txt")
         return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -326,11 +338,33 @@ def main(argv=None) -> int:
            "loadavg_start": load0, "loadavg_end": os.getloadavg(), "machine": machine_info("cpu"),
            "versions": versions(), "wall_time_s": time.perf_counter() - t0, "rows": rows}
     rec["summary"] = summarise(rows)
+    attach_signed(rec, Path(a.out) / "bench_samplers.json")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{name}.json", rec)
     write_text(rec, out / f"{name}.txt")
     return 0
+
+
+def attach_signed(rec: dict, path: Path) -> None:
+    """The same rows' energies on quantize's signed 1-bit grid {−s, 0} from the recorded
+    bench_samplers run (same heads when its --n and seed match; nothing attached otherwise)."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if (old["argv"]["n"], old["argv"]["seed"]) != (rec["argv"]["n"], rec["argv"]["seed"]) or rec["argv"].get("quick"):
+        return
+    stored = {(r["dataset"], r["row"]): r for r in old["rows"] if r["bits"] == 1}
+    ratios = []
+    for r in rec["rows"]:
+        o = stored.get((r["dataset"], r["row"]))
+        if o is not None:
+            r["signed_grid"] = {"energy_best_known": o["energy_best_known"], "energy_cd": o["energy"]["cd"],
+                                "energy_rtn": o["energy_rtn"]}
+            ratios.append(r["energy_best_known"] / o["energy_best_known"])
+    if ratios:
+        rec["summary"]["symmetric_over_signed_best_known"] = {"rows": len(ratios), "min": min(ratios),
+                                                             "median": float(np.median(ratios)), "max": max(ratios)}
 
 
 def write_text(rec: dict, path: Path) -> None:
