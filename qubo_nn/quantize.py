@@ -25,7 +25,8 @@ only; the energy is then L0 + ½ΔᵀH̃Δ, the predicted loss of a head at a st
 with the damped Newton target w* = w_fp32 − H̃⁻¹g, so GPTQ's update applied to w* minimises E; for
 γ = 0, w* = w_fp32 and it is classic GPTQ.
 
-Why no gradient by default: the SGD head is not at a stationary point, so gᵀΔ is real, but with
+Why no gradient by default (measured on the old SGD head, before the reference heads; that
+ablation is no longer in results/): an SGD head is not at a stationary point, so gᵀΔ is real, but with
 GPTQ's small damping (1% of the mean diagonal) the model is trusted far beyond where it holds:
 H̃⁻¹g is huge along the many low-curvature directions of correlated post-ReLU features, and each
 row is optimised as if the others stood still (cross-row terms −p_c p_c' are ignored), so all
@@ -34,8 +35,8 @@ rows exploit the same linear decrease at once. Measured on the embedded default 
 6.4%, predicted loss −0.58 nats, true train loss 7.8) against 80.6% / 84.4% without it. With
 damping 1 (a real trust region) the gradient term helps (greedy 91.9%, QUBO 93.6%, above the
 fp32 head's 84.7%): it then performs a damped Newton step of the under-trained head as well as
-the rounding, which is training, not quantization. It stays available (``use_grad``, ``--grad``)
-and the recorded ablation (results/quantize/ablation.md) shows both.
+the rounding, which is training, not quantization. It stays available (``use_grad``, ``--grad``).
+The reference heads the project now uses are at the regularised optimum, where g ≈ 0.
 Rows are treated as independent blocks at the same (fp32) head: cross-row Hessian terms are
 ignored by every method alike.
 
