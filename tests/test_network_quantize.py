@@ -125,7 +125,8 @@ def test_config_validation(field, value, match):
         NetworkQuantizeConfig(**{field: value}).validate()
 
 
-def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path, one_thread):
+def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path, one_thread, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))   # the record names paths under the home directory with ~
     ck = pretrain(PretrainConfig(dataset="synthetic", image_size=16, epochs=0, limit=8, cache_dir=str(tmp_path),
                                  device="cpu")).path
     out = tmp_path / "net.pt"
@@ -136,6 +137,7 @@ def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path,
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output.strip().splitlines()[-1])
     assert len(rec["layers"]) == 21 and rec["folded_pairs"] == 20
+    assert rec["checkpoint"] == "~/" + str(ck.relative_to(tmp_path)) and rec["out"] == "~/net.pt"
     model = build_model("resnet18", str(out), num_classes=10)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

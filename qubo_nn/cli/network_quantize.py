@@ -23,7 +23,7 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     from ..pretrain import PretrainConfig, load_split, materialize, pretrain
     from ..backbones import build_model
     from .. import data
-    from ..runtime import atomic_write_json
+    from ..runtime import atomic_write_json, portable_path
     from ..tasks.network_quantize import NetworkQuantizeConfig, calibration_indices, quantize_network
 
     t0 = time.perf_counter()
@@ -50,8 +50,8 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     if out == "head-quantized.pt":
         out = "network-quantized.pt"
     res.save(out)
-    rec = {**res.record, "checkpoint": str(checkpoint), "dataset": pcfg.dataset, "arch": pcfg.arch,
-           "image_size": pcfg.image_size, "out": str(out), "seconds_total": time.perf_counter() - t0}
+    rec = {**res.record, "checkpoint": portable_path(checkpoint), "dataset": pcfg.dataset, "arch": pcfg.arch,
+           "image_size": pcfg.image_size, "out": portable_path(out), "seconds_total": time.perf_counter() - t0}
     record_path = Path(record) if record else Path(out).with_suffix(".json")
     atomic_write_json(record_path, rec)
     lines = [f"{'layer':<24} {'bits':>4} {'D':>5} {'groups':>6} {'rel error':>10} {'solve s':>8}"]
