@@ -65,7 +65,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import dimod
 import numpy as np
 import torch
 
@@ -75,14 +74,13 @@ from .errors import QuboNNError
 from .execution import ExecutorConfig, check_available, map_unordered
 from .featureset import FeatureSet
 from .head import Head, check_compatible, evaluate
-from .levels import IntegerProblem
 from .curvature.head_ce import HeadCE
+from .levels import IntegerProblem
 from .params import apply_levels
 from .quadratic import LocalModel
 from .row_tasks import head_row_task
-from .qubo import build_bqm
 from .runtime import resolve_device, resolve_dtype
-from .samplers import child_seed, get_sampler, sample, vectorized_beta_range
+from .samplers import child_seed, get_sampler
 
 METHODS = ("rtn", "gptq-natural", "gptq", "cd", "qubo")
 SCALE_RULES = ("maxabs", "mse")
@@ -386,47 +384,11 @@ def refit_bias(head: Head, feats: FeatureSet, max_iter: int = 500, tol: float = 
                                 "bias_iterations": int(opt.nit), "bias_wall_time_s": time.perf_counter() - t0}
 
 
-def _sampler_accepts_initial_states(name: str) -> bool:
-    return "initial_states" in get_sampler(name).parameters
-
-
 def _sampler_params(cfg: QuantizeConfig) -> dict:
     params = dict(cfg.sampler_params)
     if "num_reads" in get_sampler(cfg.sampler).parameters:
         params.setdefault("num_reads", cfg.num_reads)
     return params
-
-
-def _solve_row(bqm: dimod.BinaryQuadraticModel, incumbents: list[np.ndarray], cfg: QuantizeConfig,
-               params: dict, seed: int) -> tuple[np.ndarray, float, bool, dict]:
-    """Lowest-energy bits among the sampler's samples and the incumbents; (x, E, improved, info)."""
-    params = dict(params)
-    init = None
-    if incumbents and _sampler_accepts_initial_states(cfg.sampler):
-        reads = params.get("num_reads", len(incumbents))
-        rows = [incumbents[i % len(incumbents)] for i in range(max(reads, len(incumbents)))]
-        init = (np.stack(rows), list(range(bqm.num_variables)))
-        params.setdefault("num_reads", len(rows))
-        if cfg.refine_span is not None and "beta_range" in get_sampler(cfg.sampler).parameters \
-                and "beta_range" not in params and "beta_schedule" not in params:
-            cold = vectorized_beta_range(bqm)[1]
-            params["beta_range"] = [cold / cfg.refine_span, cold]
-    ss = sample(bqm, cfg.sampler, seed=seed, polish=cfg.polish, initial_states=init, **params)
-    order = list(range(bqm.num_variables))
-    X = ss.record.sample[:, [ss.variables.index(v) for v in order]] if list(ss.variables) != order \
-        else ss.record.sample
-    E = bqm.energies((X, order))
-    k = int(np.argmin(E))
-    x, e = X[k].astype(np.int8), float(E[k])
-    best_inc = math.inf
-    if incumbents:
-        Ei = bqm.energies((np.stack(incumbents), order))
-        j = int(np.argmin(Ei))
-        best_inc = float(Ei[j])
-        if best_inc <= e:
-            x, e = incumbents[j], best_inc
-    improved = e < best_inc - 1e-12 * max(1.0, abs(best_inc))
-    return x, e, improved, {"wall_time_s": float(ss.info.get("wall_time_s", 0.0))}
 
 
 def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: QuantizeConfig,

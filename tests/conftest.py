@@ -1,7 +1,9 @@
 """Shared fixtures: small and general (each test module keeps its own specific helpers)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +36,18 @@ def ray_local(request):
     ray.cloudpickle.register_pickle_by_value(request.module)  # workers cannot import a test module
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Load a script of the repository (``benchmarks/…``, ``experiments/…``) as a module, by path."""
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relpath: str):
+        path = root / relpath
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -4,22 +4,16 @@ References: the energy written out in weight space, ½(w − t)ᵀH(w − t) + c
 by enumerating all 2^m level vectors of tiny rows (m ≤ 10)."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_binary_grid.py"
 
 
 @pytest.fixture(scope="module")
-def bg():
-    spec = importlib.util.spec_from_file_location("bench_binary_grid", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bg(load_script):
+    return load_script("benchmarks/bench_binary_grid.py")
 
 
 def tiny_row(m: int, seed: int):

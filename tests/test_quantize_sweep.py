@@ -4,23 +4,17 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "quantize_sweep.py"
 METHODS = ("rtn", "gptq-natural", "gptq", "cd", "qubo")
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("quantize_sweep", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def sweep(load_script):
+    return load_script("experiments/quantize_sweep.py")
 
 
 def fake_records(seeds=(0, 1, 2, 3, 4), bits_list=(2, 4), rows=3, rng_seed=0) -> list[dict]:

@@ -160,9 +160,7 @@ def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: 
     fp_loss, fp_acc = evaluate_model(original, test_images, test_labels)
     levels, scales, bits_of, layers = {}, {}, {}, []
     reference = copy.deepcopy(folded) if cfg.bn_correct else None   # the fp32 folded network's statistics
-    with contextlib.ExitStack() as stack:
-        # one executor for the whole network (a Ray instance starts once, not per group)
-        executor = stack.enter_context(open_executor(cfg.executor_config())) if cfg.method in ("cd", "qubo") else None
+    with _solver_executor(cfg) as executor:   # one for the whole network: Ray starts once, not per group
         for i, name in enumerate(tqdm(names, desc=f"{cfg.method} W{cfg.bits}", disable=not progress)):
             layers.append(_quantize_layer(folded, names, i, name, batches, cfg, total_weights, executor,
                                           levels, scales, bits_of, device))
@@ -238,6 +236,15 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
             "calib_columns": acc.count, **info}
 
 
+def _solver_executor(cfg: NetworkQuantizeConfig, executor: Executor | None = None):
+    """Context manager giving the executor of the cd/qubo re-solves: ``executor`` when given (left
+    open), None for rtn/gptq (nothing to re-solve), else a new one from ``cfg`` (closed on exit, also
+    on error)."""
+    if executor is not None or cfg.method not in ("cd", "qubo"):
+        return contextlib.nullcontext(executor)
+    return open_executor(cfg.executor_config())
+
+
 def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig,
                 budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -257,23 +264,20 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     stages: dict[str, int] = {}
     spent = 0.0     # seconds of cd/qubo solving so far: unspent budget of a group carries over
     solved = 0
-    stack = contextlib.ExitStack()      # closes an executor opened here (none when one was passed)
-    for g in range(plan.num_groups):
-        a, b = plan.starts[g], plan.starts[g + 1]
-        Hg = seq.group_hessian(g).to(torch.float64)
-        k = gptq_rows(cur[:, a:b], seq.U[a:b, a:b].to(torch.float64), scale, qmin, qmax)
-        if cfg.method in ("cd", "qubo"):
-            t0 = time.perf_counter()
-            if executor is None:
-                executor = stack.enter_context(open_executor(cfg.executor_config()))
-            solved += _solve_rows(cur[:, a:b], Hg, scale, qmin, qmax, cfg, budget_s * (g + 1) / plan.num_groups - spent,
-                                  (layer_seed, g), stages, k, executor)
-            spent += time.perf_counter() - t0
-        delta = scale[:, None] * k.to(torch.float64) - cur[:, a:b]
-        energy += 0.5 * torch.einsum("ri,ij,rj->r", delta, Hg, delta)
-        seq.feedback(cur, g, delta)
-        K[:, a:b] = k
-    stack.close()
+    with _solver_executor(cfg, executor) as ex:   # opened here only when none was passed
+        for g in range(plan.num_groups):
+            a, b = plan.starts[g], plan.starts[g + 1]
+            Hg = seq.group_hessian(g).to(torch.float64)
+            k = gptq_rows(cur[:, a:b], seq.U[a:b, a:b].to(torch.float64), scale, qmin, qmax)
+            if cfg.method in ("cd", "qubo"):
+                t0 = time.perf_counter()
+                left = budget_s * (g + 1) / plan.num_groups - spent
+                solved += _solve_rows(cur[:, a:b], Hg, scale, qmin, qmax, cfg, left, (layer_seed, g), stages, k, ex)
+                spent += time.perf_counter() - t0
+            delta = scale[:, None] * k.to(torch.float64) - cur[:, a:b]
+            energy += 0.5 * torch.einsum("ri,ij,rj->r", delta, Hg, delta)
+            seq.feedback(cur, g, delta)
+            K[:, a:b] = k
     out = torch.empty_like(K)
     out[:, torch.as_tensor(plan.order)] = K
     info: dict[str, Any] = {"groups": plan.num_groups, "group_size": cfg.group_size,
