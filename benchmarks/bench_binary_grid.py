@@ -58,10 +58,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qubo_nn import levels as lv  # noqa: E402
-from qubo_nn import samplers as S  # noqa: E402
-from qubo_nn.quadratic import HeadStats  # noqa: E402
-from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, versions  # noqa: E402
+from qubo_nn import samplers as S
+from qubo_nn.curvature.head_stats import HeadStats
+from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, versions
+from qubo_nn.core.problem import window_qubo
+from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
+from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.samplers.level_solvers import anneal_window, solve_levels
 
 
 def _bench_samplers():
@@ -89,17 +92,17 @@ def symmetric_scale(t: np.ndarray) -> float:
     return 2.0 * a if a > 0 else 1.0
 
 
-def symmetric_problem(H: np.ndarray, t: np.ndarray, s: float, const: float = 0.0) -> lv.IntegerProblem:
+def symmetric_problem(H: np.ndarray, t: np.ndarray, s: float, const: float = 0.0) -> IntegerProblem:
     """E(k) = const + ½(w − t)ᵀH(w − t) with w = s·(k + ½), k ∈ {−1, 0}: the problem on the shifted target."""
     t = np.asarray(t, dtype=np.float64)
-    return lv.IntegerProblem(H, t - s / 2, s, -1, 0, const)
+    return IntegerProblem(H, t - s / 2, s, -1, 0, const)
 
 
-def full_bqm(p: lv.IntegerProblem):
+def full_bqm(p: IntegerProblem):
     """The whole 1-bit problem as a BQM: one variable per weight, x_i = k_i − kmin_i; energy = E(k)."""
     import dimod
 
-    Q, lin, offset, _ = lv.window_qubo(p, p.kmin.copy(), "binary", 2)
+    Q, lin, offset, _ = window_qubo(p, p.kmin.copy(), "binary", 2)
     bqm = dimod.BinaryQuadraticModel("BINARY")
     bqm.add_linear_from_array(lin)
     bqm.add_quadratic_from_dense(Q)
@@ -107,7 +110,7 @@ def full_bqm(p: lv.IntegerProblem):
     return bqm
 
 
-def _levels(ss, p: lv.IntegerProblem) -> np.ndarray:
+def _levels(ss, p: IntegerProblem) -> np.ndarray:
     X = ss.record.sample[:1, [ss.variables.index(v) for v in range(p.m)]]
     return p.kmin + X[0].astype(np.int64)
 
@@ -118,7 +121,7 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def run_methods(p: lv.IntegerProblem, seed: int = 0, *, pipeline: dict = PIPELINE, hot: dict = HOT,
+def run_methods(p: IntegerProblem, seed: int = 0, *, pipeline: dict = PIPELINE, hot: dict = HOT,
                 long: dict | None = LONG, lns_factor: float = 9.0, neal_sweeps: int = 1000,
                 bound: bool = True) -> dict:
     """Every method on one symmetric-grid problem: energies, times (s) and infos (see the module docstring)."""
@@ -129,22 +132,22 @@ def run_methods(p: lv.IntegerProblem, seed: int = 0, *, pipeline: dict = PIPELIN
             raise AssertionError(f"{name} returned levels outside [{p.kmin.min()}, {p.kmax.max()}]")
         e[name], t[name] = float(p.energy(k)), secs
 
-    k, s_ = timed(lambda: lv.rtn(p))
+    k, s_ = timed(lambda: rtn(p))
     put("rtn", k, s_)
-    k_g, s_g = timed(lambda: lv.gptq(p, True))
+    k_g, s_g = timed(lambda: gptq(p, True))
     put("gptq", k_g, s_g)
-    k, s_ = timed(lambda: lv.gptq(p, False))
+    k, s_ = timed(lambda: gptq(p, False))
     put("gptq-natural", k, s_)
-    (k_cd, cinfo), s_cd = timed(lambda: lv.coordinate_descent(p, k_g))
+    (k_cd, cinfo), s_cd = timed(lambda: coordinate_descent(p, k_g))
     put("cd", k_cd, s_cd)
     info["cd"] = cinfo
     peer = s_g + s_cd
-    (k0, c0), s_ = timed(lambda: lv.solve_levels(p, "qubo", rounds=0))     # the pipeline's classical start
+    (k0, c0), s_ = timed(lambda: solve_levels(p, "qubo", rounds=0))     # the pipeline's classical start
     put("classical", k0, s_)
     info["classical"] = {"start": c0.get("classical_start")}
     for name, cfg, sd in (("pipeline", pipeline, seed), ("pipeline-hot", hot, seed)):
         budget = cfg["budget_x"] * peer if cfg.get("budget_x") else None
-        (k, pinfo), s_ = timed(lambda: lv.solve_levels(p, "qubo", seed=sd, params=dict(cfg["params"]),
+        (k, pinfo), s_ = timed(lambda: solve_levels(p, "qubo", seed=sd, params=dict(cfg["params"]),
                                                        rounds=cfg["rounds"], refine_span=cfg["refine_span"],
                                                        time_budget_s=budget))
         put(name, k, s_)
@@ -156,7 +159,7 @@ def run_methods(p: lv.IntegerProblem, seed: int = 0, *, pipeline: dict = PIPELIN
     tl = max(s_, 0.05)
     ss, s_ = timed(lambda: S.sample(bqm, "tabu", seed=seed, num_reads=1, time_limit=tl))
     put("tabu", _levels(ss, p), s_)
-    (K, ainfo), s_ = timed(lambda: lv.anneal_window(p, k_cd, encoding="binary", levels=2, seed=seed,
+    (K, ainfo), s_ = timed(lambda: anneal_window(p, k_cd, encoding="binary", levels=2, seed=seed,
                                                     params=dict(NEAL_WARM), refine_span=30.0))
     put("neal-warm", K[int(np.argmin(p.energy(K)))], s_ + peer)
     x0 = (k_cd - p.kmin).astype(np.int8)
@@ -169,7 +172,7 @@ def run_methods(p: lv.IntegerProblem, seed: int = 0, *, pipeline: dict = PIPELIN
     info["lns"] = {**linfo, "start": c0.get("classical_start"), "energy_start": float(p.energy(k0))}
     out = {"energy": e, "time_s": t, "info": info, "peer_time_s": peer}
     if long is not None:
-        (k, linfo2), s_ = timed(lambda: lv.solve_levels(p, "qubo", seed=seed + 1, params=dict(long["params"]),
+        (k, linfo2), s_ = timed(lambda: solve_levels(p, "qubo", seed=seed + 1, params=dict(long["params"]),
                                                         rounds=long["rounds"], refine_span=long["refine_span"]))
         out["energy_long"], out["time_long_s"] = float(p.energy(k)), s_
     if bound:
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
-    from qubo_nn.quantize import grid_scale
+    from qubo_nn.workflows.head_quantize import grid_scale
 
     rows = []
     for ds, head, tr, l2 in BS.heads(2000 if a.quick else a.n, a.quick):

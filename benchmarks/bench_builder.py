@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.formats import FORMATS, SUFFIXES, read_bqm, write_bqm
-from qubo_nn.head import Head
-from qubo_nn.quadratic import HeadStats
-from qubo_nn.qubo import BuildConfig, iter_block_qubos, make_block_qubo
+from qubo_nn.data.featureset import synthetic_features
+from qubo_nn.io.bqm_files import FORMATS, SUFFIXES, read_bqm, write_bqm
+from qubo_nn.core.head import Head
+from qubo_nn.curvature.head_stats import HeadStats
+from qubo_nn.workflows.build import BuildConfig, iter_block_qubos, make_block_qubo
 from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, resolve_device, versions
 
 TARGET_RATIO = 0.70

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from qubo_nn.featureset import realistic_features
-from qubo_nn.formats import build_to_dir
-from qubo_nn.head import Head, evaluate
-from qubo_nn.qubo import BuildConfig
+from qubo_nn.data.featureset import realistic_features
+from qubo_nn.workflows.build import build_to_dir
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.workflows.build import BuildConfig
 from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, versions
-from qubo_nn.solve import SolveConfig, read_samples, solve
+from qubo_nn.workflows.solve import SolveConfig, read_samples, solve
 
 TARGET_RATIO = 1.15
 LINES: list[str] = []
@@ -61,7 +61,7 @@ def current_head(n: int, classes: int, warmup_epochs: int, seed: int):
     train, _ = realistic_features(n_train=n, n_test=1000, dim=512, num_classes=classes, seed=seed)
     head = Head.init_like_linear(classes, 512, seed=seed)
     if warmup_epochs:
-        from qubo_nn.train import SGDConfig, train_sgd
+        from qubo_nn.train.sgd import SGDConfig, train_sgd
 
         head, _ = train_sgd(head, train, None, SGDConfig(epochs=warmup_epochs, lr=0.05, seed=seed), device="cpu")
     return head, train

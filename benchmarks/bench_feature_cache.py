@@ -1,6 +1,6 @@
 """One epoch of FC-head SGD: on cached features vs. the original study's way.
 
-(a) cached: ``qubo_nn.train.train_sgd`` on the feature tensors (backbone run once, beforehand).
+(a) cached: ``qubo_nn.train.sgd.train_sgd`` on the feature tensors (backbone run once, beforehand).
 (b) original: the frozen backbone (ResNet-18, eval, no grad) is run on every mini-batch of
     images in every epoch, and the head takes the same SGD step on those features.
 
@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qubo_nn.backbones import build_backbone
-from qubo_nn.data import load_dataset
-from qubo_nn.features import FeatureConfig, get_features
-from qubo_nn.head import Head
+from qubo_nn.nets.backbones import build_backbone
+from qubo_nn.data.datasets import load_dataset
+from qubo_nn.data.features import FeatureConfig, get_features
+from qubo_nn.core.head import Head
 from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, resolve_device, versions
-from qubo_nn.train import SGDConfig, epoch_permutation, train_sgd
+from qubo_nn.train.sgd import SGDConfig, epoch_permutation, train_sgd
 
 TARGET = 50.0
 

@@ -1,15 +1,15 @@
 """The ground every comparison stands on: is the feature set hard, is the fp32 head stable?
 
-(1) The realistic synthetic set (``synthetic-features``, :func:`qubo_nn.featureset.realistic_features`,
+(1) The realistic synthetic set (``synthetic-features``, :func:`qubo_nn.data.featureset.realistic_features`,
     50,000 / 10,000 × 512, 100 classes): the convex optimum with L2 chosen on a held-out 20 %
-    (:func:`qubo_nn.train.reference_head`), scikit-learn's ``LogisticRegression`` at the same
+    (:func:`qubo_nn.train.sgd.reference_head`), scikit-learn's ``LogisticRegression`` at the same
     regularisation (C = 1 / (l2 · N): the same objective), and SGD (momentum 0.9, batch 64,
     10 epochs) at lr 0.01 (the project default) and 0.05. Calibration target: convex optimum
     55–70 % test accuracy with a training cross-entropy above 0.5 nats.
-(2) The old set (``synthetic-separable``, :func:`qubo_nn.featureset.separable_features`, same
+(2) The old set (``synthetic-separable``, :func:`qubo_nn.data.featureset.separable_features`, same
     size) for contrast: one SGD epoch, and the convex optimum at small L2.
 (3) Jitter: the test accuracy of a head refit on features multiplied by (1 + 1e-6·ε)
-    (:func:`qubo_nn.train.jitter_check`), on digits (ResNet-18, weights none, 64 px) and on the
+    (:func:`qubo_nn.train.sgd.jitter_check`), on digits (ResNet-18, weights none, 64 px) and on the
     realistic set, for the reference head and for SGD at lr 0.05 (the head ``results/quantize``
     used). Target: the reference head moves by < 0.5 points. On digits the whole reference
     procedure (L2 selection included) is refit per trial; on the realistic set the L2 is kept
@@ -31,11 +31,11 @@ import time
 import numpy as np
 import torch
 
-from qubo_nn.featureset import realistic_features, separable_features
-from qubo_nn.features import FeatureConfig, get_features
-from qubo_nn.head import Head, evaluate
+from qubo_nn.data.featureset import realistic_features, separable_features
+from qubo_nn.data.features import FeatureConfig, get_features
+from qubo_nn.core.head import Head, evaluate
 from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, tensor_digest, versions
-from qubo_nn.train import SGDConfig, convex_optimum, jitter_check, reference_head, train_sgd
+from qubo_nn.train.sgd import SGDConfig, convex_optimum, jitter_check, reference_head, train_sgd
 
 TARGET_ACC = (0.55, 0.70)
 TARGET_TRAIN_CE = 0.5

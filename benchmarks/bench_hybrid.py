@@ -1,12 +1,12 @@
 """Hybrid (SGD warm-up + pipelined QUBO sweep + SGD fine-tuning) vs SGD: wall time and overlap.
 
-On the synthetic CIFAR-100-shaped feature set (``qubo_nn.featureset.synthetic_features``,
+On the synthetic CIFAR-100-shaped feature set (``qubo_nn.data.featureset.synthetic_features``,
 default 50,000 × 512, 100 classes): the SGD baseline runs E epochs; the hybrid runs W epochs,
-the QUBO sweep(s) of :func:`qubo_nn.hybrid.hybrid_sweeps`, then E − W epochs (same schedule,
+the QUBO sweep(s) of :func:`qubo_nn.workflows.head_optimize.hybrid_sweeps`, then E − W epochs (same schedule,
 same shuffles, same init). Times are optimizer times: the SGD steps of each epoch (train_sgd's
 ``wall_time_s``, per-epoch monitoring evaluations excluded) plus, for the hybrid, the whole
 QUBO phase (``total_wall_s``: its setup pass, the pipelined section and its final exact
-evaluation). The overlap is the QUBO phase's ``overlap`` (see qubo_nn.hybrid: the fraction of
+evaluation). The overlap is the QUBO phase's ``overlap`` (see qubo_nn.workflows.head_optimize: the fraction of
 the shorter of device time and anneal time hidden behind the other).
 
 Targets: hybrid wall time within 10× of SGD's; overlap >= 80%.
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.head import Head, evaluate
-from qubo_nn.hybrid import HybridConfig, hybrid_sweeps
-from qubo_nn.qubo import BuildConfig
+from qubo_nn.data.featureset import synthetic_features
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.workflows.head_optimize import HybridConfig, hybrid_sweeps
+from qubo_nn.workflows.build import BuildConfig
 from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, resolve_device, versions
-from qubo_nn.train import SGDConfig, train_sgd
+from qubo_nn.train.sgd import SGDConfig, train_sgd
 
 TARGET_RATIO = 10.0
 TARGET_OVERLAP = 0.80

@@ -1,7 +1,7 @@
 """Samplers and classical roundings on quantize-style class-row problems, against the best known.
 
 Problems: class rows of two fp32 heads, each row rounded to a signed b-bit grid (b = 1, 2, 4;
-per-row MSE scale, :func:`qubo_nn.quantize.grid_scale`), objective GPTQ's E(k) = ½(s·k − w)ᵀ
+per-row MSE scale, :func:`qubo_nn.workflows.head_quantize.grid_scale`), objective GPTQ's E(k) = ½(s·k − w)ᵀ
 (H + μI)(s·k − w) with H the row's exact loss Hessian block and μ = 0.01·mean diag H (as
 ``quantize``). Heads: ``train.reference_head`` (L2 by held-out loss) on the realistic synthetic
 features (``featureset.realistic_features``, 512-d, 100 classes; ``--n`` training points) and on
@@ -62,13 +62,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qubo_nn import levels as lv  # noqa: E402
-from qubo_nn import samplers as S  # noqa: E402
-from qubo_nn.encoding import quantize_encoding  # noqa: E402
-from qubo_nn.quadratic import HeadStats, LocalModel  # noqa: E402
-from qubo_nn.quantize import grid_scale, qrange  # noqa: E402
-from qubo_nn.qubo import build_bqm, integer_form  # noqa: E402
-from qubo_nn.runtime import atomic_write_json, machine_info  # noqa: E402
+from qubo_nn import samplers as S
+from qubo_nn.core.encoding import quantize_encoding
+from qubo_nn.curvature.head_stats import HeadStats
+from qubo_nn.core.model import LocalModel
+from qubo_nn.workflows.head_quantize import grid_scale, qrange
+from qubo_nn.core.bqm import build_bqm
+from qubo_nn.core.bqm import integer_form
+from qubo_nn.runtime import atomic_write_json, machine_info
+from qubo_nn.core.kernels import rtn, sphere_decode
+from qubo_nn.core.problem import IntegerProblem
 
 METHODS = ("neal", "neal-unary", "tabu", "steepest", "decompose", "gptq", "gptq-natural", "cd", "pipeline")
 GROUPS = {"sb": ("sb",), "domain-wall": ("neal-domain-wall", "pipeline-domain-wall"), "bound": (), "lns": ("lns",),
@@ -80,9 +83,9 @@ PIPELINE_SHORT = {"num_reads": 2, "num_sweeps": 300, "rounds": 3}
 
 
 def heads(n: int, quick: bool):
-    from qubo_nn.featureset import realistic_features
-    from qubo_nn.features import FeatureConfig, get_features
-    from qubo_nn.train import reference_head
+    from qubo_nn.data.featureset import realistic_features
+    from qubo_nn.data.features import FeatureConfig, get_features
+    from qubo_nn.train.sgd import reference_head
 
     out = []
     tr, _ = realistic_features(n_train=n, n_test=1000, dim=512, num_classes=100, seed=0)
@@ -123,7 +126,7 @@ def levels_of(ss, form):
 def run_row(stats, head, c, bits, seed):
     bqm, form, enc = row_problem(stats, head, c, bits, "binary")
     p = form.problem
-    k_rtn = lv.rtn(p)
+    k_rtn = rtn(p)
     x_rtn = form.to_bits(k_rtn)
     res = {}
 
@@ -162,7 +165,7 @@ def run_row(stats, head, c, bits, seed):
 
 # ------------------------------------------------------------------ added groups (sb, domain-wall, bound, lns)
 
-def box_lower_bound(p: lv.IntegerProblem, max_iter: int = 5000) -> dict:
+def box_lower_bound(p: IntegerProblem, max_iter: int = 5000) -> dict:
     """A certified lower bound on min E over the integer box: the convex relaxation (k real in
     [kmin, kmax]) solved by L-BFGS-B, minus its first-order gap. By convexity, for any k̂ in the box
     E(k) ≥ E(k̂) + ∇E(k̂)ᵀ(k − k̂) ≥ E(k̂) + Σ_i min(∇_i (kmin_i − k̂_i), ∇_i (kmax_i − k̂_i)) for every
@@ -189,7 +192,7 @@ def box_lower_bound(p: lv.IntegerProblem, max_iter: int = 5000) -> dict:
             "iterations": int(res.nit)}
 
 
-def exact_sub(sub: lv.IntegerProblem, k0: np.ndarray, max_states: int = 1 << 16,
+def exact_sub(sub: IntegerProblem, k0: np.ndarray, max_states: int = 1 << 16,
               max_nodes: int = 200_000) -> np.ndarray:
     """The exact minimiser of a small integer problem (enumeration when its box has at most
     ``max_states`` points, else sphere decoding from ``k0``); ``k0`` when nothing is lower."""
@@ -200,19 +203,19 @@ def exact_sub(sub: lv.IntegerProblem, k0: np.ndarray, max_states: int = 1 << 16,
         E = sub.energy(K)
         j = int(np.argmin(E))
         return K[j] if E[j] < sub.energy(k0) else np.asarray(k0)
-    return lv.sphere_decode(sub, k0=k0, max_nodes=max_nodes)[0]
+    return sphere_decode(sub, k0=k0, max_nodes=max_nodes)[0]
 
 
-def conditional(p: lv.IntegerProblem, k: np.ndarray, S: np.ndarray) -> lv.IntegerProblem:
+def conditional(p: IntegerProblem, k: np.ndarray, S: np.ndarray) -> IntegerProblem:
     """E as a function of k_S with the other levels fixed at ``k`` (same energy up to a constant):
     with r = s∘k − t and u = H_{S,rest} r_rest, E(k_S) = ½(r_S + H_SS⁻¹u)ᵀH_SS(r_S + H_SS⁻¹u) + const."""
     r = p.scale * k - p.target
     HSS = p.H[np.ix_(S, S)]
     u = p.H[S] @ r - HSS @ r[S]
-    return lv.IntegerProblem(HSS, p.target[S] - np.linalg.solve(HSS, u), p.scale[S], p.kmin[S], p.kmax[S])
+    return IntegerProblem(HSS, p.target[S] - np.linalg.solve(HSS, u), p.scale[S], p.kmin[S], p.kmax[S])
 
 
-def lns_exact(p: lv.IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int = 16, seed: int = 0,
+def lns_exact(p: IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int = 16, seed: int = 0,
               max_tries: int | None = None) -> tuple[np.ndarray, dict]:
     """Large-neighbourhood search with exact sub-solves from ``k0``: repeatedly a random variable and
     ``size`` − 1 of its 2·size most coupled ones (|H_ij|/√(H_ii H_jj)) are re-solved exactly with the
@@ -251,7 +254,7 @@ def run_added(stats, head, c, bits, seed, groups, old: dict) -> dict:
     cd energies) and re-times gptq and cd in this run (the peers of the time ratios)."""
     bqm, form, _ = row_problem(stats, head, c, bits, "binary")
     p = form.problem
-    e_rtn = float(p.energy(lv.rtn(p)))
+    e_rtn = float(p.energy(rtn(p)))
     if not np.isclose(e_rtn, old["energy_rtn"], rtol=1e-9, atol=0):
         raise SystemExit(f"row {c} ({bits} bits): RTN energy {e_rtn!r} differs from the stored {old['energy_rtn']!r}:"
                          " not the same problem, rerun the whole benchmark")

@@ -46,7 +46,7 @@ def main() -> None:
 
     import dimod
 
-    from qubo_nn.formats import write_bqm
+    from qubo_nn.io.bqm_files import write_bqm
     from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, versions
 
     py = sys.executable

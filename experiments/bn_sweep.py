@@ -2,7 +2,7 @@
 by SGD, Adam, the QUBO hybrid and L-BFGS at equal wall time.
 
 Network: the embedded default of ``qubo-nn pretrain`` (digits, 64 × 64, ResNet-18). Each seed s
-quantizes it with :func:`qubo_nn.tasks.network_quantize.quantize_network` (GPTQ act-order, W2,
+quantizes it with :func:`qubo_nn.workflows.network_quantize.quantize_network` (GPTQ act-order, W2,
 first/last layer 8 bits, 128 calibration images drawn by s; cached under ``--cache``).
 
 Stages (``--stages``; finished records are skipped on the next call):
@@ -37,14 +37,15 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from qubo_nn import data
-from qubo_nn.backbones import build_model
+from qubo_nn.data import datasets as data
+from qubo_nn.nets.backbones import build_model
 from qubo_nn.nets.bn import fold_batchnorm
 from qubo_nn.nets.bn_correct import correct_statistics
-from qubo_nn.pretrain import PretrainConfig, evaluate_model, load_split, materialize, pretrain
-from qubo_nn.runtime import atomic_path, atomic_write_json, atomic_write_text, machine_info, portable_path, versions
-from qubo_nn.tasks.bn_tune import TUNE_METHODS, BasicBlockTail, BNTuneConfig, TailData, tune
-from qubo_nn.tasks.network_quantize import NetworkQuantizeConfig, calibration_indices, quantize_network
+from qubo_nn.train.pretrain import PretrainConfig, evaluate_model, load_split, materialize, pretrain
+from qubo_nn.runtime import (atomic_path, atomic_write_json, atomic_write_text, machine_info, portable_path,
+    versions)
+from qubo_nn.workflows.bn_tune import TUNE_METHODS, BasicBlockTail, BNTuneConfig, TailData, tune
+from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, calibration_indices, quantize_network
 
 SGD_LRS = (0.1, 0.3, 1.0, 3.0)
 ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2)

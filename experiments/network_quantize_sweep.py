@@ -2,7 +2,7 @@
 
 The network is the embedded default of ``qubo-nn pretrain`` (digits, 64 × 64, ResNet-18; trained
 if it is not cached). For each calibration seed (which ``--calib`` training images are used),
-bit width and method, :func:`qubo_nn.tasks.network_quantize.quantize_network` quantizes every
+bit width and method, :func:`qubo_nn.workflows.network_quantize.quantize_network` quantizes every
 conv and linear layer (BN folded; first conv and fc at ``--first-last-bits``; the same per-channel
 ``mse`` grid for every method; act-order column groups with error feedback), and the run records
 the per-layer relative reconstruction error ‖(W − Ŵ)X‖²/‖WX‖², the end-to-end test loss
@@ -14,7 +14,7 @@ Writes (atomically, after every run; finished runs are skipped on the next call)
   <out>/test_metrics_vs_bits.png                test loss and accuracy vs bits per method
   <out>/layer_error_W<bits>.png                 per-layer relative error per method
 
-Methods whose solver module is missing (cd and qubo need ``qubo_nn.levels``) are reported as
+Methods whose solver module is missing (cd and qubo need ``qubo_nn.core.grid``) are reported as
 not run. Usage:
   .venv/bin/python experiments/network_quantize_sweep.py [--bits 4 3 2] [--methods rtn gptq cd qubo] \
       [--seeds 0 1 2] [--calib 128] [--solve-budget 1200] [--out results/network-quantize]
@@ -35,17 +35,18 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from qubo_nn import data
-from qubo_nn.backbones import build_model
-from qubo_nn.pretrain import PretrainConfig, load_split, materialize, pretrain
+from qubo_nn.data import datasets as data
+from qubo_nn.nets.backbones import build_model
+from qubo_nn.train.pretrain import PretrainConfig, load_split, materialize, pretrain
 from qubo_nn.runtime import atomic_path, atomic_write_json, atomic_write_text, portable_path
-from qubo_nn.tasks.network_quantize import NETWORK_METHODS, NetworkQuantizeConfig, calibration_indices, quantize_network
+from qubo_nn.workflows.network_quantize import (NETWORK_METHODS, NetworkQuantizeConfig, calibration_indices,
+    quantize_network)
 
 COLORS = {"rtn": "tab:gray", "gptq": "tab:blue", "cd": "tab:green", "qubo": "tab:orange"}
 
 
 def available(method: str) -> bool:
-    return method in ("rtn", "gptq") or importlib.util.find_spec("qubo_nn.levels") is not None
+    return method in ("rtn", "gptq") or importlib.util.find_spec("qubo_nn.core.grid") is not None
 
 
 def run_name(method: str, bits: int, seed: int) -> str:
@@ -111,10 +112,11 @@ def head_to_head(args) -> None:
     method of ``levels.solve_levels`` solves the same ``IntegerProblem`` with no time limit."""
     from qubo_nn.curvature.layer_gram import capture_gram
     from qubo_nn.curvature.sequential import sequential_groups
-    from qubo_nn.levels import IntegerProblem, solve_levels
+    from qubo_nn.core.problem import IntegerProblem
+    from qubo_nn.samplers.level_solvers import solve_levels
     from qubo_nn.nets.bn import fold_batchnorm
-    from qubo_nn.params import column_plan, row_view
-    from qubo_nn.quantize import grid_scale, qrange
+    from qubo_nn.core.layout import column_plan, row_view
+    from qubo_nn.workflows.head_quantize import grid_scale, qrange
 
     out = Path(args.out)
     pcfg = PretrainConfig()

@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qubo_nn import data
-from qubo_nn.backbones import build_model
-from qubo_nn.pretrain import evaluate_model
-from qubo_nn.prune import keep_count, pruning_problem, refit_error, refit_weights
-from qubo_nn.prune.network import (PruneConfig, apply_mask, conv_macs, l1_scores, prunable_layers, prune_network,
-                                   reestimate_batchnorm, select_mask, stats_for)
-from qubo_nn.prune.run import default_checkpoint, load_data
-from qubo_nn.prune.select import select_qubo
+from qubo_nn.data import datasets as data
+from qubo_nn.nets.backbones import build_model
+from qubo_nn.train.pretrain import evaluate_model
+from qubo_nn.workflows.prune import keep_count, pruning_problem, refit_error, refit_weights
+from qubo_nn.workflows.prune.network import (PruneConfig, apply_mask, conv_macs, l1_scores, prunable_layers,
+    prune_network, reestimate_batchnorm, select_mask, stats_for)
+from qubo_nn.workflows.prune.run import default_checkpoint, load_data
+from qubo_nn.workflows.prune.select import select_qubo
 from qubo_nn.runtime import atomic_write_json, atomic_write_text, machine_info, sha256_file, versions
 
 METHODS = ("l1", "greedy", "lasso", "qubo")

@@ -1,10 +1,10 @@
 """Low-bit FC heads on stable fp32 heads: bits × methods × seeds on digits and the realistic synthetic set.
 
-For each dataset the fp32 head is the reference head (:func:`qubo_nn.train.reference_head`: the
+For each dataset the fp32 head is the reference head (:func:`qubo_nn.train.sgd.reference_head`: the
 L2-regularised convex optimum, L2 chosen on a held-out 20 % of train), fitted ONCE per dataset and
 saved under ``<out>/heads/<dataset>.pt`` (+ ``.json``: digest, L2 path, fit info); a rerun reuses it
 when the feature digest matches. Each (dataset, seed, bits) run is one
-:func:`qubo_nn.quantize.quantize_head` call with the library's default QUBO config (method
+:func:`qubo_nn.workflows.head_quantize.quantize_head` call with the library's default QUBO config (method
 ``qubo``, sampler neal, binary encoding, 1-bit window, 4 reads, damping 0.01): it computes every
 method (rtn, gptq-natural, gptq act-order, cd, qubo) on the same per-row integer problems.
 
@@ -15,9 +15,9 @@ every seed. Hence on digits (full Hessian) rtn, gptq-natural, gptq and cd are de
 their std over seeds is exactly 0; only qubo can move.
 
 Datasets:
-- ``digits``: the embedded default features (qubo_nn.features.get_features(FeatureConfig()):
+- ``digits``: the embedded default features (qubo_nn.data.features.get_features(FeatureConfig()):
   digits, resnet18, weights none, 64×64), 1,437 train / 360 test, 10 classes, D = 512.
-- ``synthetic-features``: :func:`qubo_nn.featureset.realistic_features` (seed 0; D = 512, 100
+- ``synthetic-features``: :func:`qubo_nn.data.featureset.realistic_features` (seed 0; D = 512, 100
   classes; ``--synthetic-n`` / ``--synthetic-n-test``, default the full 50,000 / 10,000), Hessian
   blocks from ``--subsample`` training samples (default 10,000).
 
@@ -56,7 +56,7 @@ SEED_NOTE = ("a seed varies QuantizeConfig.seed only: the annealer's seed (per r
 
 def load(dataset: str, args) -> tuple:
     """(train, test, source) of ``dataset``; source says what the features are."""
-    from qubo_nn.features import FeatureConfig, get_features
+    from qubo_nn.data.features import FeatureConfig, get_features
     from qubo_nn.runtime import portable_path
 
     if dataset == "digits":
@@ -94,10 +94,10 @@ def get_head(dataset: str, train, test, out: Path, features_digest: str) -> tupl
     features (digest), else fitted and saved atomically (.pt, then .json)."""
     import torch
 
-    from qubo_nn.decode import load_head_file
-    from qubo_nn.head import evaluate
+    from qubo_nn.io.heads import load_head_file
+    from qubo_nn.core.head import evaluate
     from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, tensor_digest, versions
-    from qubo_nn.train import reference_head
+    from qubo_nn.train.sgd import reference_head
 
     pt, js = out / "heads" / f"{dataset}.pt", out / "heads" / f"{dataset}.json"
     if pt.exists() and js.exists():
@@ -131,7 +131,7 @@ def run_path(out: Path, dataset: str, bits: int, seed: int) -> Path:
 def quantize_config(dataset: str, bits: int, seed: int, args):
     """The library's default QUBO config (QuantizeConfig defaults) at ``bits``, ``seed``; the Hessian
     subsampled on the synthetic set only."""
-    from qubo_nn.quantize import QuantizeConfig
+    from qubo_nn.workflows.head_quantize import QuantizeConfig
 
     sub = args.subsample if dataset != "digits" else None
     return QuantizeConfig(bits=bits, method="qubo", sampler="neal", subsample=sub, device="cpu", seed=seed)
@@ -140,7 +140,7 @@ def quantize_config(dataset: str, bits: int, seed: int, args):
 def one_run(dataset: str, bits: int, seed: int, head, head_meta: dict, train, test, source: dict,
             features_digest: str, args) -> dict:
     """Quantize ``head`` once (every method) and return the run's record."""
-    from qubo_nn.quantize import quantize_head
+    from qubo_nn.workflows.head_quantize import quantize_head
     from qubo_nn.runtime import machine_info, tensor_digest, versions
 
     cfg = quantize_config(dataset, bits, seed, args)
@@ -164,7 +164,7 @@ def one_run(dataset: str, bits: int, seed: int, head, head_meta: dict, train, te
 def run_jitter(dataset: str, train, test, head_meta: dict, out: Path, trials: int) -> dict:
     """train.jitter_check of a from-zeros refit at the head's chosen L2 (1e-6 relative jitter)."""
     from qubo_nn.runtime import atomic_write_json, machine_info, versions
-    from qubo_nn.train import convex_optimum, jitter_check
+    from qubo_nn.train.sgd import convex_optimum, jitter_check
 
     settings = refit_settings(dataset, head_meta["info"]["l2"])
     machine = machine_info("cpu")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ def versions() -> dict[str, str]:
         "dimod": dimod.__version__,
         "platform": platform.platform(),
     }
-    from . import __version__
+    from qubo_nn import __version__
 
     out["qubo_nn"] = __version__
     from importlib.metadata import PackageNotFoundError, version

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision
 
-from qubo_nn import backbones
-from qubo_nn.backbones import build_backbone, weights_identity
+from qubo_nn.nets import backbones
+from qubo_nn.nets.backbones import build_backbone, weights_identity
 from qubo_nn.errors import OfflineError, QuboNNError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,23 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qubo_nn import levels as lv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_samplers as B  # noqa: E402
+from qubo_nn.core.kernels import rtn
+from qubo_nn.core.problem import IntegerProblem
 
 
-def problem(m: int, top: int, seed: int, far: bool = False) -> lv.IntegerProblem:
+def problem(m: int, top: int, seed: int, far: bool = False) -> IntegerProblem:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(3 * m, m))
     H = X.T @ X / m + 0.1 * np.eye(m)
     scale = rng.uniform(0.5, 1.5, m)
     # far: targets well outside the box on alternating sides (the relaxation sits at the box's corners)
     t = scale * (np.where(np.arange(m) % 2, top + 20.0, -20.0) if far else rng.uniform(-0.5, top + 0.5, m))
-    return lv.IntegerProblem(H, t, scale, 0, top, const=0.25)
+    return IntegerProblem(H, t, scale, 0, top, const=0.25)
 
 
-def enumerate_min(p: lv.IntegerProblem) -> tuple[np.ndarray, float]:
+def enumerate_min(p: IntegerProblem) -> tuple[np.ndarray, float]:
     K = np.array(list(itertools.product(*[range(a, b + 1) for a, b in zip(p.kmin, p.kmax)])))
     E = p.energy(K)
     return K[int(np.argmin(E))], float(E.min())
@@ -49,7 +50,7 @@ def test_box_bound_certifies_the_optimum_when_the_relaxation_is_integral():
     b = B.box_lower_bound(p)
     assert b["relaxation_integral_fraction"] == 1.0
     assert b["lower_bound"] == pytest.approx(e_min, rel=1e-9)
-    row = {"energy_rtn": float(p.energy(lv.rtn(p))) + 1.0, "energy_long_pipeline": e_min + 1.0,
+    row = {"energy_rtn": float(p.energy(rtn(p))) + 1.0, "energy_long_pipeline": e_min + 1.0,
            "energy": {"cd": e_min}, "bound": b}
     B.rescore_row(row)
     assert row["bound"]["certified_optimal"] and row["best_known_by"] == "cd"
@@ -75,7 +76,7 @@ def test_exact_sub_and_conditional_problem_match_enumeration(top, max_states):
 def test_lns_with_whole_problem_neighbourhoods_reaches_the_exact_minimum():
     p = problem(7, 3, 3)
     k_min, e_min = enumerate_min(p)
-    k0 = lv.rtn(p)
+    k0 = rtn(p)
     k, info = B.lns_exact(p, k0, budget_s=60.0, size=7, seed=0, max_tries=1)
     assert p.energy(k) == pytest.approx(e_min, abs=1e-12) and info["tries"] == 1
     # a small neighbourhood never raises the energy of its start

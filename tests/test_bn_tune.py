@@ -7,10 +7,10 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from qubo_nn.curvature.gauss_newton import gauss_newton
-from qubo_nn.encoding import optimize_encoding
+from qubo_nn.core.encoding import optimize_encoding
 from qubo_nn.errors import QuboNNError
-from qubo_nn.qubo import build_bqm
-from qubo_nn.tasks.bn_tune import BasicBlockTail, BNTuneConfig, TailState, evaluate, tune
+from qubo_nn.core.bqm import build_bqm
+from qubo_nn.workflows.bn_tune import BasicBlockTail, BNTuneConfig, TailState, evaluate, tune
 
 C_WIDTH, CLASSES = 3, 4
 

@@ -8,8 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from qubo_nn.cli.main import main
-from qubo_nn.formats import read_block, read_manifest
-from qubo_nn.head import Head
+from qubo_nn.io.blocks import read_block
+from qubo_nn.io.manifest import read_manifest
+from qubo_nn.core.head import Head
 
 TINY = ["--dataset", "synthetic-features", "--n-train", "120", "--n-test", "10", "--device", "cpu",
         "--no-progress"]

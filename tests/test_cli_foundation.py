@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from qubo_nn.cli.main import main
-from qubo_nn.head import Head
+from qubo_nn.core.head import Head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,12 +16,14 @@ import torch
 from click.testing import CliRunner
 
 from qubo_nn.cli.main import main
-from qubo_nn.decode import decode
-from qubo_nn.featureset import FeatureSet, synthetic_features
-from qubo_nn.formats import build_to_dir, read_manifest, write_bqm
-from qubo_nn.head import Head, evaluate
-from qubo_nn.qubo import BuildConfig
-from qubo_nn.solve import SolveConfig, solve
+from qubo_nn.workflows.decode import decode
+from qubo_nn.data.featureset import FeatureSet, synthetic_features
+from qubo_nn.workflows.build import build_to_dir
+from qubo_nn.io.manifest import read_manifest
+from qubo_nn.io.bqm_files import write_bqm
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.workflows.build import BuildConfig
+from qubo_nn.workflows.solve import SolveConfig, solve
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +135,7 @@ def test_ctrl_c_during_start_up_prints_one_line_and_exits_130(tmp_path):
 
 
 def test_keyboard_interrupt_inside_a_command_exits_130(tmp_path, monkeypatch):
-    import qubo_nn.solve as solve_mod
+    import qubo_nn.workflows.solve as solve_mod
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -223,9 +225,9 @@ def test_decode_keeps_a_step_only_if_the_true_loss_falls(problem, tmp_path):
     forced = decode(tmp_path / "sol", out=tmp_path / "f.pt", feats=other, device="cpu", force=True)
     assert r["blocks_true_loss_rose"] >= 1 and forced["blocks_kept_current"] == 0
     # replay: forced per-block heads give each block's step; accept iff evaluate() falls
-    from qubo_nn.decode import best_bits, read_samples
-    from qubo_nn.formats import read_block
-    from qubo_nn.qubo import apply
+    from qubo_nn.io.solutions import best_bits, read_samples
+    from qubo_nn.io.blocks import read_block
+    from qubo_nn.core.bqm import apply
 
     head = head0.clone()
     for b in r["per_block"]:

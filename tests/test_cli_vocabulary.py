@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from qubo_nn.cli import common
 from qubo_nn.cli.main import main
+from qubo_nn.workflows.build import BuildConfig
 
 COMMANDS = ["features", "train", "build", "solve", "decode", "samplers", "experiment", "quantize", "pretrain",
             "prune"]
@@ -25,16 +26,16 @@ def option(cmd_name: str, opt: str):
 
 
 def test_literal_choices_are_the_library_tuples():
-    from qubo_nn.backbones import ARCHS
-    from qubo_nn.encoding import ENCODINGS
-    from qubo_nn.execution import EXECUTORS
-    from qubo_nn.features import FEATURE_DATASETS
-    from qubo_nn.formats import FORMATS
-    from qubo_nn.quadratic import BLOCK_KINDS, SALIENCIES
-    from qubo_nn.quantize import SCALE_RULES
+    from qubo_nn.nets.backbones import ARCHS
+    from qubo_nn.core.encoding import ENCODINGS
+    from qubo_nn.execution.executors import EXECUTORS
+    from qubo_nn.data.features import FEATURE_DATASETS
+    from qubo_nn.io.bqm_files import FORMATS
+    from qubo_nn.curvature.head_stats import BLOCK_KINDS, SALIENCIES
+    from qubo_nn.workflows.head_quantize import SCALE_RULES
     from qubo_nn.samplers import DEFAULT_SAMPLER, SAMPLERS
-    from qubo_nn.solve import INITS
-    from qubo_nn.train import SCHEDULES
+    from qubo_nn.workflows.solve import INITS
+    from qubo_nn.train.sgd import SCHEDULES
 
     assert common.DATASETS == FEATURE_DATASETS and common.ARCHS == ARCHS and common.ENCODINGS == ENCODINGS
     assert common.FORMATS == FORMATS and common.BLOCK_KINDS == BLOCK_KINDS and common.SALIENCIES == SALIENCIES
@@ -46,12 +47,13 @@ def test_literal_choices_are_the_library_tuples():
 def test_defaults_are_the_config_dataclasses_defaults():
     from qubo_nn.cli.experiment_cmd import _HYBRID_SAMPLER_PARAMS
     from qubo_nn.cli.quantize_cmd import QUANTIZE_DAMPING, QUANTIZE_NUM_READS
-    from qubo_nn.experiment import ExperimentConfig
-    from qubo_nn.features import FeatureConfig
-    from qubo_nn.hybrid import HybridConfig, default_build
-    from qubo_nn.quantize import QuantizeConfig
-    from qubo_nn.qubo import DEFAULT_MAX_QUBO_BYTES, BuildConfig
-    from qubo_nn.train import SGDConfig
+    from qubo_nn.study.experiment import ExperimentConfig
+    from qubo_nn.data.features import FeatureConfig
+    from qubo_nn.workflows.head_optimize import HybridConfig, default_build
+    from qubo_nn.workflows.head_quantize import QuantizeConfig
+    from qubo_nn.core.bqm import DEFAULT_MAX_QUBO_BYTES
+    from qubo_nn.workflows.build import BuildConfig
+    from qubo_nn.train.sgd import SGDConfig
 
     b, s, f, q, e, h = BuildConfig(), SGDConfig(), FeatureConfig(), QuantizeConfig(), ExperimentConfig(), HybridConfig()
     assert common.WINDOW == default_build().window == h.build.window
@@ -152,11 +154,10 @@ def test_encoding_reaches_the_configs(monkeypatch, tmp_path):
             raise Stop
         return validate
 
-    import qubo_nn.experiment as exp
-    import qubo_nn.quantize as qz
-    import qubo_nn.qubo as qb
+    import qubo_nn.study.experiment as exp
+    import qubo_nn.workflows.head_quantize as qz
 
-    monkeypatch.setattr(qb.BuildConfig, "validate", capture("build"))
+    monkeypatch.setattr(BuildConfig, "validate", capture("build"))
     monkeypatch.setattr(qz.QuantizeConfig, "validate", capture("quantize"))
     monkeypatch.setattr(exp.ExperimentConfig, "validate", capture("experiment"))
     for cmd in ("build", "quantize", "experiment"):

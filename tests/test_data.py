@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torchvision.datasets import CIFAR100
 
-from qubo_nn import data
+from qubo_nn.data import datasets as data
 from qubo_nn.errors import OfflineError, QuboNNError
 
 MEAN = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from qubo_nn.encoding import Encoding, optimize_encoding, quantize_encoding
+from qubo_nn.core.encoding import Encoding, optimize_encoding, quantize_encoding
 from qubo_nn.errors import QuboNNError
-from qubo_nn.quadratic import LocalModel
+from qubo_nn.core.model import LocalModel
 
 f64 = torch.float64
 
@@ -143,7 +143,7 @@ def test_bad_encodings_are_refused():
 # ---------------------------------------------------------------- encoding kinds (binary, unary, domain-wall)
 
 def _kind_encodings(bits: int, seed: int = 3):
-    from qubo_nn.encoding import ENCODINGS
+    from qubo_nn.core.encoding import ENCODINGS
     model = toy_model(m=3, seed=seed)
     return model, {kind: optimize_encoding(model, bits=bits, window=1.5, damping=0.2, kind=kind) for kind in ENCODINGS}
 
@@ -174,7 +174,8 @@ def test_every_kind_decodes_to_the_weights_of_its_levels(bits):
 
 @pytest.mark.parametrize("bits", [1, 2])
 def test_bqm_energies_equal_across_kinds_and_equal_the_integer_energy(bits):
-    from qubo_nn.qubo import build_bqm, integer_form
+    from qubo_nn.core.bqm import build_bqm
+    from qubo_nn.core.bqm import integer_form
     model, encs = _kind_encodings(bits, seed=4)
     mu = 0.2
     K = np.array(list(itertools.product(range(2 ** bits), repeat=model.m)))
@@ -197,7 +198,7 @@ def test_bqm_energies_equal_across_kinds_and_equal_the_integer_energy(bits):
 
 
 def test_domain_wall_penalises_exactly_the_non_thermometer_codes():
-    from qubo_nn.qubo import build_bqm
+    from qubo_nn.core.bqm import build_bqm
     model, encs = _kind_encodings(2, seed=5)
     uni, dw = build_bqm(model, encs["unary"], 0.2), build_bqm(model, encs["domain-wall"], 0.2)
     X = np.array(list(itertools.product([0, 1], repeat=uni.num_variables)))

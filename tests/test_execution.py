@@ -23,16 +23,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from qubo_nn import block_task
+from qubo_nn.execution import block_task
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
-from qubo_nn.execution import ExecutorConfig, map_unordered
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.formats import build_to_dir, read_block
-from qubo_nn.head import Head
-from qubo_nn.qubo import BuildConfig
+from qubo_nn.execution.executors import ExecutorConfig, map_unordered
+from qubo_nn.data.featureset import synthetic_features
+from qubo_nn.workflows.build import build_to_dir
+from qubo_nn.io.blocks import read_block
+from qubo_nn.core.head import Head
+from qubo_nn.workflows.build import BuildConfig
 from qubo_nn.samplers import child_seed, sample
-from qubo_nn.solve import SOLUTION_NAME, SolveConfig, decode, read_samples, solve
+from qubo_nn.workflows.solve import SOLUTION_NAME, SolveConfig, decode, read_samples, solve
 
 FAST = {"num_reads": 20, "num_sweeps": 200}
 SLOW = {"num_reads": 100, "num_sweeps": 20000}  # about a second per 14-variable block: time to kill a worker
@@ -264,7 +265,7 @@ def test_bad_input_fails_the_same_with_threads_and_ray(ray_local, build, tmp_pat
 # --------------------------------------------------------------------------- interruption, resume, outputs
 
 def test_interrupted_solve_keeps_finished_blocks_and_resumes(build, tmp_path, monkeypatch):
-    import qubo_nn.solve as solve_mod
+    import qubo_nn.workflows.solve as solve_mod
 
     cfg = SolveConfig(params=FAST, seed=3, workers=1)
     fresh = solve(build, tmp_path / "fresh", cfg)
@@ -366,7 +367,7 @@ def test_solution_names_blocks_relative_to_its_folder_and_survives_a_move(tiny, 
 # --------------------------------------------------------------------------- the hybrid's anneal stage
 
 def test_hybrid_anneal_stage_gives_the_same_run_on_ray(ray_local, one_thread):
-    from qubo_nn.hybrid import HybridConfig, hybrid_sweeps
+    from qubo_nn.workflows.head_optimize import HybridConfig, hybrid_sweeps
 
     train, _ = synthetic_features(n=400, dim=8, num_classes=4, seed=3, n_test=10, separation=0.5)
     head = Head.init_like_linear(4, 8, seed=0)

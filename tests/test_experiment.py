@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from qubo_nn.cli.experiment_cmd import parse_seeds
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
-from qubo_nn.experiment import ExperimentConfig, run_experiment
-from qubo_nn.hybrid import HybridConfig
-from qubo_nn.plots import PLOTS
-from qubo_nn.qubo import BuildConfig
+from qubo_nn.study.experiment import ExperimentConfig, run_experiment
+from qubo_nn.workflows.head_optimize import HybridConfig
+from qubo_nn.study.plots import PLOTS
+from qubo_nn.workflows.build import BuildConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from qubo_nn import features
-from qubo_nn.backbones import build_backbone
-from qubo_nn.data import load_dataset
+from qubo_nn.data import features
+from qubo_nn.nets.backbones import build_backbone
+from qubo_nn.data.datasets import load_dataset
 from qubo_nn.errors import QuboNNError
-from qubo_nn.features import FeatureConfig, get_features
+from qubo_nn.data.features import FeatureConfig, get_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

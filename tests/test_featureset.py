@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.features import FeatureConfig, get_features
-from qubo_nn.featureset import RealisticSpec, realistic_features, separable_features, synthetic_by_name
-from qubo_nn.train import convex_optimum
+from qubo_nn.data.features import FeatureConfig, get_features
+from qubo_nn.data.featureset import RealisticSpec, realistic_features, separable_features, synthetic_by_name
+from qubo_nn.train.sgd import convex_optimum
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

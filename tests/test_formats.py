@@ -8,15 +8,23 @@ import dimod
 import numpy as np
 import pytest
 import torch
+
+import qubo_nn.workflows.build as build_mod
 from dimod.serialization import coo as dimod_coo
 
+from qubo_nn.core.head import Head
+from qubo_nn.curvature.head_stats import HeadStats
+from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.formats import (FORMATS, SUFFIXES, build_to_dir, read_block, read_bqm, read_manifest, write_block,
-                             write_bqm)
-from qubo_nn.head import Head
-from qubo_nn.quadratic import HeadStats
-from qubo_nn.qubo import BuildConfig, iter_block_qubos, make_block_qubo
+from qubo_nn.io.blocks import read_block, write_block
+from qubo_nn.io.bqm_files import FORMATS, SUFFIXES, read_bqm, write_bqm
+from qubo_nn.io.manifest import read_manifest
+from qubo_nn.workflows.build import (
+    BuildConfig,
+    build_to_dir,
+    iter_block_qubos,
+    make_block_qubo,
+)
 
 
 def awkward_bqm(n: int = 12, dtype=np.float64, seed: int = 0) -> dimod.BinaryQuadraticModel:
@@ -267,14 +275,13 @@ def test_build_to_dir_writes_a_complete_manifest(tmp_path):
     def boom(*a, **k):
         raise RuntimeError("interrupted")
 
-    import qubo_nn.formats as formats_mod
-    orig = formats_mod.write_block
-    formats_mod.write_block = boom
+    orig = write_block
+    build_mod.write_block = boom
     try:
         with pytest.raises(RuntimeError, match="interrupted"):
             build_to_dir(head, feats, cfg, tmp_path / "out", fmt="coo", overwrite=True)
     finally:
-        formats_mod.write_block = orig
+        build_mod.write_block = orig
     assert not (tmp_path / "out" / "manifest.json").exists()
     with pytest.raises(QuboNNError, match="no manifest at .* \\(is the build finished"):
         read_manifest(tmp_path / "out")
@@ -356,7 +363,7 @@ def test_build_into_a_folder_holding_another_build_is_refused_then_replaced(tmp_
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_estimate_build_matches_the_bytes_written(tmp_path, fmt):
-    from qubo_nn.formats import estimate_build
+    from qubo_nn.workflows.build import estimate_build
 
     head, feats = tiny(c=3, d=40)
     cfg = BuildConfig(bits=2, device="cpu")

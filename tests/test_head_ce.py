@@ -8,8 +8,8 @@ import torch
 
 from qubo_nn.curvature.head_ce import HeadCE
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.head import Head
+from qubo_nn.data.featureset import FeatureSet
+from qubo_nn.core.head import Head
 
 
 def _data(C=4, D=5, N=40):

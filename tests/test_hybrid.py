@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.head import Head, evaluate
-from qubo_nn.hybrid import HybridConfig, _check_disjoint, hybrid_sweeps, interval_accounting
-from qubo_nn.qubo import BuildConfig
+from qubo_nn.data.featureset import synthetic_features
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.workflows.head_optimize import HybridConfig, _check_disjoint, hybrid_sweeps, interval_accounting
+from qubo_nn.workflows.build import BuildConfig
 
 FAST = {"num_reads": 1, "num_sweeps": 50}
 
@@ -137,7 +137,7 @@ def test_overlapping_blocks_refused():
 @pytest.mark.parametrize("kind, kw", [("rows", {}), ("rows", {"per_block": 2}), ("columns", {}),
                                       ("random", {"size": 7})])
 def test_trial_loss_matches_update_and_evaluate(tiny, kind, kw):
-    from qubo_nn.quadratic import HeadStats, select_blocks
+    from qubo_nn.curvature.head_stats import HeadStats, select_blocks
 
     train, head = tiny
     stats = HeadStats(head, train, l2=0.01, device="cpu", dtype="float64")

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from qubo_nn.backbones import build_model
+from qubo_nn.nets.backbones import build_model
 from qubo_nn.curvature import layer_gram
 from qubo_nn.curvature.layer_gram import GramAccumulator, capture_gram, layer_columns
 from qubo_nn.curvature.sequential import sequential_groups
 from qubo_nn.errors import QuboNNError
 from qubo_nn.nets.bn import find_conv_bn_pairs, fold_batchnorm, unfold_batchnorm
 from qubo_nn.nets.layers import weight_layers
-from qubo_nn.params import apply_levels, column_plan, row_view
+from qubo_nn.core.layout import apply_levels, column_plan, row_view
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.levels import (ENCODINGS, LEVEL_METHODS, IntegerProblem, anneal_window, bits_of, coordinate_descent,
-                            gptq, levels_of, rtn, solve_levels, sphere_decode, window_base, window_qubo)
+from qubo_nn.core.grid import ENCODINGS, bits_of, levels_of
+from qubo_nn.core.problem import window_base
+from qubo_nn.samplers.level_solvers import LEVEL_METHODS, anneal_window, solve_levels
+from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.core.kernels import coordinate_descent, gptq, rtn, sphere_decode
+from qubo_nn.core.problem import window_qubo
 
 
 def problem(seed: int, m: int = 7, bits: int = 2, cond: float = 30.0) -> IntegerProblem:
@@ -191,5 +195,5 @@ def test_annealer_own_samples_reach_the_exact_optimum():
 
 
 def test_levels_and_samplers_import_without_torch():
-    code = "import sys, qubo_nn.levels, qubo_nn.samplers; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, qubo_nn.core.grid, qubo_nn.samplers; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from qubo_nn.backbones import build_model, load_checkpoint
+from qubo_nn.nets.backbones import build_model, load_checkpoint
 from qubo_nn.cli.main import main
 from qubo_nn.curvature.sequential import sequential_groups
 from qubo_nn.errors import QuboNNError
-from qubo_nn.params import column_plan, row_view
-from qubo_nn.pretrain import PretrainConfig, evaluate_model, pretrain
-from qubo_nn.quantize import grid_scale, gptq_row
-from qubo_nn.tasks.network_quantize import NetworkQuantizeConfig, gptq_rows, quantize_network, round_layer
+from qubo_nn.core.layout import column_plan, row_view
+from qubo_nn.train.pretrain import PretrainConfig, evaluate_model, pretrain
+from qubo_nn.workflows.head_quantize import grid_scale, gptq_row
+from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, gptq_rows, quantize_network, round_layer
 
 
 class TinyRes(nn.Module):

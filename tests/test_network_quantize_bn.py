@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qubo_nn.tasks.network_quantize import NetworkQuantizeConfig, quantize_network
+from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, quantize_network
 from test_network_quantize import _net_and_data
 
 

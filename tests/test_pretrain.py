@@ -8,13 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from qubo_nn import data
-from qubo_nn.backbones import ARCHS, build_backbone, build_model
+from qubo_nn.data import datasets as data
+from qubo_nn.nets.backbones import ARCHS, build_backbone, build_model
 from qubo_nn.cli import pretrain_cmd
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
-from qubo_nn.features import FeatureConfig, get_features
-from qubo_nn.pretrain import PretrainConfig, checkpoint_path, pretrain, random_shift
+from qubo_nn.data.features import FeatureConfig, get_features
+from qubo_nn.train.pretrain import PretrainConfig, checkpoint_path, pretrain, random_shift
 
 
 def _tiny(tmp_path, **kw) -> PretrainConfig:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from qubo_nn.backbones import build_model
+    from qubo_nn.nets.backbones import build_model
 
     path = tmp_path_factory.mktemp("ckpt") / "rand.pt"
     torch.save({"state_dict": build_model("resnet18", "none", num_classes=10, seed=0).state_dict()}, path)
@@ -23,8 +23,8 @@ def checkpoint(tmp_path_factory):
 
 
 def test_prune_writes_a_loadable_checkpoint_and_solvable_qubos(checkpoint, tmp_path):
-    from qubo_nn.backbones import build_model
-    from qubo_nn.formats import read_bqm
+    from qubo_nn.nets.backbones import build_model
+    from qubo_nn.io.bqm_files import read_bqm
 
     out, qubos = tmp_path / "out", tmp_path / "qubos"
     res = CliRunner().invoke(main, ["prune", "--weights", str(checkpoint), "--layer", "layer1.0.conv2", "--keep", "0.25",
@@ -66,6 +66,6 @@ def test_prune_bad_input_exits_2(checkpoint, tmp_path, args, message):
 
 def test_cli_literals_match_the_library():
     from qubo_nn.cli import prune_cmd
-    from qubo_nn.prune import METHODS, PENALTY_MODES
+    from qubo_nn.workflows.prune import METHODS, PENALTY_MODES
 
     assert prune_cmd._METHODS == METHODS and prune_cmd._PENALTY_MODES == PENALTY_MODES

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.prune.network import (PruneConfig, apply_mask, conv_macs, layer_io, prunable_layers, prune_network,
-                                   reestimate_batchnorm, resolve_layers)
+from qubo_nn.workflows.prune.network import (PruneConfig, apply_mask, conv_macs, layer_io, prunable_layers,
+    prune_network, reestimate_batchnorm, resolve_layers)
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread on a shared CPU
 

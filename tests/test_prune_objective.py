@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from qubo_nn import samplers
 from qubo_nn.errors import QuboNNError
-from qubo_nn.prune import (brute_force, channel_stats, prune_bqm, pruning_problem, refit_error,
-                           refit_weights, safe_penalty)
+from qubo_nn.workflows.prune import (brute_force, channel_stats, prune_bqm, pruning_problem, refit_error,
+    refit_weights, safe_penalty)
 
 F64 = torch.float64
 

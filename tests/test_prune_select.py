@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.prune import (PruneProblem, brute_force, keep_count, repair, select_greedy, select_l1, select_lasso,
-                           select_qubo)
+from qubo_nn.workflows.prune import (PruneProblem, brute_force, keep_count, repair, select_greedy, select_l1,
+    select_lasso, select_qubo)
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # small kernels: one thread on a shared CPU
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.head import Head, evaluate
-from qubo_nn.quadratic import HeadStats, flat_params, local_model, select_blocks, unflatten
+from qubo_nn.data.featureset import FeatureSet
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.curvature.head_stats import HeadStats, local_model, select_blocks
+from qubo_nn.core.layout import flat_params, unflatten
 
 C, D, N = 3, 5, 37  # N = 37: no chunk size used below divides it
 TOL = 1e-10

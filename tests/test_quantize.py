@@ -1,4 +1,4 @@
-"""Low-bit heads (qubo_nn.quantize, `qubo-nn quantize`): grids, RTN, GPTQ-style greedy, QUBO rounding.
+"""Low-bit heads (qubo_nn.workflows.head_quantize, `qubo-nn quantize`): grids, RTN, GPTQ-style greedy, QUBO rounding.
 
 References are independent: brute force over every code vector (≤ 4^6 = 4,096), an OBQ update
 that re-inverts the remaining Hessian at every step, the local model's formula for energies,
@@ -15,12 +15,15 @@ import torch
 from click.testing import CliRunner
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.head import Head
-from qubo_nn.quadratic import HeadStats
-from qubo_nn.quantize import (QuantizeConfig, check_bits, codes_in_window, codes_to_bits, gptq_row, grid_scale,
-                              qrange, quantize_head, refit_bias, round_to_grid, window_encoding)
-from qubo_nn.qubo import build_bqm
+from qubo_nn.data.featureset import FeatureSet
+from qubo_nn.core.head import Head
+from qubo_nn.curvature.head_stats import HeadStats
+from qubo_nn.workflows.head_quantize import (QuantizeConfig, check_bits, codes_in_window, codes_to_bits,
+    gptq_row, grid_scale, qrange, quantize_head, refit_bias, round_to_grid, window_encoding)
+from qubo_nn.core.bqm import build_bqm
+from qubo_nn.core.kernels import rtn, sphere_decode
+from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.samplers.level_solvers import anneal_window
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, one torch thread
@@ -260,16 +263,15 @@ def test_every_method_scored_on_the_same_energy(tiny_result):
 def test_the_annealers_own_samples_reach_the_exact_optimum():
     """Not the fallback: neal's raw samples on a fixed 2-bit unary window (from RTN, which is not
     optimal here) contain the exact optimum (sphere decoding over the same box)."""
-    from qubo_nn import levels as lv
     D = 10
     H = _spd(D, seed=5) + 0.01 * np.eye(D)
     w = np.random.default_rng(6).standard_normal(D)
     s = float(grid_scale(torch.tensor(w)[None], 2, "maxabs")[0])
     qmin, qmax = qrange(2)
-    p = lv.IntegerProblem(H, w, np.full(D, s), qmin, qmax)
-    k_opt, info = lv.sphere_decode(p)
-    assert info["complete"] and p.energy(lv.rtn(p)) > p.energy(k_opt) + 1e-9
-    K, _ = lv.anneal_window(p, lv.rtn(p), encoding="unary", levels=4, seed=0,
+    p = IntegerProblem(H, w, np.full(D, s), qmin, qmax)
+    k_opt, info = sphere_decode(p)
+    assert info["complete"] and p.energy(rtn(p)) > p.energy(k_opt) + 1e-9
+    K, _ = anneal_window(p, rtn(p), encoding="unary", levels=4, seed=0,
                             params={"num_reads": 8, "num_sweeps": 1000}, refine_span=None)
     assert float(p.energy(K).min()) == pytest.approx(p.energy(k_opt), abs=1e-12)
 
@@ -367,7 +369,7 @@ def test_cli_bad_options(args, msg):
 def test_cli_end_to_end_with_head_file(tmp_path, monkeypatch):
     """--head PATH on (patched, tiny) features: writes an atomic checkpoint + JSON record."""
     import qubo_nn.cli.quantize_cmd as qc
-    from qubo_nn.features import FeatureResult
+    from qubo_nn.data.features import FeatureResult
 
     head, train, test = _tiny_problem()
     monkeypatch.setattr(qc, "get_features", lambda cfg, progress=False: FeatureResult(train, test, None, False, 0.0))

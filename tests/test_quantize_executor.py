@@ -15,15 +15,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from qubo_nn import levels
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.head import Head
-from qubo_nn.quantize import QuantizeConfig, quantize_head
-from qubo_nn.row_tasks import group_row_task, head_row_task
-from qubo_nn.tasks.network_quantize import NetworkQuantizeConfig, quantize_network
+from qubo_nn.data.featureset import FeatureSet
+from qubo_nn.core.head import Head
+from qubo_nn.workflows.head_quantize import QuantizeConfig, quantize_head
+from qubo_nn.execution.row_tasks import group_row_task, head_row_task
+from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, quantize_network
 from test_network_quantize import _net_and_data
+from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
+from qubo_nn.core.problem import IntegerProblem
 
 FAST = {"num_sweeps": 60}
 
@@ -67,12 +68,12 @@ def test_head_row_task_matches_the_level_kernels_and_an_exhaustive_search():
     and no method goes below the exact minimum of the row (4 levels, 5 weights: 1,024 points)."""
     rng = np.random.default_rng(0)
     A = rng.normal(size=(5, 5))
-    p = levels.IntegerProblem(A @ A.T + 0.5 * np.eye(5), rng.normal(size=5), np.full(5, 0.7), -2, 1, 0.25)
-    res = head_row_task({"problem": p, "rtn": levels.rtn(p),
+    p = IntegerProblem(A @ A.T + 0.5 * np.eye(5), rng.normal(size=5), np.full(5, 0.7), -2, 1, 0.25)
+    res = head_row_task({"problem": p, "rtn": rtn(p),
                          "qubo": {"encoding": "unary", "sampler": "neal", "seed": 5, "params": FAST}})
-    np.testing.assert_array_equal(res["levels"]["gptq"], levels.gptq(p, act_order=True))
-    np.testing.assert_array_equal(res["levels"]["gptq-natural"], levels.gptq(p, act_order=False))
-    np.testing.assert_array_equal(res["levels"]["cd"], levels.coordinate_descent(p, levels.gptq(p, True))[0])
+    np.testing.assert_array_equal(res["levels"]["gptq"], gptq(p, act_order=True))
+    np.testing.assert_array_equal(res["levels"]["gptq-natural"], gptq(p, act_order=False))
+    np.testing.assert_array_equal(res["levels"]["cd"], coordinate_descent(p, gptq(p, True))[0])
     grid = np.stack(np.meshgrid(*[np.arange(-2, 2)] * 5, indexing="ij"), -1).reshape(-1, 5)
     exact = float(np.min(p.energy(grid)))
     for m, e in res["energy"].items():
@@ -85,7 +86,7 @@ def test_head_row_task_matches_the_level_kernels_and_an_exhaustive_search():
 def test_group_row_task_keeps_the_incumbent_unless_not_worse_and_skips_after_the_deadline():
     rng = np.random.default_rng(1)
     A = rng.normal(size=(4, 4))
-    p = levels.IntegerProblem(A @ A.T + np.eye(4), rng.normal(size=4), np.full(4, 0.5), -2, 1)
+    p = IntegerProblem(A @ A.T + np.eye(4), rng.normal(size=4), np.full(4, 0.5), -2, 1)
     grid = np.stack(np.meshgrid(*[np.arange(-2, 2)] * 4, indexing="ij"), -1).reshape(-1, 4)
     best = grid[int(np.argmin(p.energy(grid)))]
     # the exact optimum as incumbent: cd cannot go below it, so the incumbent's energy is kept

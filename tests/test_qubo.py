@@ -10,14 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from qubo_nn import qubo as qubo_mod
-from qubo_nn.encoding import optimize_encoding, quantize_encoding
+import qubo_nn.workflows.build as build_mod
+
+from qubo_nn.core.bqm import (
+    apply,
+    build_bqm,
+    check_fits,
+    predicted_loss,
+    qubo_arrays,
+    qubo_bytes,
+)
+from qubo_nn.core.encoding import optimize_encoding, quantize_encoding
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.core.layout import flat_params
+from qubo_nn.core.model import LocalModel
+from qubo_nn.curvature.head_stats import HeadStats, select_blocks
+from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.head import Head, evaluate
-from qubo_nn.quadratic import HeadStats, LocalModel, flat_params, select_blocks
-from qubo_nn.qubo import (BuildConfig, apply, build_bqm, check_fits, iter_block_qubos, make_block_qubo,
-                          predicted_loss, qubo_arrays, qubo_bytes)
+from qubo_nn.workflows.build import BuildConfig, iter_block_qubos, make_block_qubo
 
 REL = 1e-9   # BQM energy vs predicted loss, float64, relative
 
@@ -156,20 +166,20 @@ def test_iter_block_qubos_streams_every_block():
     head, feats = tiny(5)
     cfg = BuildConfig(blocks="rows", bits=2, device="cpu", dtype="float64", damping_rel=0.1, l2=0.01, chunk=16)
     calls = []
-    orig = qubo_mod.make_block_qubo
+    orig = make_block_qubo
 
     def counting(*a, **k):
         calls.append(1)
         return orig(*a, **k)
 
-    qubo_mod.make_block_qubo = counting
+    build_mod.make_block_qubo = counting
     try:
         it = iter_block_qubos(head, feats, cfg)
         first = next(it)
         assert len(calls) == 1                               # one block at a time
         blocks = [first, *it]
     finally:
-        qubo_mod.make_block_qubo = orig
+        build_mod.make_block_qubo = orig
     assert [b.block_id for b in blocks] == [0, 1, 2]
     stats = HeadStats(head, feats, l2=0.01, device="cpu", dtype="float64")
     for blk, idx in zip(blocks, select_blocks("rows", 3, 4)):

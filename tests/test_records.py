@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qubo_nn.experiment import RESULTS_SUBDIR, ExperimentConfig, run_experiment, summarize
-from qubo_nn.features import FeatureConfig, get_features
-from qubo_nn.hybrid import HybridConfig
-from qubo_nn.qubo import BuildConfig
+from qubo_nn.study.experiment import RESULTS_SUBDIR, ExperimentConfig, run_experiment, summarize
+from qubo_nn.data.features import FeatureConfig, get_features
+from qubo_nn.workflows.head_optimize import HybridConfig
+from qubo_nn.workflows.build import BuildConfig
 from qubo_nn.runtime import tensor_digest
 
 pytestmark = pytest.mark.usefixtures("one_thread")

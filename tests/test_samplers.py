@@ -21,6 +21,7 @@ import torch
 import qubo_nn.samplers as S
 from qubo_nn.errors import QuboNNError
 from qubo_nn.samplers import anneal, base, bifurcation, dwave_leap
+from qubo_nn.core.kernels import sphere_decode
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FAST_SB = dict(num_reads=16, max_steps=400)
@@ -382,9 +383,10 @@ def test_seed_helpers():
 
 def level_block(m: int = 6, bits: int = 2, kind: str = "binary", seed: int = 0):
     """A small block (local model → encoding → BQM) and its integer form; H ill-conditioned."""
-    from qubo_nn.encoding import optimize_encoding
-    from qubo_nn.quadratic import LocalModel
-    from qubo_nn.qubo import build_bqm, integer_form
+    from qubo_nn.core.encoding import optimize_encoding
+    from qubo_nn.core.model import LocalModel
+    from qubo_nn.core.bqm import build_bqm
+    from qubo_nn.core.bqm import integer_form
 
     g = torch.Generator().manual_seed(seed)
     B = torch.randn(m, m, generator=g, dtype=torch.float64)
@@ -407,11 +409,10 @@ def exact_levels(form) -> tuple[float, np.ndarray]:
 
 @pytest.mark.parametrize("kind", ["binary", "unary", "domain-wall"])
 def test_level_samplers_against_the_exact_optimum(kind):
-    from qubo_nn import levels as lv
 
     bqm, form, enc = level_block(kind=kind, seed=1)
     e_opt, k_opt = exact_levels(form)
-    k_sd, info = lv.sphere_decode(form.problem)
+    k_sd, info = sphere_decode(form.problem)
     assert info["complete"] and form.problem.energy(k_sd) == pytest.approx(e_opt, abs=1e-12)
     # the BQM's energy of the optimum's bits is the same number
     assert bqm.energy(dict(enumerate(form.to_bits(k_opt)))) == pytest.approx(e_opt, rel=1e-12, abs=1e-12)

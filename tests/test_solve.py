@@ -1,7 +1,7 @@
 """Solve files and manifests, decode into a head, and the solve/decode/samplers commands.
 
 References: optima by NumPy enumeration of every state (independent of the samplers and of
-dimod.ExactSolver); true losses by :func:`qubo_nn.head.evaluate` on the decoded head.
+dimod.ExactSolver); true losses by :func:`qubo_nn.core.head.evaluate` on the decoded head.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from click.testing import CliRunner
 
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.formats import build_to_dir, read_bqm
-from qubo_nn.head import Head, evaluate
-from qubo_nn.qubo import BuildConfig
-from qubo_nn.solve import SOLUTION_NAME, SolveConfig, decode, read_samples, solve
+from qubo_nn.data.featureset import synthetic_features
+from qubo_nn.workflows.build import build_to_dir
+from qubo_nn.io.bqm_files import read_bqm
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.workflows.build import BuildConfig
+from qubo_nn.workflows.solve import SOLUTION_NAME, SolveConfig, decode, read_samples, solve
 
 NEAL = {"num_reads": 10, "num_sweeps": 300}
 

@@ -20,16 +20,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from qubo_nn import levels as lv
-from qubo_nn.block_task import pack_bqm, sample_task, to_sampleset
+from qubo_nn.execution.block_task import pack_bqm, sample_task, to_sampleset
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import synthetic_features
-from qubo_nn.formats import build_to_dir, read_block, read_integer_form, read_manifest, write_bqm
-from qubo_nn.head import Head
-from qubo_nn.qubo import BuildConfig, integer_form, iter_block_qubos
+from qubo_nn.data.featureset import synthetic_features
+from qubo_nn.workflows.build import build_to_dir
+from qubo_nn.io.blocks import read_block, read_integer_form
+from qubo_nn.io.manifest import read_manifest
+from qubo_nn.io.bqm_files import write_bqm
+from qubo_nn.core.head import Head
+from qubo_nn.workflows.build import BuildConfig, iter_block_qubos
+from qubo_nn.core.bqm import integer_form
 from qubo_nn.samplers import sample
-from qubo_nn.solve import SolveConfig, read_samples, solve
+from qubo_nn.workflows.solve import SolveConfig, read_samples, solve
+from qubo_nn.core.kernels import gptq
+from qubo_nn.core.problem import IntegerForm, IntegerProblem
 
 WIDTH = {"binary": 3, "unary": 3, "domain-wall": 3}   # variables per weight (binary 3 bits; unary 2 bits)
 BITS = {"binary": 3, "unary": 2, "domain-wall": 2}
@@ -119,16 +124,16 @@ def test_build_stores_the_integer_problem_of_every_block(build, tiny):
 def test_integer_form_arrays_round_trip_and_refuse_missing_keys():
     rng = np.random.default_rng(0)
     B = rng.normal(size=(5, 5))
-    p = lv.IntegerProblem(B @ B.T + np.eye(5), rng.normal(size=5), rng.uniform(0.5, 1, 5), 0, 3, const=1.5)
-    form = lv.IntegerForm(p, "unary", 2)
-    back = lv.IntegerForm.from_arrays(pickle.loads(pickle.dumps(form.arrays())))
+    p = IntegerProblem(B @ B.T + np.eye(5), rng.normal(size=5), rng.uniform(0.5, 1, 5), 0, 3, const=1.5)
+    form = IntegerForm(p, "unary", 2)
+    back = IntegerForm.from_arrays(pickle.loads(pickle.dumps(form.arrays())))
     K = rng.integers(0, 4, size=(20, 5))
     assert back.kind == "unary" and back.bits == 2
     np.testing.assert_array_equal(back.problem.energy(K), p.energy(K))
     arrs = form.arrays()
     del arrs["scale"]
     with pytest.raises(QuboNNError, match=r"integer form arrays lack \['scale'\]"):
-        lv.IntegerForm.from_arrays(arrs)
+        IntegerForm.from_arrays(arrs)
 
 
 # ------------------------------------------------------------------------- solve with level samplers
@@ -179,7 +184,7 @@ def test_gptq_and_pipeline_through_solve(build, tmp_path, sampler, params):
         k = hand_levels(x, encoding, WIDTH[encoding])
         assert row["best_energy"] == pytest.approx(hand_energy(stored_arrays(out, entry), k), abs=1e-10)
         if sampler == "gptq":   # GPTQ's rounding of the stored problem, computed here without files
-            np.testing.assert_array_equal(k, lv.gptq(form.problem, act_order=params.get("act_order", True)))
+            np.testing.assert_array_equal(k, gptq(form.problem, act_order=params.get("act_order", True)))
         else:                   # the pipeline starts from the best classical answer: never above cd's
             assert row["best_energy"] <= row_cd["best_energy"] + 1e-12
             assert ss.info["stage"] in ("classical", "anneal", "polish")
@@ -197,7 +202,7 @@ def test_shipped_task_carries_the_form_as_arrays_without_torch(build, tmp_path):
     local = to_sampleset(sample_task({**base, "bqm": bqm, "form": form}))
     task = tmp_path / "task.pkl"
     task.write_bytes(pickle.dumps({**base, "bqm": pack_bqm(bqm), "form": form.arrays()}))
-    code = ("import pickle, sys; from qubo_nn.block_task import sample_task; "
+    code = ("import pickle, sys; from qubo_nn.execution.block_task import sample_task; "
             f"r = sample_task(pickle.loads(open({str(task)!r}, 'rb').read())); "
             f"pickle.dump((r, 'torch' in sys.modules), open({str(tmp_path / 'r.pkl')!r}, 'wb'))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -9,9 +9,9 @@ import torch
 from scipy.optimize import check_grad, minimize
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.featureset import FeatureSet
-from qubo_nn.head import Head, evaluate
-from qubo_nn.train import SGDConfig, convex_optimum, jitter_check, lr_at, reference_head, train_sgd
+from qubo_nn.data.featureset import FeatureSet
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.train.sgd import SGDConfig, convex_optimum, jitter_check, lr_at, reference_head, train_sgd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 L2 = 0.01

@@ -7,14 +7,15 @@ from typing import Any
 
 import click
 
-from ..errors import QuboNNError
-from .common import (FORMATS, MAX_DISK_GIB, SALIENCIES, block_options, check_writable, emit, feature_config,
-                     feature_options, handle_errors, json_option, overwrite_option, progress_option, seed_option)
+from qubo_nn.errors import QuboNNError
+from qubo_nn.cli.common import (FORMATS, MAX_DISK_GIB, SALIENCIES, block_options, check_writable, emit,
+    feature_config, feature_options, handle_errors, json_option, overwrite_option, progress_option,
+    seed_option)
 
 
 def load_head(path: str):
     """A head from a ``torch.save``'d ``{"weight", "bias"}`` state dict."""
-    from ..decode import load_head_file
+    from qubo_nn.io.heads import load_head_file
 
     return load_head_file(path)
 
@@ -83,11 +84,12 @@ def build_command(head_path: str | None, warmup_epochs: int, bits: int, encoding
       qubo-nn build --head head.pt --bits 2 --out qubos/
     """
     check_writable(out)
-    from ..features import config_dict, default_cache_dir, get_features
-    from ..formats import build_files, build_to_dir, estimate_build, read_manifest
-    from ..head import Head, check_compatible
-    from ..qubo import BuildConfig
-    from ..runtime import portable_path
+    from qubo_nn.data.features import config_dict, default_cache_dir, get_features
+    from qubo_nn.workflows.build import build_files, build_to_dir, estimate_build
+    from qubo_nn.io.manifest import read_manifest
+    from qubo_nn.core.head import Head, check_compatible
+    from qubo_nn.workflows.build import BuildConfig
+    from qubo_nn.runtime import portable_path
 
     t0 = time.perf_counter()
     cfg = BuildConfig(blocks=blocks, per_block=per_block, size=block_size, num_blocks=num_blocks, saliency=saliency,
@@ -104,7 +106,7 @@ def build_command(head_path: str | None, warmup_epochs: int, bits: int, encoding
     res = get_features(fcfg, progress=progress)
     history: list[dict] = []
     if head is None:
-        from ..train import SGDConfig, train_sgd
+        from qubo_nn.train.sgd import SGDConfig, train_sgd
 
         head = Head.init_like_linear(res.train.num_classes, res.train.dim, seed=seed)
         if warmup_epochs:

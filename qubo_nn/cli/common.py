@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -72,7 +72,7 @@ class LazyChoice(click.Choice):
 
 
 def _sampler_names() -> tuple[str, ...]:
-    from ..samplers import SAMPLERS
+    from qubo_nn.samplers import SAMPLERS
 
     return tuple(SAMPLERS)
 
@@ -153,7 +153,7 @@ def fail(message: str) -> None:
 
 def emit(obj: dict[str, Any], as_json: bool, text: str | None = None) -> None:
     """Print one JSON object (``--json``) or a human-readable text."""
-    from ..runtime import _json_default
+    from qubo_nn.runtime import _json_default
 
     if as_json:
         click.echo(json.dumps({"ok": True, **obj}, default=_json_default, sort_keys=True))
@@ -227,7 +227,7 @@ def sampler_params(o: dict[str, Any], base: dict[str, Any] | None = None) -> dic
 
 def check_sampler_params(sampler: str, params: dict[str, Any]) -> None:
     """Unknown names, options qubo-nn sets itself, and a reversed β range, refused by name."""
-    from ..samplers import get_sampler
+    from qubo_nn.samplers import get_sampler
 
     own = sorted(set(params) & set(SAMPLER_OWN_ARGS))
     if own:
@@ -353,8 +353,8 @@ def feature_options_except(*names: str) -> Callable:
 
 
 def feature_config(o: dict[str, Any]):
-    """The :class:`~qubo_nn.features.FeatureConfig` of :data:`feature_options`."""
-    from ..features import FeatureConfig
+    """The :class:`~qubo_nn.data.features.FeatureConfig` of :data:`feature_options`."""
+    from qubo_nn.data.features import FeatureConfig
 
     return FeatureConfig(dataset=o["dataset"], arch=o["arch"], weights=o["weights"], image_size=o["image_size"],
                          data_root=o["data_root"], download=o["download"], device=o["device"],

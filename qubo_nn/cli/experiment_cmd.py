@@ -5,9 +5,10 @@ from typing import Any
 
 import click
 
-from ..errors import QuboNNError
-from .common import (SCHEDULES, block_options, check_writable, emit, executor_options, feature_options_except,
-                     handle_errors, json_option, progress_option, sampler_options, sampler_params, sgd_options)
+from qubo_nn.errors import QuboNNError
+from qubo_nn.cli.common import (SCHEDULES, block_options, check_writable, emit, executor_options,
+    feature_options_except, handle_errors, json_option, progress_option, sampler_options, sampler_params,
+    sgd_options)
 
 # ExperimentConfig / HybridConfig defaults that differ from the shared options (checked by tests)
 _HYBRID_SAMPLER_PARAMS = {"num_reads": 1, "num_sweeps": 100}
@@ -86,9 +87,9 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
     # everything is checked before anything is written (config.json records the settings)
     params = sampler_params(o, base=_HYBRID_SAMPLER_PARAMS)
     seeds = parse_seeds(o["seeds"])
-    from ..experiment import ExperimentConfig, default_out, run_experiment
-    from ..hybrid import HybridConfig
-    from ..qubo import BuildConfig
+    from qubo_nn.study.experiment import ExperimentConfig, default_out, run_experiment
+    from qubo_nn.workflows.head_optimize import HybridConfig
+    from qubo_nn.workflows.build import BuildConfig
 
     out = o["out"] or str(default_out(o["dataset"]))
     check_writable(out)

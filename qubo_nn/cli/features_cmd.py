@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .common import (SCHEDULES, check_writable, emit, feature_config, feature_options, handle_errors, json_option,
-                     progress_option, seed_option, sgd_options)
+from qubo_nn.cli.common import (SCHEDULES, check_writable, emit, feature_config, feature_options,
+    handle_errors, json_option, progress_option, seed_option, sgd_options)
 
 
 def _shapes(res) -> dict[str, list[int]]:
@@ -18,7 +18,7 @@ def _shapes(res) -> dict[str, list[int]]:
 
 
 def _describe(res) -> str:
-    from ..runtime import portable_path
+    from qubo_nn.runtime import portable_path
 
     where = portable_path(res.path) if res.path is not None else "(generated, not cached)"
     state = "cache hit" if res.hit else ("rebuilt: " + res.rebuilt if res.rebuilt else "extracted")
@@ -28,7 +28,7 @@ def _describe(res) -> str:
 
 
 def _check_cache_dir(opts: dict[str, Any]) -> None:
-    from ..features import default_cache_dir
+    from qubo_nn.data.features import default_cache_dir
 
     check_writable(opts["cache_dir"] or default_cache_dir(), "--cache-dir")
 
@@ -45,7 +45,7 @@ def features_command(progress: bool, as_json: bool, **opts: Any) -> None:
     Example:
       qubo-nn features --dataset digits --weights none
     """
-    from ..features import get_features
+    from qubo_nn.data.features import get_features
 
     _check_cache_dir(opts)
     res = get_features(feature_config(opts), progress=progress)
@@ -75,10 +75,10 @@ def train_command(epochs: int, lr: float, momentum: float, sgd_batch_size: int, 
     check_writable(out, "--out", kind="file")
     import torch
 
-    from ..features import get_features
-    from ..head import Head
-    from ..runtime import atomic_path, versions
-    from ..train import SGDConfig, train_sgd
+    from qubo_nn.data.features import get_features
+    from qubo_nn.core.head import Head
+    from qubo_nn.runtime import atomic_path, versions
+    from qubo_nn.train.sgd import SGDConfig, train_sgd
 
     t0 = time.perf_counter()
     cfg = SGDConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=sgd_batch_size,

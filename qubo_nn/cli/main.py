@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
-from .common import QuboGroup
+from qubo_nn import __version__
+from qubo_nn.cli.common import QuboGroup
 
 _COMMANDS = {
     "features": ".features_cmd:features_command",

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import emit
+from qubo_nn.cli.common import emit
 
 NETWORK_OPTION_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 64, "solve_budget": 1200.0,
                            "bn_correct": False}
@@ -20,11 +20,12 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     """Quantize every conv/linear layer of the checkpoint (``--checkpoint``, else the cached
     ``qubo-nn pretrain`` default of --dataset/--arch/--image-size) and write checkpoint + record."""
 
-    from ..pretrain import PretrainConfig, load_split, materialize, pretrain
-    from ..backbones import build_model
-    from .. import data
-    from ..runtime import atomic_write_json, portable_path
-    from ..tasks.network_quantize import NetworkQuantizeConfig, calibration_indices, quantize_network
+    from qubo_nn.train.pretrain import PretrainConfig, load_split, materialize, pretrain
+    from qubo_nn.nets.backbones import build_model
+    from qubo_nn.data import datasets as data
+    from qubo_nn.runtime import atomic_write_json, portable_path
+    from qubo_nn.workflows.network_quantize import (NetworkQuantizeConfig, calibration_indices,
+        quantize_network)
 
     t0 = time.perf_counter()
     g = {k: (opts.get(k) if opts.get(k) is not None else v) for k, v in NETWORK_OPTION_DEFAULTS.items()}
@@ -34,7 +35,7 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
                                 bn_correct=bool(g["bn_correct"]),
                                 device=opts["device"], **(executor or {}))
     cfg.validate()
-    from ..execution import check_available
+    from qubo_nn.execution.executors import check_available
 
     check_available(cfg.executor_config())   # fail before pretraining or loading data
     pcfg = PretrainConfig(dataset=opts["dataset"], arch=opts["arch"], image_size=opts["image_size"],

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from .common import device_option, emit, handle_errors, json_option, seed_option
+from qubo_nn.cli.common import device_option, emit, handle_errors, json_option, seed_option
 
 # literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
 _DATASETS = ("digits", "cifar100", "synthetic")
@@ -54,7 +54,7 @@ def pretrain_command(threads: int | None, progress: bool, as_json: bool, **opts:
     """
     import torch
 
-    from ..pretrain import PretrainConfig, pretrain
+    from qubo_nn.train.pretrain import PretrainConfig, pretrain
 
     if threads is not None:
         torch.set_num_threads(threads)

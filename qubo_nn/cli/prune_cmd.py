@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from .common import SAMPLER_CHOICE, SAMPLER_HELP, SAMPLER_PARAMS_HELP, check_writable, emit, handle_errors, json_option, seed_option
+from qubo_nn.cli.common import (SAMPLER_CHOICE, SAMPLER_HELP, SAMPLER_PARAMS_HELP, check_writable, emit,
+    handle_errors, json_option, seed_option)
 
 # literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
 _METHODS = ("l1", "greedy", "lasso", "qubo")
@@ -60,9 +61,9 @@ def prune_command(weights, layer, keep, method, sampler, sampler_params, params_
         check_writable(export, "--export")
     import torch
 
-    from ..errors import QuboNNError
-    from ..prune.network import PruneConfig
-    from ..prune.run import PruneRunConfig, run_prune
+    from qubo_nn.errors import QuboNNError
+    from qubo_nn.workflows.prune.network import PruneConfig
+    from qubo_nn.workflows.prune.run import PruneRunConfig, run_prune
 
     if threads is not None:
         torch.set_num_threads(threads)

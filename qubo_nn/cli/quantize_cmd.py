@@ -7,38 +7,38 @@ from typing import Any
 
 import click
 
-from ..errors import QuboNNError
-from .common import (SCALE_RULES, LazyChoice, check_writable, damping_option, emit, encoding_option, executor_options,
-                     feature_config, feature_options, handle_errors, json_option, progress_option, sampler_options, sampler_params,
-                     seed_option, sgd_options)
+from qubo_nn.errors import QuboNNError
+from qubo_nn.cli.common import (SCALE_RULES, LazyChoice, check_writable, damping_option, emit,
+    encoding_option, executor_options, feature_config, feature_options, handle_errors, json_option,
+    progress_option, sampler_options, sampler_params, seed_option, sgd_options)
 
 QUANTIZE_DAMPING = 0.01   # QuantizeConfig.damping_rel (GPTQ's percdamp); checked by tests
 QUANTIZE_NUM_READS = 4    # QuantizeConfig.num_reads
 
 
 def _methods() -> tuple[str, ...]:
-    from ..quantize import METHODS
+    from qubo_nn.workflows.head_quantize import METHODS
 
     return tuple(dict.fromkeys(METHODS + ("gptq", "cd")))
 
 
 def get_features(cfg, progress: bool = False):
-    """:func:`qubo_nn.features.get_features`, imported when called (a seam tests patch)."""
-    from ..features import get_features as _get
+    """:func:`qubo_nn.data.features.get_features`, imported when called (a seam tests patch)."""
+    from qubo_nn.data.features import get_features as _get
 
     return _get(cfg, progress=progress)
 
 
 def versions() -> dict:
     """:func:`qubo_nn.runtime.versions`, imported when called (a seam tests patch)."""
-    from ..runtime import versions as _versions
+    from qubo_nn.runtime import versions as _versions
 
     return _versions()
 
 
 def load_head(path: str | Path):
     """A head from a torch state dict file ``{"weight": C × D, "bias": C}``."""
-    from ..decode import load_head_file
+    from qubo_nn.io.heads import load_head_file
 
     return load_head_file(path)
 
@@ -137,7 +137,7 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
     if record:
         check_writable(record, "--record", kind="file")
     if opts.pop("scope") == "network":
-        from .network_quantize import run_network_quantize
+        from qubo_nn.cli.network_quantize import run_network_quantize
 
         return run_network_quantize(bits=bits, method=method, sampler=sampler, scale_rule=scale_rule,
                                     damping=damping, seed=seed, out=out, record=record, progress=progress,
@@ -147,12 +147,12 @@ def quantize_command(bits: int, method: str, scale_rule: str, window_bits: int, 
             raise QuboNNError(f"--{name.replace('_', '-')} applies to --scope network only")
     import torch
 
-    from ..head import Head
-    from ..execution import check_available
-    from ..quantize import QuantizeConfig, quantize_head
-    from ..runtime import atomic_path, atomic_write_json, tensor_digest
-    from ..runtime import machine_info, resolve_device
-    from ..train import SGDConfig, reference_head, train_sgd
+    from qubo_nn.core.head import Head
+    from qubo_nn.execution.executors import check_available
+    from qubo_nn.workflows.head_quantize import QuantizeConfig, quantize_head
+    from qubo_nn.runtime import atomic_path, atomic_write_json, tensor_digest
+    from qubo_nn.runtime import machine_info, resolve_device
+    from qubo_nn.train.sgd import SGDConfig, reference_head, train_sgd
 
     t0 = time.perf_counter()
     cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler, sampler_params=params,

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from .common import (INITS, SAMPLER_OWN_ARGS, check_writable, device_option, emit, executor_options, handle_errors,
-                     json_option, progress_option, sampler_options, sampler_params)
+from qubo_nn.cli.common import (INITS, SAMPLER_OWN_ARGS, check_writable, device_option, emit,
+    executor_options, handle_errors, json_option, progress_option, sampler_options, sampler_params)
 
 
 def _solve_text(s: dict[str, Any], out: Path) -> str:
@@ -65,7 +65,7 @@ def solve_command(source: str, out: str, seed: int, workers: int, executor: str,
     """
     params = sampler_params(o)
     check_writable(out)
-    from ..solve import SolveConfig, solve
+    from qubo_nn.workflows.solve import SolveConfig, solve
 
     cfg = SolveConfig(sampler=o["sampler"], params=params, seed=seed, polish=o["polish"], init=init,
                       workers=workers, keep=keep, executor=executor, ray_address=ray_address,
@@ -127,7 +127,7 @@ def decode_command(solution_dir: str, out: str | None, build_dir: str | None, fo
     base = Path(solution_dir)
     target = Path(out) if out else (base if base.is_dir() else base.parent) / "head.pt"
     check_writable(target, "--out", kind="file")
-    from ..decode import decode
+    from qubo_nn.workflows.decode import decode
 
     report = decode(solution_dir, out=target, device=device, progress=progress and not as_json, build=build_dir,
                     force=force, cache_dir=cache_dir)
@@ -144,7 +144,7 @@ def samplers_command(as_json: bool) -> None:
     Example:
       qubo-nn samplers --json
     """
-    from ..samplers import describe
+    from qubo_nn.samplers import describe
 
     rows = describe()
     for r in rows:   # seed and initial_states are set by qubo-nn (--seed, --init), never through -m

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import QuboNNError
-from ..quadratic import LocalModel
+from qubo_nn.errors import QuboNNError
+from qubo_nn.core.model import LocalModel
 
 
 @dataclass

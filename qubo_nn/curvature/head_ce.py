@@ -3,17 +3,17 @@
 Beside :mod:`layer_gram` (a layer's reconstruction Gram, the same H for every row of the layer),
 this is the second curvature source of the core: for the FC head, row c of W (the D weights of
 class c, bias excluded) has its own exact task-loss Hessian block
-H_c = (1/N) Σ_n p_nc (1 − p_nc) f_n f_nᵀ (+ l2·I), computed by :class:`qubo_nn.quadratic.HeadStats`
+H_c = (1/N) Σ_n p_nc (1 − p_nc) f_n f_nᵀ (+ l2·I), computed by :class:`qubo_nn.curvature.head_stats.HeadStats`
 at the fp32 head. :meth:`HeadCE.row_problem` turns it into the core's integer problem
-(:class:`qubo_nn.levels.IntegerProblem`) on a per-row grid w = s·k, damped as GPTQ
+(:class:`qubo_nn.core.problem.IntegerProblem`) on a per-row grid w = s·k, damped as GPTQ
 (μ = ``damping_rel`` · mean diag H_c):
 
     E(k) = const + ½ (s·k − t)ᵀ (H_c + μI) (s·k − t),
 
 t = w (``use_grad=False``: the quadratic of the weight change, GPTQ's objective; const = L0) or the
 damped Newton target t = w − H̃⁻¹g (``use_grad=True``: E is the row's whole predicted loss,
-const = L0 − ½ gᵀH̃⁻¹g). The solvers (:mod:`qubo_nn.levels`, :mod:`qubo_nn.row_tasks`) and the
-write-back (:func:`qubo_nn.params.apply_levels` on the head's C × D weight view) are the ones
+const = L0 − ½ gᵀH̃⁻¹g). The solvers (:mod:`qubo_nn.core.grid`, :mod:`qubo_nn.execution.row_tasks`) and the
+write-back (:func:`qubo_nn.core.layout.apply_levels` on the head's C × D weight view) are the ones
 the network path uses; only this source is head-specific.
 
 Layout: the head's parameters are θ = [W | b] row by row (C × (D + 1), :func:`quadratic.flat_params`),
@@ -24,15 +24,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import QuboNNError
-from ..levels import IntegerProblem, solve_pd
-from ..quadratic import HeadStats
+from qubo_nn.errors import QuboNNError
+from qubo_nn.core.problem import IntegerProblem, solve_pd
+from qubo_nn.curvature.head_stats import HeadStats
 
 
 class HeadCE:
     """Row problems of a head's weights under its training cross-entropy (see the module docstring).
 
-    Arguments as :class:`~qubo_nn.quadratic.HeadStats` (``subsample``: the Hessian blocks from a
+    Arguments as :class:`~qubo_nn.curvature.head_stats.HeadStats` (``subsample``: the Hessian blocks from a
     seeded subset of the training samples); ``loss`` is the fp32 head's training loss L0.
     """
 

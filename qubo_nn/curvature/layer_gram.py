@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import QuboNNError
-from ..nets.layers import StopForward, run_hooked
+from qubo_nn.errors import QuboNNError
+from qubo_nn.nets.layers import StopForward, run_hooked
 
 CHUNK_ELEMENTS = 1 << 23      # im2col entries per chunk (8 M floats = 32 MB in float32)
 

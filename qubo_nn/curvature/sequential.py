@@ -1,7 +1,7 @@
 """Solving a row's columns group by group with error feedback (GPTQ's factorization).
 
 A row w (D weights) of a layer with damped Hessian H̃ = H + μI (μ = ``damping_rel`` · mean diag H)
-is quantized in column groups I_1, I_2, … (a :class:`~qubo_nn.params.BlockPlan`, columns
+is quantized in column groups I_1, I_2, … (a :class:`~qubo_nn.core.layout.BlockPlan`, columns
 permuted by ``plan.order``). When group I is fixed at a change Δ_I while the later columns R
 stay continuous, the best later change and the remaining energy are
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import QuboNNError
-from ..params import BlockPlan
+from qubo_nn.errors import QuboNNError
+from qubo_nn.core.layout import BlockPlan
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import QuboNNError
-from .layers import WEIGHT_LAYERS, StopForward, run_hooked, weight_layers
+from qubo_nn.errors import QuboNNError
+from qubo_nn.nets.layers import WEIGHT_LAYERS, StopForward, run_hooked, weight_layers
 
 
 def correct_statistics(reference: nn.Module, quantized: nn.Module, images: torch.Tensor, batch_size: int = 64,

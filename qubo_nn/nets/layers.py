@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
 

@@ -14,7 +14,7 @@ import dimod
 import numpy as np
 from dwave.samplers import SimulatedAnnealingSampler
 
-from .base import ising_fields
+from qubo_nn.samplers.base import ising_fields
 
 #: Reads run when ``time_limit`` is given without ``num_reads`` (an upper bound: the time
 #: limit normally stops earlier; bounded because neal allocates all initial states up front).

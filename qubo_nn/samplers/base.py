@@ -10,7 +10,7 @@ from typing import Any
 import dimod
 import numpy as np
 
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 #: Seeds are drawn from and checked against [0, 2**31): the narrowest range any wrapped
 #: sampler accepts (dwave-neal refuses 2**31 and above).

@@ -17,7 +17,7 @@ import dimod
 import numpy as np
 from dwave.samplers import SteepestDescentSolver
 
-from .base import as_binary
+from qubo_nn.samplers.base import as_binary
 
 _TORCH_RNG_LOCK = threading.Lock()
 MODES = ("ballistic", "discrete")
@@ -56,7 +56,7 @@ class SBSampler(dimod.Sampler):
         import simulated_bifurcation as sb  # torch and the package load only when SB runs
         import torch
 
-        from ..runtime import resolve_device, resolve_dtype
+        from qubo_nn.runtime import resolve_device, resolve_dtype
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

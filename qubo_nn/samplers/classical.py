@@ -1,7 +1,7 @@
 """``gptq`` and ``cd``: the strongest classical roundings, as dimod samplers over a block's levels.
 
-Both work on the block's integer form (:class:`qubo_nn.levels.IntegerForm`, from
-``qubo_nn.qubo.integer_form(model, enc, damping)``), passed as the ``integer_form`` parameter: a
+Both work on the block's integer form (:class:`qubo_nn.core.problem.IntegerForm`, from
+``qubo_nn.core.problem.integer_form(model, enc, damping)``), passed as the ``integer_form`` parameter: a
 bare BQM does not say which integer problem its bits encode, so without it they refuse with a
 :class:`QuboNNError` naming what is missing. The answer is returned as the BQM's bits (in the
 encoding the form names), one sample, scored by the BQM like every other sampler.
@@ -19,19 +19,20 @@ from typing import Any
 import dimod
 import numpy as np
 
-from .. import levels as lv
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
+from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
+from qubo_nn.core.problem import IntegerForm
 
 __all__ = ["GPTQSampler", "CDSampler", "require_form", "levels_sampleset"]
 
 
-def require_form(name: str, bqm: dimod.BinaryQuadraticModel, form: Any) -> lv.IntegerForm:
+def require_form(name: str, bqm: dimod.BinaryQuadraticModel, form: Any) -> IntegerForm:
     """The ``integer_form`` a level-space sampler was given, checked against ``bqm``."""
     if form is None:
         raise QuboNNError(f"sampler {name!r} needs the block's integer form: expected "
-                          "integer_form=qubo_nn.qubo.integer_form(model, enc, damping), got a bare BQM without it "
+                          "integer_form=qubo_nn.core.problem.integer_form(model, enc, damping), got a bare BQM without it "
                           "(a .bqm file alone does not carry it; solve a build folder with its sidecars)")
-    if not isinstance(form, lv.IntegerForm):
+    if not isinstance(form, IntegerForm):
         raise QuboNNError(f"sampler {name!r}: expected integer_form to be a levels.IntegerForm, "
                           f"got {type(form).__name__}")
     if form.num_variables != bqm.num_variables or set(bqm.variables) != set(range(bqm.num_variables)):
@@ -40,7 +41,7 @@ def require_form(name: str, bqm: dimod.BinaryQuadraticModel, form: Any) -> lv.In
     return form
 
 
-def levels_sampleset(bqm: dimod.BinaryQuadraticModel, form: lv.IntegerForm, K: np.ndarray,
+def levels_sampleset(bqm: dimod.BinaryQuadraticModel, form: IntegerForm, K: np.ndarray,
                      info: dict) -> dimod.SampleSet:
     """A SampleSet of the bits of level vectors K ((S, m) or (m,)) scored by ``bqm``."""
     X = form.to_bits(np.atleast_2d(K))
@@ -69,7 +70,7 @@ class GPTQSampler(_LevelSampler):
     def sample(self, bqm, integer_form=None, act_order: bool = True, **_: Any) -> dimod.SampleSet:
         form = require_form(self.NAME, bqm, integer_form)
         t0 = time.perf_counter()
-        k = lv.gptq(form.problem, act_order=bool(act_order))
+        k = gptq(form.problem, act_order=bool(act_order))
         return levels_sampleset(bqm, form, k, {"act_order": bool(act_order), "energy": form.problem.energy(k),
                                                "solver_wall_time_s": time.perf_counter() - t0})
 
@@ -87,7 +88,7 @@ class CDSampler(_LevelSampler):
             raise QuboNNError(f"sampler 'cd': start must be one of {self.STARTS}, got {start!r}")
         t0 = time.perf_counter()
         p = form.problem
-        k0 = lv.rtn(p) if start == "rtn" else lv.gptq(p, act_order=start == "gptq")
-        k, info = lv.coordinate_descent(p, k0, pairs=bool(pairs))
+        k0 = rtn(p) if start == "rtn" else gptq(p, act_order=start == "gptq")
+        k, info = coordinate_descent(p, k0, pairs=bool(pairs))
         info.update({"start": start, "energy": p.energy(k), "solver_wall_time_s": time.perf_counter() - t0})
         return levels_sampleset(bqm, form, k, info)

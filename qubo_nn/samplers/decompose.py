@@ -18,9 +18,9 @@ from typing import Any
 import dimod
 import numpy as np
 
-from .. import levels as lv
-from ..errors import QuboNNError
-from .classical import require_form
+from qubo_nn.errors import QuboNNError
+from qubo_nn.samplers.classical import require_form
+from qubo_nn.core.kernels import coordinate_descent, gptq
 
 __all__ = ["DecomposeSampler", "SUBSAMPLERS"]
 
@@ -67,7 +67,7 @@ class DecomposeSampler(dimod.Sampler):
             start = "initial_states"
         elif integer_form is not None:
             form = require_form("decompose", bqm, integer_form)
-            k, _ = lv.coordinate_descent(form.problem, lv.gptq(form.problem, True))
+            k, _ = coordinate_descent(form.problem, gptq(form.problem, True))
             x0 = dict(zip(range(bqm.num_variables), form.to_bits(k).tolist()))
             start = "cd<-gptq"
         else:

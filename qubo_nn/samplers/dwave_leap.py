@@ -12,7 +12,7 @@ from typing import Any
 
 import dimod
 
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 SOLVERS = ("hybrid", "qpu")
 INSTALL_HINT = "pip install 'qubo-nn[dwave]' (dwave-system)"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dimod
 
-from ..errors import QuboNNError
+from qubo_nn.errors import QuboNNError
 
 #: 2**24 states × 24 variables is already 400 MB of samples.
 MAX_EXACT_VARIABLES = 24

@@ -13,8 +13,8 @@ from typing import Any
 
 import dimod
 
-from .. import levels as lv
-from .classical import _LevelSampler, levels_sampleset, require_form
+from qubo_nn.samplers.classical import _LevelSampler, levels_sampleset, require_form
+from qubo_nn.samplers.level_solvers import solve_levels
 
 __all__ = ["PipelineSampler"]
 
@@ -33,7 +33,7 @@ class PipelineSampler(_LevelSampler):
         params = {"num_reads": int(num_reads)}
         if subsampler == "neal":
             params["num_sweeps"] = int(num_sweeps)
-        k, info = lv.solve_levels(form.problem, "qubo", encoding=encoding, sampler=subsampler, seed=int(seed),
+        k, info = solve_levels(form.problem, "qubo", encoding=encoding, sampler=subsampler, seed=int(seed),
                                   params=params, time_budget_s=time_budget_s, levels=int(window_levels),
                                   rounds=int(rounds))
         return levels_sampleset(bqm, form, k, info)

@@ -1,0 +1,68 @@
+"""Grids and encodings of integer levels: the one bits check, digit weights, level <-> bits."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from qubo_nn.errors import QuboNNError
+
+ENCODINGS = ("binary", "unary", "domain-wall")
+
+
+MAX_BITS = 16
+
+
+def check_bits(bits: Any, max_bits: int = MAX_BITS, what: str = "bits per weight") -> int:
+    """``bits`` as an int in [1, max_bits], else QuboNNError: the one bits check of the project."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= max_bits:
+        raise QuboNNError(f"{what} must be an integer in [1, {max_bits}], got {bits!r}")
+    return int(bits)
+
+
+def check_encoding(kind: Any) -> str:
+    if kind not in ENCODINGS:
+        raise QuboNNError(f"encoding must be one of {ENCODINGS}, got {kind!r}")
+    return str(kind)
+
+
+def digit_weights(kind: str, levels: int) -> np.ndarray:
+    """Digit weights d (width,) of one weight's window of ``levels`` levels (see module docstring)."""
+    kind = check_encoding(kind)
+    if levels < 2:
+        raise QuboNNError(f"a window needs at least 2 levels, got {levels}")
+    if kind == "binary":
+        width = int(math.ceil(math.log2(levels)))
+        if 2 ** width != levels:
+            raise QuboNNError(f"a binary encoding needs a power-of-two number of levels, got {levels}")
+        return 2.0 ** np.arange(width)
+    return np.ones(levels - 1)
+
+
+def thermometer(k: np.ndarray, width: int) -> np.ndarray:
+    """Unary bits (…, m·width) of levels k (…, m) in [0, width]: x_ij = [j < k_i]."""
+    k = np.asarray(k)
+    x = (np.arange(width) < k[..., None]).astype(np.int8)
+    return x.reshape(*k.shape[:-1], -1)
+
+
+def binary_digits(k: np.ndarray, width: int) -> np.ndarray:
+    k = np.asarray(k).astype(np.int64)
+    x = ((k[..., None] >> np.arange(width)) & 1).astype(np.int8)
+    return x.reshape(*k.shape[:-1], -1)
+
+
+
+
+def bits_of(k: np.ndarray, base: np.ndarray, kind: str, levels: int) -> np.ndarray:
+    """Bits (…, m·width) of levels k inside the windows starting at ``base``."""
+    rel = np.asarray(k) - base
+    width = digit_weights(kind, levels).size
+    return binary_digits(rel, width) if kind == "binary" else thermometer(rel, width)
+
+
+def levels_of(x: np.ndarray, base: np.ndarray, kind: str, levels: int) -> np.ndarray:
+    d = digit_weights(kind, levels)
+    x = np.asarray(x)
+    return base + (x.reshape(*x.shape[:-1], base.size, d.size) * d).sum(-1).astype(np.int64)

@@ -1,1 +1,0 @@
-"""Tasks on whole networks built from the layer path (``network_quantize``)."""
