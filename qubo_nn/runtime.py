@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
-import sys
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -136,6 +137,42 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path) or (torch is not None and isinstance(obj, (torch.device, torch.dtype))):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+#: seeds are integers in [0, SEED_BOUND) (what every sampler and NumPy/torch generator takes)
+SEED_BOUND = 2**31
+
+
+def child_seed(seed: int, *keys: int) -> int:
+    """The one seed derivation of the project: a seed in [0, 2³¹) from ``seed`` and ``keys`` (a row, a
+    block, a sweep, an attempt), independent of the others (NumPy ``SeedSequence``)."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] % SEED_BOUND)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types: dict keys as str, tuples/arrays/tensors as lists, NumPy/torch scalars
+    as numbers, paths/devices/dtypes as str, and NaN/±Inf as None (JSON has no such numbers; a reader
+    must never meet ``NaN`` in our files or ``--json`` output)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    torch = sys.modules.get("torch")  # a torch object can only exist when torch is loaded
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, Path) or (torch is not None and isinstance(obj, (torch.device, torch.dtype))):
+        return str(obj)
+    if callable(obj):
+        return getattr(obj, "__name__", type(obj).__name__)
+    return str(obj)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import importlib
 
-from qubo_nn.samplers.base import child_seed, draw_seed
+from qubo_nn.runtime import child_seed
+from qubo_nn.samplers.base import draw_seed
 from qubo_nn.samplers.registry import (
     DEFAULT_SAMPLER,
     PARAM_TYPES,

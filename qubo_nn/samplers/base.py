@@ -11,10 +11,10 @@ import dimod
 import numpy as np
 
 from qubo_nn.errors import QuboNNError
+from qubo_nn.runtime import SEED_BOUND
 
 #: Seeds are drawn from and checked against [0, 2**31): the narrowest range any wrapped
 #: sampler accepts (dwave-neal refuses 2**31 and above).
-SEED_BOUND = 2**31
 
 
 def check_seed(seed: Any) -> int:
@@ -27,11 +27,6 @@ def check_seed(seed: Any) -> int:
 def draw_seed() -> int:
     """A fresh seed from OS entropy, so that an unseeded run can still be repeated."""
     return int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0] % SEED_BOUND)
-
-
-def child_seed(seed: int, *keys: int) -> int:
-    """A seed derived from ``seed`` and ``keys`` (e.g. a block id), independent of the others."""
-    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] % SEED_BOUND)
 
 
 def as_binary(bqm: dimod.BinaryQuadraticModel) -> dimod.BinaryQuadraticModel:
