@@ -9,6 +9,16 @@ import numpy as np
 from qubo_nn.errors import QuboNNError
 
 ENCODINGS = ("binary", "unary", "domain-wall")
+#: weight grids: ``signed`` w = s·k, k a b-bit signed integer (the default); ``binary`` w = α·s, s ∈ {−1, +1};
+#: ``ternary`` w = α·t, t ∈ {−1, 0, +1} (per-row α)
+GRIDS = ("signed", "binary", "ternary")
+
+
+def check_grid(grid: Any) -> str:
+    """``grid`` if it names a grid of :data:`GRIDS`, else QuboNNError."""
+    if grid not in GRIDS:
+        raise QuboNNError(f"grid must be one of {GRIDS}, got {grid!r}")
+    return str(grid)
 
 
 MAX_BITS = 16

@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from qubo_nn.core.encoding import Encoding, quantize_encoding
+from qubo_nn.core.grid import check_grid
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import ExecutorConfig, check_available, map_unordered
 from qubo_nn.data.featureset import FeatureSet
@@ -264,12 +265,15 @@ class QuantizeConfig:
     executor: str = "threads"
     workers: int = 1
     ray_address: str | None = None
+    grid: str = "signed"
 
     def executor_config(self) -> ExecutorConfig:
         """Where the row tasks run (``executor``, ``workers``, ``ray_address``; see :mod:`qubo_nn.execution.executors`)."""
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
+        if check_grid(self.grid) != "signed":
+            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
         check_bits(self.bits)
         self.executor_config().validate()
         if self.method not in METHODS:

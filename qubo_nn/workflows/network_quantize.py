@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from qubo_nn.curvature.layer_gram import capture_gram
 from qubo_nn.curvature.sequential import SequentialGroups, sequential_groups
+from qubo_nn.core.grid import check_grid
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import Executor, ExecutorConfig, map_unordered, open_executor
 from qubo_nn.nets.bn import fold_batchnorm, unfold_batchnorm
@@ -93,12 +94,15 @@ class NetworkQuantizeConfig:
     workers: int = 1
     ray_address: str | None = None
     bn_correct: bool = False
+    grid: str = "signed"
 
     def executor_config(self) -> ExecutorConfig:
         """Where the (row, group) re-solves of cd/qubo run (see :mod:`qubo_nn.execution.executors`)."""
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
+        if check_grid(self.grid) != "signed":
+            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
         check_bits(self.bits)
         self.executor_config().validate()
         check_bits(self.first_last_bits)
