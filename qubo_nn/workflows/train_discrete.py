@@ -1,0 +1,375 @@
+"""Training heads whose weights must stay discrete: binary w = α_c·s (s ∈ {−1, +1}) or ternary
+w = α_c·t (t ∈ {−1, 0, +1}), one scale α_c per class row, a full-precision bias (issue 19).
+
+Three methods, all ending with the same convex refit of (α, b) for their codes (:func:`refit_scales`:
+the logits are linear in α and b for fixed codes, so L-BFGS reaches the optimum):
+
+- ``ptq``: the fp32 reference head rounded row by row: on row c's exact CE Hessian block H̃_c (damped,
+  :class:`~qubo_nn.curvature.head_ce.HeadCE`), codes by CD from GPTQ act-order, alternated with the
+  closed-form scale α* = cᵀH̃t / cᵀH̃c until the row energy stops falling.
+- ``ste``: quantization-aware training with the straight-through estimator from the fp32 head: latent
+  fp32 weights, forward pass with the quantized weights (α_c = mean |w_c| for binary, XNOR-Net; TWN for
+  ternary: threshold 0.7·mean |w_c|, α_c = mean of the |w| above it), gradients passed straight through
+  (BinaryConnect), Adam; learning rate and epochs chosen on a held-out split of train from a recorded grid,
+  then retrained on all of train.
+- ``qubo``: from ``ptq``, sweeps over the class rows (or blocks of ``rows_per_block`` rows, which carry the
+  cross-class curvature). A step is the exact second-order model of the mean cross-entropy around the
+  current discrete head over the block's codes (g and H from :class:`~qubo_nn.curvature.head_stats.HeadStats`
+  at that head; E(k) = L + gᵀΔ + ½ΔᵀH̃Δ as an :class:`~qubo_nn.core.problem.IntegerProblem` over the codes
+  with the damped Newton target), solved by the annealing pipeline (``step_solver="qubo"``:
+  :func:`~qubo_nn.samplers.level_solvers.solve_levels`) or by CD alone (``step_solver="cd"``, the classical
+  control), and kept only if the TRUE training loss falls. (α, b) are refit between sweeps; the sweeps stop
+  when the validation loss stops falling, and the head of the best validation loss is returned.
+
+A binary code c = 2k − 1 with k ∈ {0, 1} is an IntegerProblem with scale 2α and target t + α
+(w = 2αk − α); a ternary code is k itself with scale α.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from qubo_nn.core.head import Head, evaluate
+from qubo_nn.core.problem import IntegerProblem, solve_pd
+from qubo_nn.curvature.head_stats import HeadStats
+from qubo_nn.data.featureset import FeatureSet
+from qubo_nn.errors import QuboNNError
+from qubo_nn.runtime import child_seed, torch_generator
+from qubo_nn.samplers.level_solvers import solve_levels
+
+DISCRETE_GRIDS = ("binary", "ternary")
+DISCRETE_METHODS = ("ptq", "ste", "qubo")
+STEP_SOLVERS = ("qubo", "cd")
+
+
+@dataclass
+class DiscreteConfig:
+    """Settings of the three discrete trainers (see the module docstring).
+
+    ``damping_rel``: μ = damping_rel · mean diag H of a block. ``accept_tol``: a step is kept only if the
+    true training loss falls by more than this (nats). ``subsample``: Hessian blocks from a seeded subset
+    of this many training samples (the gradient and the acceptance use all of them).
+    """
+
+    grid: str = "binary"
+    method: str = "qubo"
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "cpu"
+    # ptq / qubo
+    damping_rel: float = 0.01
+    alt_rounds: int = 10
+    # ste
+    ste_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    ste_epochs: int = 40
+    ste_batch: int = 128
+    # qubo
+    sweeps: int = 8
+    patience: int = 2
+    rows_per_block: int = 1
+    step_solver: str = "qubo"
+    sampler: str = "neal"
+    sampler_params: dict = field(default_factory=lambda: {"num_reads": 4, "num_sweeps": 500})
+    accept_tol: float = 1e-9
+    subsample: int | None = None
+    dtype: str = "float64"
+
+    def validate(self) -> None:
+        if self.grid not in DISCRETE_GRIDS:
+            raise QuboNNError(f"grid must be one of {DISCRETE_GRIDS}, got {self.grid!r}")
+        if self.method not in DISCRETE_METHODS:
+            raise QuboNNError(f"method must be one of {DISCRETE_METHODS}, got {self.method!r}")
+        if self.step_solver not in STEP_SOLVERS:
+            raise QuboNNError(f"step_solver must be one of {STEP_SOLVERS}, got {self.step_solver!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise QuboNNError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        for name in ("sweeps", "ste_epochs", "ste_batch", "rows_per_block", "alt_rounds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise QuboNNError(f"{name} must be an integer >= 1, got {v!r}")
+        if not (self.damping_rel > 0 and math.isfinite(self.damping_rel)):
+            raise QuboNNError(f"damping_rel must be a finite number > 0, got {self.damping_rel!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ste_lrs"] = list(self.ste_lrs)
+        return d
+
+
+@dataclass
+class DiscreteHead:
+    """Codes (C × D, int8 in {−1, 1} or {−1, 0, 1}), per-row scales α (C,) and bias b (C,), float64."""
+
+    codes: torch.Tensor
+    alpha: torch.Tensor
+    b: torch.Tensor
+    grid: str
+
+    def head(self) -> Head:
+        return Head((self.alpha[:, None] * self.codes.to(self.alpha.dtype)).float(), self.b.float())
+
+    def clone(self) -> "DiscreteHead":
+        return DiscreteHead(self.codes.clone(), self.alpha.clone(), self.b.clone(), self.grid)
+
+
+# ---------------------------------------------------------------- codes and scales
+
+def threshold_codes(W: torch.Tensor, grid: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sign (binary, XNOR-Net α = mean |w|) or TWN (ternary) codes and scales of W (C × D)."""
+    W = W.to(torch.float64)
+    absw = W.abs()
+    if grid == "binary":
+        return torch.where(W >= 0, 1, -1).to(torch.int8), absw.mean(1)
+    thr = 0.7 * absw.mean(1, keepdim=True)
+    mask = absw > thr
+    codes = (torch.sign(W) * mask).to(torch.int8)
+    alpha = (absw * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return codes, torch.where(mask.any(1), alpha, absw.mean(1))
+
+
+def row_problem(H: np.ndarray, target: np.ndarray, alpha: float, grid: str, const: float = 0.0) -> IntegerProblem:
+    """The codes of one block as an IntegerProblem: E = const + ½(w(k) − t)ᵀH(w(k) − t), w = α·code(k).
+
+    ``alpha`` may be a scalar or one value per variable (multi-row blocks)."""
+    a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), target.shape)
+    if grid == "binary":
+        return IntegerProblem(H, target + a, 2 * a, 0, 1, const)
+    return IntegerProblem(H, target, a, -1, 1, const)
+
+
+def codes_of(k: np.ndarray, grid: str) -> np.ndarray:
+    """Codes from a row problem's levels (binary: 2k − 1; ternary: k)."""
+    return 2 * np.asarray(k) - 1 if grid == "binary" else np.asarray(k)
+
+
+def levels_of(codes: np.ndarray, grid: str) -> np.ndarray:
+    return (np.asarray(codes) + 1) // 2 if grid == "binary" else np.asarray(codes)
+
+
+def best_alpha(H: np.ndarray, target: np.ndarray, codes: np.ndarray, floor: float = 1e-8) -> float:
+    """argmin_α ½(αc − t)ᵀH(αc − t) = cᵀHt / cᵀHc, at least ``floor`` (c = 0 keeps ``floor``)."""
+    c = np.asarray(codes, dtype=np.float64)
+    Hc = H @ c
+    den = float(c @ Hc)
+    return max(float(Hc @ target) / den, floor) if den > 0 else floor
+
+
+def round_row(H: np.ndarray, target: np.ndarray, grid: str, codes0: np.ndarray, alpha0: float,
+              rounds: int) -> tuple[np.ndarray, float, float]:
+    """Alternate codes (CD from GPTQ act-order, and from the current codes) and the closed-form α until
+    the row energy ½(αc − t)ᵀH(αc − t) stops falling. Returns (codes, α, energy)."""
+    codes, alpha = np.asarray(codes0), float(alpha0)
+    energy = _row_energy(H, target, codes, alpha)
+    for _ in range(rounds):
+        p = row_problem(H, target, alpha, grid)
+        k, _ = solve_levels(p, "cd")
+        new = codes_of(k, grid)
+        if p.energy(levels_of(codes, grid)) < p.energy(k):
+            new = codes
+        a = best_alpha(H, target, new)
+        e = _row_energy(H, target, new, a)
+        if not e < energy - 1e-15 * max(1.0, abs(energy)):
+            break
+        codes, alpha, energy = new, a, e
+    return codes, alpha, energy
+
+
+def _row_energy(H: np.ndarray, t: np.ndarray, codes: np.ndarray, alpha: float) -> float:
+    r = alpha * np.asarray(codes, dtype=np.float64) - t
+    return 0.5 * float(r @ H @ r)
+
+
+def refit_scales(dh: DiscreteHead, feats: FeatureSet, max_iter: int = 200) -> tuple[DiscreteHead, dict]:
+    """The optimal (α, b) for fixed codes by L-BFGS on the mean CE (convex: logits are linear in α, b)."""
+    t0 = time.perf_counter()
+    X = feats.X.to(torch.float64)
+    y = feats.y.long()
+    S = dh.codes.to(torch.float64)
+    Z = X @ S.T  # N × C: logits = Z·α + b
+    alpha = dh.alpha.clone().to(torch.float64).requires_grad_(True)
+    b = dh.b.clone().to(torch.float64).requires_grad_(True)
+    opt = torch.optim.LBFGS([alpha, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Z * alpha + b, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        a = alpha.detach().clamp(min=1e-8)
+        loss = float(torch.nn.functional.cross_entropy(Z * a + b.detach(), y))
+    return DiscreteHead(dh.codes, a, b.detach(), dh.grid), {"loss": loss, "wall_time_s": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- ptq
+
+def ptq(head: Head, train: FeatureSet, cfg: DiscreteConfig) -> tuple[DiscreteHead, dict]:
+    """Round the fp32 ``head`` onto the grid row by row on its exact CE curvature, then refit (α, b)."""
+    t0 = time.perf_counter()
+    stats = HeadStats(head, train, device=cfg.device, dtype=cfg.dtype, subsample=cfg.subsample, seed=cfg.seed)
+    codes0, alpha0 = threshold_codes(head.W, cfg.grid)
+    C, D = head.W.shape
+    codes, alphas = np.zeros((C, D), dtype=np.int8), np.zeros(C)
+    for c in range(C):
+        model = stats.block(torch.arange(c * (D + 1), c * (D + 1) + D))
+        H = model.H.to(torch.float64).cpu().numpy()
+        H = H + cfg.damping_rel * float(np.diag(H).mean()) * np.eye(D)
+        w = model.theta0.to(torch.float64).cpu().numpy()
+        codes[c], alphas[c], _ = round_row(H, w, cfg.grid, codes0[c].numpy(), float(alpha0[c]), cfg.alt_rounds)
+    dh = DiscreteHead(torch.from_numpy(codes), torch.from_numpy(alphas), head.b.to(torch.float64).clone(), cfg.grid)
+    dh, rinfo = refit_scales(dh, train)
+    return dh, {"wall_time_s": time.perf_counter() - t0, "refit": rinfo}
+
+
+# ---------------------------------------------------------------- qubo: annealed steps on the true loss
+
+def _block_rows(C: int, rows_per_block: int, seed: int, sweep: int) -> list[list[int]]:
+    order = torch.randperm(C, generator=torch_generator(child_seed(seed, sweep))).tolist()
+    return [sorted(order[i:i + rows_per_block]) for i in range(0, C, rows_per_block)]
+
+
+def _flat_idx(rows: list[int], D: int) -> torch.Tensor:
+    return torch.cat([torch.arange(c * (D + 1), c * (D + 1) + D) for c in rows])
+
+
+def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig, seed: int) -> dict:
+    """One step on the codes of ``rows``: build the exact local model at the current head, solve it, keep
+    it only if the true loss falls. Moves ``dh`` and ``stats`` in place when accepted."""
+    D = dh.codes.shape[1]
+    idx = _flat_idx(rows, D)
+    model = stats.block(idx)
+    H = model.H.to(torch.float64).cpu().numpy()
+    H = H + cfg.damping_rel * float(np.diag(H).mean()) * np.eye(H.shape[0])
+    g = model.g.to(torch.float64).cpu().numpy()
+    w = model.theta0.to(torch.float64).cpu().numpy()
+    hinv_g = solve_pd(H, g, f"the damped Hessian block of rows {rows}")
+    alpha = np.repeat(dh.alpha[rows].numpy(), D)
+    p = row_problem(H, w - hinv_g, alpha, cfg.grid, float(model.L0) - 0.5 * float(g @ hinv_g))
+    k_now = levels_of(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
+    if cfg.step_solver == "qubo":
+        k, info = solve_levels(p, "qubo", sampler=cfg.sampler, seed=seed, params=dict(cfg.sampler_params))
+    else:
+        k, info = solve_levels(p, "cd")
+    e_now, e_new = p.energy(k_now), p.energy(k)
+    rec = {"rows": rows, "predicted_change": e_new - e_now, "stage": info.get("stage", cfg.step_solver),
+           "loss_before": stats.loss, "accepted": False}
+    if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
+        return rec
+    new_codes = codes_of(k, cfg.grid)
+    new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
+    trial = stats.trial_loss(idx, new_w)
+    rec["loss_after"] = trial
+    if trial < stats.loss - cfg.accept_tol:
+        stats.update(idx, new_w)
+        dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
+        rec["accepted"] = True
+    return rec
+
+
+def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: DiscreteConfig,
+               on_sweep: Callable[[int, DiscreteHead], None] | None = None) -> tuple[DiscreteHead, dict]:
+    """Sweeps of :func:`block_step` over all rows, (α, b) refit after each, stopped on validation loss."""
+    dh = start.clone()
+    best, best_val, bad, sweeps = dh.clone(), evaluate(dh.head(), val)[0], 0, []
+    for sweep in range(cfg.sweeps):
+        t0 = time.perf_counter()
+        stats = HeadStats(dh.head(), fit, device=cfg.device, dtype=cfg.dtype, subsample=cfg.subsample,
+                          seed=child_seed(cfg.seed, sweep))
+        steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j))
+                 for j, rows in enumerate(_block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep))]
+        dh, rinfo = refit_scales(dh, fit)
+        val_loss = evaluate(dh.head(), val)[0]
+        sweeps.append({"sweep": sweep, "accepted": sum(s["accepted"] for s in steps), "blocks": len(steps),
+                       "stages": _count(s["stage"] for s in steps if s["accepted"]),
+                       "train_loss": rinfo["loss"], "val_loss": val_loss, "wall_time_s": time.perf_counter() - t0})
+        if on_sweep is not None:
+            on_sweep(sweep, dh)
+        if val_loss < best_val - 1e-9:
+            best, best_val, bad = dh.clone(), val_loss, 0
+        else:
+            bad += 1
+            if bad >= cfg.patience or not sweeps[-1]["accepted"]:
+                break
+    return best, {"sweeps": sweeps, "best_val_loss": best_val}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for it in items:
+        out[it] = out.get(it, 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------- the three methods behind one call
+
+def split_fit_val(train: FeatureSet, val_fraction: float, seed: int) -> tuple[FeatureSet, FeatureSet]:
+    """A seeded random hold-out of ``val_fraction`` of train (the same split for every method)."""
+    perm = torch.randperm(train.n, generator=torch_generator(child_seed(seed, 1)))
+    n_val = max(1, int(round(val_fraction * train.n)))
+    return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
+
+
+def _point(dh_or_head, train: FeatureSet, test: FeatureSet | None, wall: float, phase: str) -> dict:
+    head = dh_or_head.head() if isinstance(dh_or_head, DiscreteHead) else dh_or_head
+    tl, ta = evaluate(head, train)
+    out = {"wall_time_s": wall, "train_loss": tl, "train_acc": ta, "phase": phase}
+    if test is not None:
+        out["test_loss"], out["test_acc"] = evaluate(head, test)
+    return out
+
+
+def train_discrete(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: DiscreteConfig
+                   ) -> tuple[DiscreteHead, dict]:
+    """Train a ``cfg.grid`` head from the fp32 ``head`` by ``cfg.method``; return it and a JSON-able
+    record: ``history`` (points of wall time, train/test loss and accuracy), ``final``, ``info``."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    history: list[dict] = []
+    fit, val = split_fit_val(train, cfg.val_fraction, cfg.seed)
+    info: dict = {}
+    if cfg.method == "ste":
+        dh, info = _run_ste(head, train, test, fit, val, cfg, history, t0)
+    else:
+        # qubo starts from the rounding of the fit split, so that the validation split stays held out
+        dh, info["ptq"] = ptq(head, fit if cfg.method == "qubo" else train, cfg)
+        history.append(_point(dh, train, test, time.perf_counter() - t0, "ptq"))
+        if cfg.method == "qubo":
+            def on_sweep(sweep: int, cur: DiscreteHead) -> None:
+                history.append(_point(cur, train, test, time.perf_counter() - t0, f"sweep {sweep}"))
+            dh, info["qubo"] = qubo_train(dh, fit, val, cfg, on_sweep)
+            dh, info["final_refit"] = refit_scales(dh, train)
+            history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
+    final = _point(dh, train, test, time.perf_counter() - t0, "final")
+    final["val_loss"] = evaluate(dh.head(), val)[0]
+    final["codes_nonzero"] = float((dh.codes != 0).float().mean())
+    return dh, {"config": cfg.to_dict(), "history": history, "final": final, "info": info,
+                "wall_time_s": time.perf_counter() - t0}
+
+
+def _run_ste(head, train, test, fit, val, cfg, history, t0) -> tuple[DiscreteHead, dict]:
+    from qubo_nn.train.ste import quantize_rows, train_ste, tune_ste
+
+    tuned = tune_ste(head, fit, val, cfg.grid, cfg.ste_lrs, cfg.ste_epochs, cfg.ste_batch, cfg.seed)
+
+    def to_dh(W: torch.Tensor, b: torch.Tensor) -> DiscreteHead:
+        codes, alpha = quantize_rows(W.to(torch.float64), cfg.grid)
+        return DiscreteHead(codes.to(torch.int8), alpha, b.to(torch.float64), cfg.grid)
+
+    history.append(_point(to_dh(head.W, head.b), train, test, time.perf_counter() - t0, "ste start (tuned)"))
+    if tuned["epochs"] > 0:
+        W, b = train_ste(head, train, cfg.grid, tuned["lr"], tuned["epochs"], cfg.ste_batch, cfg.seed,
+                         on_epoch=lambda e, W, b: history.append(
+                             _point(to_dh(W, b), train, test, time.perf_counter() - t0, f"epoch {e}")))
+    else:
+        W, b = head.W, head.b
+    dh, refit = refit_scales(to_dh(W, b), train)
+    history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
+    return dh, {"ste": tuned, "final_refit": refit}
