@@ -166,3 +166,25 @@ def test_bad_settings_are_refused():
         td.DiscreteConfig(method="sgd").validate()
     with pytest.raises(QuboNNError, match="sweeps must be an integer >= 1, got 0"):
         td.DiscreteConfig(sweeps=0).validate()
+
+
+def test_the_experiment_resumes_and_its_summary_is_recomputed_from_the_records(tmp_path):
+    from dataclasses import replace
+
+    from qubo_nn.study.discrete import DiscreteExperimentConfig, run_discrete_experiment
+
+    cfg = DiscreteExperimentConfig(dataset="synthetic-features", grid="ternary", methods=("ptq", "qubo"),
+                                   seeds=(0, 1), n_train=300, n_test=100, dim=8, num_classes=3,
+                                   train=replace(td.DiscreteConfig(), step_solver="cd", sweeps=1))
+    first = run_discrete_experiment(cfg, tmp_path)
+    recs = sorted((tmp_path / "per-seed").glob("*.json"))
+    assert [p.name for p in recs] == ["ternary-ptq-seed0.json", "ternary-ptq-seed1.json",
+                                      "ternary-qubo-seed0.json", "ternary-qubo-seed1.json"]
+    stamps = [p.stat().st_mtime_ns for p in recs]
+    again = run_discrete_experiment(cfg, tmp_path)
+    assert [p.stat().st_mtime_ns for p in recs] == stamps          # loaded, not recomputed
+    assert again["methods"] == first["methods"]
+    import json
+    vals = [json.loads(p.read_text())["final"]["test_acc"] for p in recs[2:]]
+    assert first["methods"]["qubo"]["test_acc"]["mean"] == pytest.approx(sum(vals) / 2, rel=1e-12)
+    assert (tmp_path / "discrete_ternary.png").stat().st_size > 10_000
