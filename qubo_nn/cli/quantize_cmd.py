@@ -116,6 +116,7 @@ def quantize_command() -> None:
     """Low-bit weights by RTN, GPTQ, CD or QUBO rounding: `head` (the FC head on cached
     features) or `network` (every conv and linear layer of the ResNet, BN folded). Each
     subcommand has only its own options; `qubo-nn quantize SUBCOMMAND --help` lists them.
+    The old spelling `qubo-nn quantize [--scope network] ...` works for one more release.
 
     \b
     Example:
