@@ -73,6 +73,8 @@ def test_network_only_options_are_refused_by_head(tmp_path, spelling, opt):
 def test_a_bad_scope_is_refused():
     res = invoke("quantize", "--scope", "layers")
     assert res.exit_code == 2 and "Invalid value for '--scope': expected head or network, got 'layers'" in res.output
+    res = invoke("quantize", "network", "--scope", "network")
+    assert res.exit_code == 2 and "--scope is the old spelling; `qubo-nn quantize network ...` already" in res.output
 
 
 @pytest.fixture
@@ -172,3 +174,12 @@ def test_no_help_shows_a_doubled_percent(argv):
     assert res.exit_code == 0 and "%%" not in res.output
     if argv == ["quantize", "head"]:
         assert "held-out 20 % of" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("words, want", [("qubo-nn quantize ne", "plain,network"),
+                                         ("qubo-nn quantize network --first", "plain,--first-last-bits"),
+                                         ("qubo-nn quantize --scope network --first", "plain,--first-last-bits")])
+def test_shell_completion_knows_the_subcommands(words, want):
+    res = CliRunner().invoke(main, [], prog_name="qubo-nn", env={
+        "_QUBO_NN_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)})
+    assert res.stdout.split() == [want] and res.stderr == ""

@@ -60,7 +60,8 @@ class QuantizeGroup(QuboGroup):
     one of them are the old spelling (``--scope`` picks the subcommand), with a notice."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.lazy and args[0] not in ctx.help_option_names):
+        completing = ctx.resilient_parsing and not args   # the shell completes the subcommand's name
+        if not completing and (not args or (args[0] not in self.lazy and args[0] not in ctx.help_option_names)):
             args = old_spelling(args, ctx)
         return super().parse_args(ctx, args)
 
@@ -85,8 +86,9 @@ def old_spelling(args: list[str], ctx: click.Context) -> list[str]:
         rest.append(a)
         i += 1
     old = " --scope network" if scope == "network" else ""
-    click.echo(f"Note: `qubo-nn quantize{old} ...` is now `qubo-nn quantize {scope} ...`; "
-               f"the old spelling works for one more release.", err=True)
+    if not ctx.resilient_parsing:   # not while the shell completes a word
+        click.echo(f"Note: `qubo-nn quantize{old} ...` is now `qubo-nn quantize {scope} ...`; "
+                   f"the old spelling works for one more release.", err=True)
     return [scope, *rest]
 
 
@@ -97,6 +99,9 @@ class QuantizeCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as exc:
+            if exc.option_name == "--scope":
+                raise click.UsageError(f"--scope is the old spelling; `qubo-nn quantize {ctx.info_name} ...` "
+                                       f"already names the scope", ctx) from None
             group = ctx.parent.command if ctx.parent is not None else None
             for name in getattr(group, "lazy", {}):
                 other = group.get_command(ctx.parent, name)
