@@ -74,7 +74,7 @@ def load(dataset: str, args) -> tuple:
 
 
 def fit_settings(dataset: str) -> dict:
-    """reference_head's keyword arguments per dataset (digits: the library default, as `qubo-nn quantize
+    """reference_head's keyword arguments per dataset (digits: the library default, as `qubo-nn quantize head
     --fp32-head reference`; the realistic set: float32 and the grid of bench_features, for time)."""
     if dataset == "digits":
         return {"seed": 0, "device": "cpu"}

@@ -130,7 +130,7 @@ def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path,
     ck = pretrain(PretrainConfig(dataset="synthetic", image_size=16, epochs=0, limit=8, cache_dir=str(tmp_path),
                                  device="cpu")).path
     out = tmp_path / "net.pt"
-    args = ["quantize", "--scope", "network", "--method", "rtn", "--bits", "4", "--checkpoint", str(ck),
+    args = ["quantize", "network", "--method", "rtn", "--bits", "4", "--checkpoint", str(ck),
             "--dataset", "synthetic", "--image-size", "16", "--calib", "8", "--scale", "maxabs", "--device", "cpu", "--out", str(out),
             "--json"]
     res = CliRunner().invoke(main, args)
@@ -142,8 +142,8 @@ def test_cli_network_scope_writes_a_checkpoint_that_weights_path_loads(tmp_path,
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.isfinite(model(x)).all()
-    bad = CliRunner().invoke(main, ["quantize", "--calib", "8", "--dataset", "synthetic"])
-    assert bad.exit_code == 2 and "--calib applies to --scope network only" in bad.output
+    bad = CliRunner().invoke(main, ["quantize", "head", "--calib", "8", "--dataset", "synthetic"])
+    assert bad.exit_code == 2 and "--calib applies to `qubo-nn quantize network` only" in bad.output
 
 
 @pytest.mark.parametrize("method", ["cd", "qubo"])

@@ -56,12 +56,23 @@ def test_prune_writes_a_loadable_checkpoint_and_solvable_qubos(checkpoint, tmp_p
     (["--params", "[1]"], "--params must be a JSON object, got list"),
     (["--penalty", "big"], "--penalty must be a number or 'safe', got 'big'"),
     (["--layer", "fc"], "expected 'all' or layer names among"),
+    (["--layer", "layer1.0.conv2, layer2.0.conv2,layer1.0.conv2"],
+     "--layer: expected each layer once, got layer1.0.conv2 more than once"),
 ])
 def test_prune_bad_input_exits_2(checkpoint, tmp_path, args, message):
     res = CliRunner().invoke(main, ["prune", "--weights", str(checkpoint), "--calib", "4", "--out", str(tmp_path)]
                              + args)
     assert res.exit_code == 2
     assert message in res.output
+
+
+def test_keep_help_states_the_floor_of_one_channel():
+    """The help's formula is the library's: k = max(1, round(keep·n)) (keep 0.0001 of 64 keeps 1)."""
+    from qubo_nn.workflows.prune.select import keep_count
+
+    res = CliRunner().invoke(main, ["prune", "--help"])
+    assert "k = max(1, round(keep·n))" in " ".join(res.output.split())
+    assert [keep_count(64, k) for k in (0.0001, 0.01, 0.25, 1.0)] == [1, 1, 16, 64]
 
 
 def test_cli_literals_match_the_library():

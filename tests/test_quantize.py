@@ -346,9 +346,9 @@ def _cli():
 
 
 def test_cli_help_lists_the_options():
-    r = CliRunner().invoke(_cli(), ["quantize", "--help"])
+    r = CliRunner().invoke(_cli(), ["quantize", "head", "--help"])
     assert r.exit_code == 0
-    for opt in ("--bits", "--method", "--sampler", "--scale", "--refit-bias", "--head", "--window-bits"):
+    for opt in ("--bits", "--method", "--sampler", "--scale", "--refit-bias", "--head", "--window-bits", "--grid"):
         assert opt in r.output
 
 
@@ -361,7 +361,7 @@ def test_cli_help_lists_the_options():
     (["--frobnicate"], "No such option '--frobnicate'"),
 ])
 def test_cli_bad_options(args, msg):
-    r = CliRunner().invoke(_cli(), ["quantize", *args])
+    r = CliRunner().invoke(_cli(), ["quantize", "head", *args])
     assert r.exit_code == 2
     assert msg in r.output
 
@@ -377,7 +377,7 @@ def test_cli_end_to_end_with_head_file(tmp_path, monkeypatch):
     hp = tmp_path / "head.pt"
     torch.save(head.state_dict(), hp)
     out = tmp_path / "q.pt"
-    r = CliRunner().invoke(_cli(), ["quantize", "--head", str(hp), "--bits", "2", "--method", "gptq-natural",
+    r = CliRunner().invoke(_cli(), ["quantize", "head", "--head", str(hp), "--bits", "2", "--method", "gptq-natural",
                                     "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     rec = json.loads(r.output.strip().splitlines()[-1])
@@ -388,7 +388,7 @@ def test_cli_end_to_end_with_head_file(tmp_path, monkeypatch):
 
     bad = tmp_path / "nan.pt"
     torch.save({"weight": head.W.clone().fill_(float("nan")), "bias": head.b}, bad)
-    r = CliRunner().invoke(_cli(), ["quantize", "--head", str(bad), "--out", str(out)])
+    r = CliRunner().invoke(_cli(), ["quantize", "head", "--head", str(bad), "--out", str(out)])
     assert r.exit_code == 2 and "Error: head weights contain NaN/Inf" in r.output
 
 

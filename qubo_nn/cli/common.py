@@ -40,6 +40,7 @@ FORMATS = ("dimod", "coo", "qubo")                               # formats.FORMA
 ENCODINGS = ("binary", "unary", "domain-wall")                   # encoding.ENCODINGS
 EXECUTORS = ("threads", "ray")                                   # execution.EXECUTORS
 SCALE_RULES = ("maxabs", "mse")                                  # quantize.SCALE_RULES
+GRIDS = ("signed", "binary", "ternary")                          # core.grid.GRIDS
 INITS = ("auto", "current", "random")                            # solve.INITS
 DEFAULT_SAMPLER = "neal"                                         # samplers.DEFAULT_SAMPLER
 SAMPLER_OWN_ARGS = ("seed", "initial_states")                    # given by qubo-nn itself, never through -m
@@ -188,6 +189,23 @@ def check_writable(path: str | os.PathLike, option: str = "--out", kind: str = "
                           f"expected a folder this user can write to") from None
 
 
+def check_distinct_paths(outputs: dict[str, Any], inputs: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, two outputs that are the same file, or an output that is an
+    input (``{option: path}``; None entries skipped): one would overwrite the other."""
+    seen: dict[Path, str] = {}
+    for option, path in (inputs or {}).items():
+        if path is not None:
+            seen.setdefault(Path(path).expanduser().resolve(), option)
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise QuboNNError(f"{option} {str(path)!r} is the same file as {seen[key]}; expected a path of its own "
+                              f"(nothing was written)")
+        seen[key] = option
+
+
 def parse_json_object(text: str | None, option: str = "--sampler-params") -> dict[str, Any]:
     if not text:
         return {}
@@ -273,6 +291,15 @@ encoding_option = click.option("--encoding", type=click.Choice(ENCODINGS), defau
                                help="How a weight's grid level becomes bits: binary (b bits, 2^b levels), unary "
                                     "(thermometer, 2^b − 1 bits), domain-wall (2^b − 1 bits with a penalty).")
 
+grid_option = click.option("--grid", type=click.Choice(GRIDS), default="signed", show_default=True,
+                           help="Weight grid: signed (w = s·k, k a --bits signed integer), binary (w = α·s, s ∈ {−1, +1}) or "
+                                "ternary (w = α·t, t ∈ {−1, 0, +1}); per-row s or α.")
+
+
+def note(message: str, quiet: bool = False) -> None:
+    """One line on stderr saying what long work starts now (``quiet``: --no-progress or --json)."""
+    if not quiet:
+        click.echo(message, err=True)
 
 
 def executor_options(work: str) -> Callable:
@@ -297,23 +324,39 @@ def damping_option(default: float = DAMPING) -> Callable:
 SAMPLER_HELP = "Sampler from the registry (`qubo-nn samplers` lists them and their options)."
 SAMPLER_PARAMS_HELP = ('Sampler options as a JSON object, e.g. -m \'{"num_sweeps": 2000}\' (names checked against '
                        'the sampler\'s parameters).')
-sampler_options = options(
-    click.option("--sampler", type=SAMPLER_CHOICE, default=DEFAULT_SAMPLER, show_default=True, help=SAMPLER_HELP),
-    click.option("-m", "--sampler-params", default=None, metavar="JSON", help=SAMPLER_PARAMS_HELP),
-    click.option("--params", "params_alias", default=None, hidden=True,
+_SAMPLER_OPTIONS = dict(
+    sampler=click.option("--sampler", type=SAMPLER_CHOICE, default=DEFAULT_SAMPLER, show_default=True, help=SAMPLER_HELP),
+    sampler_params=click.option("-m", "--sampler-params", default=None, metavar="JSON", help=SAMPLER_PARAMS_HELP),
+    params_alias=click.option("--params", "params_alias", default=None, hidden=True,
                  help="Old name of --sampler-params (kept for scripts)."),
-    click.option("--num-reads", "-n", type=click.IntRange(min=1), default=None,
+    num_reads=click.option("--num-reads", "-n", type=click.IntRange(min=1), default=None,
                  help="Shortcut for -m num_reads: samples per block [default: the command's]."),
-    click.option("--num-sweeps", type=click.IntRange(min=1), default=None,
+    num_sweeps=click.option("--num-sweeps", type=click.IntRange(min=1), default=None,
                  help="Shortcut for -m num_sweeps: sweeps per read (neal)."),
-    click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+    time_limit=click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Shortcut for -m time_limit: seconds per block (neal: no new read after it; tabu, sb, random)."),
-    click.option("--beta-range", type=(float, float), default=None, metavar="HOT COLD",
+    beta_range=click.option("--beta-range", type=(float, float), default=None, metavar="HOT COLD",
                  help="Shortcut for -m beta_range: neal's inverse temperatures, hot < cold [default: from the "
                       "biases]."),
-    click.option("--polish/--no-polish", default=False, show_default=True,
+    polish=click.option("--polish/--no-polish", default=False, show_default=True,
                  help="Polish every sample with steepest descent."),
 )
+sampler_options = options(*_SAMPLER_OPTIONS.values())
+
+
+def sampler_options_except(*names: str) -> Callable:
+    """:data:`sampler_options` without ``names`` (a command whose config has no such setting)."""
+    return options(*(d for k, d in _SAMPLER_OPTIONS.items() if k not in names))
+
+
+def pretrain_note(dataset: str, arch: str, image_size: int, quiet: bool) -> None:
+    """Say so when the default ``qubo-nn pretrain`` checkpoint is missing and is trained now."""
+    from qubo_nn.train.pretrain import PretrainConfig, checkpoint_path
+
+    if not checkpoint_path(PretrainConfig(dataset=dataset, arch=arch, image_size=image_size)).exists():
+        note(f"no checkpoint given: training the {dataset} {arch} with `qubo-nn pretrain` defaults first (digits "
+             f"ResNet-18: 526 s recorded in results/pretrain/); cached for later runs", quiet)
+
 
 _FEATURE_OPTIONS = dict(
     dataset=click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,

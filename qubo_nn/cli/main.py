@@ -39,10 +39,15 @@ def main() -> None:
       qubo-nn solve qubos/ --sampler neal --out sol/
       qubo-nn decode sol/ --out head-qubo.pt     # inject the solution, report true loss/accuracy
       qubo-nn experiment                         # the whole comparison (SGD vs hybrid vs optimum)
-      qubo-nn quantize --bits 2 --method qubo    # low-bit heads
+      qubo-nn quantize head --bits 2 --method qubo      # a low-bit head
+      qubo-nn quantize network --bits 2 --method gptq   # every layer of the network
 
     \b
     Exit codes: 0 ok, 2 bad input (with --json: one {"ok": false, ...} object), 130 interrupted.
     Shell completion (bash; zsh and fish alike):
       eval "$(_QUBO_NN_COMPLETE=bash_source qubo-nn)"
     """
+
+
+if __name__ == "__main__":
+    main()

@@ -3,16 +3,26 @@ refit the kept weights, re-estimate BatchNorm; a pruned checkpoint and a JSON re
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import click
 
+from qubo_nn.errors import QuboNNError
 from qubo_nn.cli.common import (SAMPLER_CHOICE, SAMPLER_HELP, SAMPLER_PARAMS_HELP, check_writable, emit,
-    handle_errors, json_option, seed_option)
+    handle_errors, json_option, pretrain_note, progress_option, seed_option)
 
 # literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
 _METHODS = ("l1", "greedy", "lasso", "qubo")
 _PENALTY_MODES = ("penalty", "cqm")
+
+
+def check_layers(layer: str) -> None:
+    """``--layer`` names each layer at most once (a repeat would prune it twice)."""
+    names = [w.strip() for w in layer.split(",") if w.strip()]
+    repeated = sorted({w for w in names if names.count(w) > 1})
+    if repeated:
+        raise QuboNNError(f"--layer: expected each layer once, got {', '.join(repeated)} more than once")
 
 
 @click.command()
@@ -22,7 +32,8 @@ _PENALTY_MODES = ("penalty", "cqm")
 @click.option("--layer", default="all", show_default=True,
               help="'all' or comma-separated layers whose input channels are pruned (layer1.0.conv2, ...).")
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
-              help="Fraction of each layer's input channels kept (k = round(keep·n)).")
+              help="Fraction of each layer's input channels kept: k = max(1, round(keep·n)), so at least one "
+                   "channel stays.")
 @click.option("--method", type=click.Choice(_METHODS), default="qubo", show_default=True,
               help="l1: filter norms (Li et al.); greedy: ThiNet backward elimination; lasso: He et al.; "
                    "qubo: the exact quadratic objective sampled from the best of the other three.")
@@ -44,7 +55,7 @@ _PENALTY_MODES = ("penalty", "cqm")
 @click.option("--export", default=None, help="Also write each layer's pruning QUBO here (<layer>.bqm + .prune.json).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads [default: torch's].")
 @seed_option
-@click.option("--progress/--no-progress", default=False, show_default=True, help="Show a progress bar (stderr).")
+@progress_option
 @json_option
 @handle_errors
 def prune_command(weights, layer, keep, method, sampler, sampler_params, params_alias, penalty_mode, penalty, calib,
@@ -56,12 +67,12 @@ def prune_command(weights, layer, keep, method, sampler, sampler_params, params_
     Example:
       qubo-nn prune --keep 0.5 --method qubo --layer layer4.1.conv2 --out pruned/
     """
+    check_layers(layer)
     check_writable(out)
     if export:
         check_writable(export, "--export")
     import torch
 
-    from qubo_nn.errors import QuboNNError
     from qubo_nn.workflows.prune.network import PruneConfig
     from qubo_nn.workflows.prune.run import PruneRunConfig, run_prune
 
@@ -80,10 +91,12 @@ def prune_command(weights, layer, keep, method, sampler, sampler_params, params_
             penalty = float(penalty)
         except ValueError as exc:
             raise QuboNNError(f"--penalty must be a number or 'safe', got {penalty!r}") from exc
+    run = PruneRunConfig(weights=weights, calib=calib, out=out, export=export)
+    if weights is None:
+        pretrain_note(run.dataset, run.arch, run.image_size, quiet=not progress or as_json)
     pcfg = PruneConfig(layer=layer, keep=keep, method=method, sampler=sampler, sampler_params=params,
                        penalty_mode=penalty_mode, penalty=penalty, refit=refit, reestimate_bn=reestimate_bn, seed=seed)
-    rep = run_prune(PruneRunConfig(weights=weights, calib=calib, prune=pcfg, out=out, export=export),
-                    progress=progress)
+    rep = run_prune(replace(run, prune=pcfg), progress=progress and not as_json)
     t = rep["test"]
     lines = [f"{'layer':<16} {'n':>4} {'k':>4} {'err before refit':>16} {'after refit':>12} {'select s':>9}"]
     for r in rep["layers"]:
