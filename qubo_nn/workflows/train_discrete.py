@@ -1,8 +1,9 @@
 """Training heads whose weights must stay discrete: binary w = α_c·s (s ∈ {−1, +1}) or ternary
 w = α_c·t (t ∈ {−1, 0, +1}), one scale α_c per class row, a full-precision bias (issue 19).
 
-Three methods, all ending with the same convex refit of (α, b) for their codes (:func:`refit_scales`:
-the logits are linear in α and b for fixed codes, so L-BFGS reaches the optimum):
+Three methods, all ending with the same convex refit of (α, b) for their codes (:func:`tuned_refit`:
+the logits are linear in α and b for fixed codes, so L-BFGS reaches the optimum of mean CE +
+(l2/2)‖W‖², with l2 chosen on the held-out split; the rounding of ``ptq`` uses the fit split only):
 
 - ``ptq``: the fp32 reference head rounded row by row: on row c's exact CE Hessian block H̃_c (damped,
   :class:`~qubo_nn.curvature.head_ce.HeadCE`), codes by CD from GPTQ act-order, alternated with the
@@ -76,6 +77,7 @@ class DiscreteConfig:
     sampler: str = "neal"
     sampler_params: dict = field(default_factory=lambda: {"num_reads": 4, "num_sweeps": 500})
     accept_tol: float = 1e-9
+    l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
     subsample: int | None = None
     dtype: str = "float64"
 
@@ -97,7 +99,7 @@ class DiscreteConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["ste_lrs"] = list(self.ste_lrs)
+        d["ste_lrs"], d["l2_grid"] = list(self.ste_lrs), list(self.l2_grid)
         return d
 
 
@@ -184,8 +186,10 @@ def _row_energy(H: np.ndarray, t: np.ndarray, codes: np.ndarray, alpha: float) -
     return 0.5 * float(r @ H @ r)
 
 
-def refit_scales(dh: DiscreteHead, feats: FeatureSet, max_iter: int = 200) -> tuple[DiscreteHead, dict]:
-    """The optimal (α, b) for fixed codes by L-BFGS on the mean CE (convex: logits are linear in α, b)."""
+def refit_scales(dh: DiscreteHead, feats: FeatureSet, l2: float = 0.0, max_iter: int = 200
+                 ) -> tuple[DiscreteHead, dict]:
+    """The optimal (α, b) for fixed codes by L-BFGS on mean CE + (l2/2)‖W‖², W = diag(α)·codes (convex:
+    the logits are linear in α and b)."""
     t0 = time.perf_counter()
     X = feats.X.to(torch.float64)
     y = feats.y.long()
@@ -196,9 +200,11 @@ def refit_scales(dh: DiscreteHead, feats: FeatureSet, max_iter: int = 200) -> tu
     opt = torch.optim.LBFGS([alpha, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-10, tolerance_change=1e-14)
 
+    nnz = (S != 0).sum(1).to(torch.float64)        # ‖W_c‖² = α_c² · nnz_c
+
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(Z * alpha + b, y)
+        loss = torch.nn.functional.cross_entropy(Z * alpha + b, y) + 0.5 * l2 * (alpha * alpha * nnz).sum()
         loss.backward()
         return loss
 
@@ -206,12 +212,28 @@ def refit_scales(dh: DiscreteHead, feats: FeatureSet, max_iter: int = 200) -> tu
     with torch.no_grad():
         a = alpha.detach().clamp(min=1e-8)
         loss = float(torch.nn.functional.cross_entropy(Z * a + b.detach(), y))
-    return DiscreteHead(dh.codes, a, b.detach(), dh.grid), {"loss": loss, "wall_time_s": time.perf_counter() - t0}
+    return DiscreteHead(dh.codes, a, b.detach(), dh.grid), {"loss": loss, "l2": l2,
+                                                            "wall_time_s": time.perf_counter() - t0}
+
+
+def tuned_refit(dh: DiscreteHead, fit: FeatureSet, val: FeatureSet, train: FeatureSet,
+                l2_grid: tuple[float, ...]) -> tuple[DiscreteHead, dict]:
+    """(α, b) refit with the L2 weight chosen by held-out CE: each l2 of the grid fitted on ``fit`` and
+    scored on ``val``; the best refit on all of ``train``. On separable features an unregularised refit
+    grows α without bound (train loss → 0, test loss of tens of nats): the scale needs the same
+    validation-chosen L2 as the fp32 reference head."""
+    scores = {}
+    for l2 in l2_grid:
+        cand, _ = refit_scales(dh, fit, l2)
+        scores[l2] = evaluate(cand.head(), val)[0]
+    best = min(scores, key=scores.get)
+    out, info = refit_scales(dh, train, best)
+    return out, {**info, "val_loss_by_l2": {repr(k): v for k, v in scores.items()}}
 
 
 # ---------------------------------------------------------------- ptq
 
-def ptq(head: Head, train: FeatureSet, cfg: DiscreteConfig) -> tuple[DiscreteHead, dict]:
+def ptq(head: Head, train: FeatureSet, cfg: DiscreteConfig, l2: float = 0.0) -> tuple[DiscreteHead, dict]:
     """Round the fp32 ``head`` onto the grid row by row on its exact CE curvature, then refit (α, b)."""
     t0 = time.perf_counter()
     stats = HeadStats(head, train, device=cfg.device, dtype=cfg.dtype, subsample=cfg.subsample, seed=cfg.seed)
@@ -225,7 +247,7 @@ def ptq(head: Head, train: FeatureSet, cfg: DiscreteConfig) -> tuple[DiscreteHea
         w = model.theta0.to(torch.float64).cpu().numpy()
         codes[c], alphas[c], _ = round_row(H, w, cfg.grid, codes0[c].numpy(), float(alpha0[c]), cfg.alt_rounds)
     dh = DiscreteHead(torch.from_numpy(codes), torch.from_numpy(alphas), head.b.to(torch.float64).clone(), cfg.grid)
-    dh, rinfo = refit_scales(dh, train)
+    dh, rinfo = refit_scales(dh, train, l2)
     return dh, {"wall_time_s": time.perf_counter() - t0, "refit": rinfo}
 
 
@@ -275,17 +297,19 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
 
 
 def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: DiscreteConfig,
-               on_sweep: Callable[[int, DiscreteHead], None] | None = None) -> tuple[DiscreteHead, dict]:
-    """Sweeps of :func:`block_step` over all rows, (α, b) refit after each, stopped on validation loss."""
+               on_sweep: Callable[[int, DiscreteHead], None] | None = None, l2: float = 0.0
+               ) -> tuple[DiscreteHead, dict]:
+    """Sweeps of :func:`block_step` over all rows, (α, b) refit after each, stopped on validation loss.
+    The steps minimise the true mean CE + (l2/2)‖W‖² on ``fit``."""
     dh = start.clone()
     best, best_val, bad, sweeps = dh.clone(), evaluate(dh.head(), val)[0], 0, []
     for sweep in range(cfg.sweeps):
         t0 = time.perf_counter()
-        stats = HeadStats(dh.head(), fit, device=cfg.device, dtype=cfg.dtype, subsample=cfg.subsample,
+        stats = HeadStats(dh.head(), fit, l2=l2, device=cfg.device, dtype=cfg.dtype, subsample=cfg.subsample,
                           seed=child_seed(cfg.seed, sweep))
         steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j))
                  for j, rows in enumerate(_block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep))]
-        dh, rinfo = refit_scales(dh, fit)
+        dh, rinfo = refit_scales(dh, fit, l2)
         val_loss = evaluate(dh.head(), val)[0]
         sweeps.append({"sweep": sweep, "accepted": sum(s["accepted"] for s in steps), "blocks": len(steps),
                        "stages": _count(s["stage"] for s in steps if s["accepted"]),
@@ -338,14 +362,15 @@ def train_discrete(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: 
     if cfg.method == "ste":
         dh, info = _run_ste(head, train, test, fit, val, cfg, history, t0)
     else:
-        # qubo starts from the rounding of the fit split, so that the validation split stays held out
-        dh, info["ptq"] = ptq(head, fit if cfg.method == "qubo" else train, cfg)
+        # the rounding of the fit split, so that the validation split stays held out for the L2 choice
+        dh, info["ptq"] = ptq(head, fit, cfg)
+        dh, info["refit"] = tuned_refit(dh, fit, val, train, cfg.l2_grid)
         history.append(_point(dh, train, test, time.perf_counter() - t0, "ptq"))
         if cfg.method == "qubo":
             def on_sweep(sweep: int, cur: DiscreteHead) -> None:
                 history.append(_point(cur, train, test, time.perf_counter() - t0, f"sweep {sweep}"))
-            dh, info["qubo"] = qubo_train(dh, fit, val, cfg, on_sweep)
-            dh, info["final_refit"] = refit_scales(dh, train)
+            dh, info["qubo"] = qubo_train(dh, fit, val, cfg, on_sweep, l2=info["refit"]["l2"])
+            dh, info["final_refit"] = refit_scales(dh, train, info["refit"]["l2"])
             history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
     final = _point(dh, train, test, time.perf_counter() - t0, "final")
     final["val_loss"] = evaluate(dh.head(), val)[0]
@@ -370,6 +395,6 @@ def _run_ste(head, train, test, fit, val, cfg, history, t0) -> tuple[DiscreteHea
                              _point(to_dh(W, b), train, test, time.perf_counter() - t0, f"epoch {e}")))
     else:
         W, b = head.W, head.b
-    dh, refit = refit_scales(to_dh(W, b), train)
+    dh, refit = tuned_refit(to_dh(W, b), fit, val, train, cfg.l2_grid)
     history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
     return dh, {"ste": tuned, "final_refit": refit}
