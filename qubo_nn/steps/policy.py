@@ -142,10 +142,10 @@ def try_step(state: Any, idx, values, loss_before: float, tol: float) -> tuple[b
     return False, trial, float(state.loss)
 
 
-def attempt_record(attempt: int, damping: float, energy_best: float, energy_current: float, L0: float,
+def attempt_record(attempt: int, damping: float | None, energy_best: float, energy_current: float, L0: float,
                    **extra: Any) -> dict[str, Any]:
     """One attempt's record: energies and the predicted change E(x_best) − L0 (see the module)."""
-    return {"attempt": int(attempt), "damping": float(damping), "energy_best": float(energy_best),
+    return {"attempt": int(attempt), "damping": None if damping is None else float(damping), "energy_best": float(energy_best),
             "energy_current": float(energy_current), "predicted_change": predicted_change(energy_best, L0), **extra}
 
 
