@@ -21,9 +21,6 @@ from qubo_nn.samplers.base import as_binary
 
 _TORCH_RNG_LOCK = threading.Lock()
 MODES = ("ballistic", "discrete")
-#: On CPU, models smaller than this run on one torch thread: for them the thread pool's
-#: synchronisation costs more than it saves (30x slower measured at n = 48 on 2 busy cores).
-SINGLE_THREAD_BELOW = 256
 
 
 class SBSampler(dimod.Sampler):
@@ -80,22 +77,19 @@ class SBSampler(dimod.Sampler):
         ell = torch.as_tensor(lin, dtype=tdtype, device=dev)
 
         t0 = time.perf_counter()
-        threads = torch.get_num_threads()
+        # torch's thread count is the caller's (the CLI's) to set, never this sampler's: it is
+        # process-wide and this runs on worker threads. On CPU, small models run far faster on
+        # one torch thread (30x measured at n = 48 on 2 busy cores): run the CLI with --threads 1.
         with _TORCH_RNG_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            if dev.type == "cpu" and n < SINGLE_THREAD_BELOW:
-                torch.set_num_threads(1)
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    X, _ = sb.minimize(Q, ell, float(offset), domain="binary", dtype=tdtype, device=dev,
-                                       agents=int(num_reads), max_steps=int(max_steps), best_only=False,
-                                       mode=mode, heated=bool(heated), verbose=False,
-                                       early_stopping=bool(early_stopping), sampling_period=int(sampling_period),
-                                       convergence_threshold=int(convergence_threshold), timeout=time_limit)
-            finally:
-                torch.set_num_threads(threads)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                X, _ = sb.minimize(Q, ell, float(offset), domain="binary", dtype=tdtype, device=dev,
+                                   agents=int(num_reads), max_steps=int(max_steps), best_only=False,
+                                   mode=mode, heated=bool(heated), verbose=False,
+                                   early_stopping=bool(early_stopping), sampling_period=int(sampling_period),
+                                   convergence_threshold=int(convergence_threshold), timeout=time_limit)
         converged = True
         for w in caught:  # "no agent converged" goes to info; anything else is re-raised as a warning
             if type(w.message).__name__ == "ConvergenceWarning":
