@@ -69,12 +69,7 @@ class SBSampler(dimod.Sampler):
         binary = as_binary(bqm)
         labels = list(binary.variables)
         n = len(labels)
-        lin, (row, col, quad), offset = binary.to_numpy_vectors()
-        Q = torch.zeros(n, n, dtype=tdtype, device=dev)
-        if len(quad):
-            Q[torch.as_tensor(row, device=dev), torch.as_tensor(col, device=dev)] = torch.as_tensor(
-                quad, dtype=tdtype, device=dev)
-        ell = torch.as_tensor(lin, dtype=tdtype, device=dev)
+        Q, ell, offset = _tensors(binary, dev, tdtype)
 
         t0 = time.perf_counter()
         # torch's thread count is the caller's (the CLI's) to set, never this sampler's: it is
@@ -101,20 +96,40 @@ class SBSampler(dimod.Sampler):
         t1 = time.perf_counter()
 
         raw = np.ascontiguousarray(X.detach().to("cpu").numpy().reshape(-1, n).round(), dtype=np.int8)
-        raw_energy = binary.energies((raw, labels))
-        trivial = int(((raw == 0).all(axis=1) | (raw == 1).all(axis=1)).sum())
-        polished = SteepestDescentSolver().sample(binary, initial_states=(raw, labels))
-        t2 = time.perf_counter()
-        if trivial == len(raw) and float(polished.first.energy) < float(raw_energy.min()):
-            warnings.warn(f"simulated bifurcation ({mode}) ended every agent in an all-0/all-1 state; the result "
-                          "is steepest descent from that state, not an SB solution (try mode='discrete', more "
-                          "max_steps, or another sampler)", RuntimeWarning, stacklevel=2)
-        info = {"sb": {"mode": mode, "agents": int(num_reads), "device": str(dev), "dtype": str(tdtype),
-                       "energy_before_polish": float(raw_energy.min()), "trivial_agents": trivial,
-                       "converged": converged},
-                "timing": {"sampling_s": t1 - t0, "polish_s": t2 - t1}}
-        out = dimod.SampleSet.from_samples((polished.record.sample, list(polished.variables)), vartype=dimod.BINARY,
-                                           energy=polished.record.energy, info=info)
+        out = _polished(binary, raw, labels, mode, {"agents": int(num_reads), "device": str(dev), "dtype": str(tdtype),
+                                                    "converged": converged}, t1 - t0)
         if bqm.vartype is not dimod.BINARY:
             out = out.change_vartype(bqm.vartype, inplace=False)
         return out
+
+
+def _tensors(binary: dimod.BinaryQuadraticModel, dev, tdtype):
+    """(upper-triangular Q (n × n), linear l (n,), offset) of a BINARY model on ``dev``."""
+    import torch
+
+    n = binary.num_variables
+    lin, (row, col, quad), offset = binary.to_numpy_vectors()
+    Q = torch.zeros(n, n, dtype=tdtype, device=dev)
+    if len(quad):
+        Q[torch.as_tensor(row, device=dev), torch.as_tensor(col, device=dev)] = torch.as_tensor(
+            quad, dtype=tdtype, device=dev)
+    return Q, torch.as_tensor(lin, dtype=tdtype, device=dev), float(offset)
+
+
+def _polished(binary: dimod.BinaryQuadraticModel, raw: np.ndarray, labels: list, mode: str, sb_info: dict,
+              sampling_s: float) -> dimod.SampleSet:
+    """The agents' states polished by steepest descent, with ``info["sb"]`` and the timings."""
+    t1 = time.perf_counter()
+    raw_energy = binary.energies((raw, labels))
+    trivial = int(((raw == 0).all(axis=1) | (raw == 1).all(axis=1)).sum())
+    polished = SteepestDescentSolver().sample(binary, initial_states=(raw, labels))
+    t2 = time.perf_counter()
+    if trivial == len(raw) and float(polished.first.energy) < float(raw_energy.min()):
+        warnings.warn(f"simulated bifurcation ({mode}) ended every agent in an all-0/all-1 state; the result "
+                      "is steepest descent from that state, not an SB solution (try mode='discrete', more "
+                      "max_steps, or another sampler)", RuntimeWarning, stacklevel=3)
+    info = {"sb": {"mode": mode, **sb_info, "energy_before_polish": float(raw_energy.min()),
+                   "trivial_agents": trivial},
+            "timing": {"sampling_s": sampling_s, "polish_s": t2 - t1}}
+    return dimod.SampleSet.from_samples((polished.record.sample, list(polished.variables)), vartype=dimod.BINARY,
+                                        energy=polished.record.energy, info=info)
