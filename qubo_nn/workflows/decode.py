@@ -75,6 +75,7 @@ def decode(solution_dir: str | os.PathLike, out: str | os.PathLike | None = None
     feats, test = _features(man, feats, test, cache_dir, progress)
     res = _inject(head0, feats, man, chosen, device, force, accept_tol, progress)
     report = _report(head0, res, feats, test, man, force)
+    report["accept_tol"] = float(accept_tol)
     if out is not None:
         with atomic_path(out) as tmp:
             torch.save(res["head"].state_dict(), tmp)
@@ -211,7 +212,7 @@ def _report(head0, res: dict[str, Any], feats, test, man: dict[str, Any], force:
         "blocks": len(per_block),
         "blocks_kept_current": sum(b["kept_current"] for b in per_block),
         "blocks_no_predicted_gain": sum(b["reason"] == REASON_NO_GAIN for b in per_block),
-        "blocks_true_loss_rose": sum(b["reason"] == REASON_ROSE for b in per_block),
+        "blocks_true_loss_rose": sum(b["reason"] == REASON_ROSE for b in per_block),   # rose or fell <= tol
         "force": bool(force), "L0": L0, "predicted_loss": predicted, "loss_before": loss0, "true_loss": loss1,
         "taylor_error": loss1 - predicted, "predicted_decrease": L0 - predicted, "true_decrease": loss0 - loss1,
         "accuracy_before": acc0, "accuracy": acc1,
