@@ -76,8 +76,8 @@ def solve_command(source: str, out: str, seed: int, workers: int, executor: str,
 
 def _decode_text(r: dict[str, Any]) -> str:
     lines = [f"decoded {r['blocks']} block(s): {r['blocks'] - r['blocks_kept_current']} step(s) injected, "
-             f"{r['blocks_no_predicted_gain']} without predicted gain and {r['blocks_true_loss_rose']} not lowering the "
-             f"true loss (by more than 1e-6) kept at the current weights" + (" (--force: all injected)" if r["force"] else ""),
+             f"{r['blocks_no_predicted_gain']} without predicted gain and {r['blocks_true_loss_rose']} raising the "
+             f"true loss kept at the current weights" + (" (--force: all injected)" if r["force"] else ""),
              f"  loss      before {r['loss_before']:.6f}  predicted {r['predicted_loss']:.6f}  "
              f"true {r['true_loss']:.6f}  (Taylor error {r['taylor_error']:+.3g})",
              f"  accuracy  before {r['accuracy_before']:.4f}  after {r['accuracy']:.4f}"]
