@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-import torch
 from tqdm.auto import tqdm
 
 from qubo_nn.errors import QuboNNError
