@@ -109,7 +109,9 @@ def main(argv=None) -> dict:
                         workers=args.workers, device_threads=threads, seed=args.seed)
     warm = SGDConfig(epochs=W, lr=args.lr, schedule=args.schedule, seed=args.seed)
     head_b, hist_w = train_sgd(init, train, test, warm, device=str(dev), total_epochs=E) if W else (init, [])
-    head_b, rec = hybrid_sweeps(head_b, train, hcfg, dev)
+    from qubo_nn.cli.experiment_cmd import torch_threads   # the script, not the library, sets threads
+
+    head_b, rec = hybrid_sweeps(head_b, train, hcfg, dev, thread_scope=lambda: torch_threads(threads))
     fine = SGDConfig(epochs=E - W, lr=args.lr, schedule=args.schedule, seed=args.seed)
     head_b, hist_f = train_sgd(head_b, train, test, fine, device=str(dev), start_epoch=W, total_epochs=E) \
         if E > W else (head_b, [])

@@ -221,3 +221,27 @@ def test_refuses_bad_input():
         tail.channel_blocks(0)
     with pytest.raises(QuboNNError, match="expected every input with the"):
         gauss_newton(tail.logits, tail.theta0, (data.zhat[:3], data.x), data.y)
+
+
+def test_hybrid_uses_the_one_step_policy(monkeypatch):
+    """BatchNorm tuning decides its steps with qubo_nn.steps.policy: patched to refuse every step
+    (and no SGD phase), θ stays where it started; every block is retried max_retries times with
+    μ × growth, records use the shared words, and seeds are child_seed(seed, round, block, attempt)."""
+    from dataclasses import replace
+
+    from qubo_nn.runtime import child_seed
+    from qubo_nn.steps import policy as sp
+
+    _, tail, data, _, _ = setup(n=16)
+    start = evaluate(tail, tail.theta0, data)[0]
+    cfg = BNTuneConfig(budget_s=0.5, block_channels=2, sgd_epochs=0, seed=4)
+    cfg.hybrid = replace(cfg.hybrid, max_retries=2, damping_growth=3.0)
+    monkeypatch.setattr(sp, "accept", lambda before, after, tol=0.0: False)
+    theta, rec = tune(tail, data, None, "hybrid", cfg)
+    assert torch.equal(theta, tail.theta0.to(theta.dtype)) and rec["final"]["train_loss"] == pytest.approx(start)
+    assert rec["blocks"]
+    for b in rec["blocks"]:
+        assert set(sp.STEP_KEYS) <= set(b) and not b["accepted"] and b["retries"] == 2
+        damp = [a["damping"] for a in b["attempts"]]
+        assert damp[1] == pytest.approx(3 * damp[0]) and damp[2] == pytest.approx(9 * damp[0])
+        assert [a["seed"] for a in b["attempts"]] == [child_seed(4, b["round"], b["block"], r) for r in range(3)]

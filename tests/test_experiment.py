@@ -1,10 +1,12 @@
 """The comparison end to end on a tiny synthetic feature set: results, plots, resume, CLI."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from qubo_nn.cli.experiment_cmd import parse_seeds
@@ -139,6 +141,7 @@ def test_config_mismatch_refused_unless_overwrite(tmp_path):
     ({"warmup_epochs": 5}, r"warmup epochs must be an integer in \[0, epochs=3\], got 5"),
     ({"seeds": ()}, "seeds must be a non-empty list"),
     ({"seeds": (1, 1)}, "seeds must be distinct"),
+    ({"seeds": (2**31,)}, r"seeds must be a non-empty list of integers in \[0, 2147483647\], got \(2147483648,\)"),
     ({"lr": -1.0}, "lr must be > 0"),
 ])
 def test_config_validation(tmp_path, kw, match):
@@ -150,8 +153,54 @@ def test_parse_seeds():
     assert parse_seeds("3") == (0, 1, 2)
     assert parse_seeds("4,7") == (4, 7)
     assert parse_seeds("7,") == (7,)
-    with pytest.raises(QuboNNError, match="--seeds expects a count N"):
-        parse_seeds("a")
+    assert parse_seeds("2147483647,") == (2**31 - 1,)
+    assert len(parse_seeds("1000")) == 1000
+    for bad in ("a", "0", "1001", "99999999999", "4294967296", "4294967296,", "2147483648,1", "-1,2", ","):
+        with pytest.raises(QuboNNError, match=r"--seeds expects a count N in \[1, 1000\] \(seeds 0..N-1\) or a "
+                                              r"comma list of seeds in \[0, 2147483647\]"):
+            parse_seeds(bad)
+
+
+@pytest.mark.parametrize("seeds", ["99999999999", "4294967296", "5,4294967296"])
+def test_cli_refuses_out_of_range_seeds_before_writing(tmp_path, seeds):
+    """Issue 23 (7): a huge count was a MemoryError, a seed ≥ 2³¹ was accepted; now exit 2, nothing written."""
+    res = CliRunner().invoke(main, ["experiment", "--dataset", "synthetic-features", "--seeds", seeds,
+                                    "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2, res.output
+    assert "--seeds expects a count N in [1, 1000]" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_table_says_when_lbfgs_did_not_converge():
+    """Issue 23 (14): "convex optimum" only when every seed's L-BFGS converged."""
+    from qubo_nn.study.experiment import format_table, summarize
+    from qubo_nn.study.plots import lbfgs_name
+
+    final = {"train_loss": 0.5, "train_acc": 0.9, "test_loss": 0.6, "test_acc": 0.8, "wall_time_s": 1.0}
+    runs = [{"seed": s, "final": final, "lbfgs": {"iterations": 10, "converged": c}}
+            for s, c in ((0, True), (1, False))]
+    table = format_table(summarize({"lbfgs": runs}))
+    assert "L-BFGS (not converged in 1 of 2 seeds), 10 iterations" in table and "convex optimum" not in table
+    assert lbfgs_name({"lbfgs": runs}) == "L-BFGS (not converged)"
+    runs[1]["lbfgs"]["converged"] = True
+    assert "convex optimum, 10 iterations" in format_table(summarize({"lbfgs": runs}))
+    assert lbfgs_name({"lbfgs": runs}) == "L-BFGS optimum"
+
+
+def test_library_leaves_torch_threads_alone(tmp_path):
+    """run_experiment (with the hybrid inside) sets no thread count; the scopes it is given are entered."""
+    before = torch.get_num_threads()
+    entered = []
+
+    @contextlib.contextmanager
+    def scope(name):
+        entered.append(name)
+        assert torch.get_num_threads() == before
+        yield
+
+    run_experiment(tiny_config(tmp_path / "t", seeds=(0,), threads=before + 1, time_matched=False),
+                   thread_scope=lambda: scope("run"), qubo_thread_scope=lambda: scope("qubo"))
+    assert torch.get_num_threads() == before and entered == ["run", "qubo"]
 
 
 def test_cli_json_and_bad_input(tmp_path):

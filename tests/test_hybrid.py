@@ -157,3 +157,57 @@ def test_trial_loss_matches_update_and_evaluate(tiny, kind, kw):
         a, b = stats.block(blk), fresh.block(blk)
         assert torch.allclose(a.g, b.g, atol=1e-12) and torch.allclose(a.H, b.H, atol=1e-12)
     assert torch.allclose(stats.grad, fresh.grad, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the one step policy
+
+@pytest.mark.parametrize("sampler, params", [("gptq", {}), ("cd", {}),
+                                             ("pipeline", {"num_reads": 1, "num_sweeps": 20})])
+def test_level_samplers_run_inside_the_hybrid(tiny, sampler, params):
+    """The hybrid attaches each block's integer form, so the level samplers run (they refuse a bare
+    BQM); one sweep, the exact loss does not rise, and their steps are taken."""
+    train, head = tiny
+    cfg = HybridConfig(build=BuildConfig(bits=3), sampler=sampler, sampler_params=params, max_retries=1)
+    out, rec = hybrid_sweeps(head, train, cfg, "cpu")
+    assert rec["integer_form_used"] and len(rec["sweeps"]) == 1
+    assert rec["loss_end"] <= rec["loss_start"] + 1e-6
+    assert rec["accepted"] >= 1 and rec["loss_end"] < rec["loss_start"]
+    assert evaluate(out, train)[0] == pytest.approx(rec["loss_end"], abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_acceptance_never_raises_the_true_loss_on_random_heads(seed):
+    """Property over seeded random heads and features: after every block decision the float64 loss
+    of the current head is strictly lower if the step was accepted, unchanged (1e-6) if not."""
+    train, _ = synthetic_features(n=200, dim=6, num_classes=3, seed=20 + seed, n_test=10, separation=0.3)
+    head = Head.init_like_linear(3, 6, seed=seed)
+    f64 = train.to("cpu", torch.float64)
+    losses = [evaluate(head.to("cpu", torch.float64), f64)[0]]
+    decisions = []
+    hybrid_sweeps(head, train, _cfg(build=BuildConfig(bits=2, blocks="random", size=5), sweeps=2, tol=0.0,
+                                    seed=seed), "cpu",
+                  callback=lambda e, h: (decisions.append(e["accepted"]),
+                                         losses.append(evaluate(h.to("cpu", torch.float64), f64)[0])))
+    for acc, a, b in zip(decisions, losses, losses[1:]):
+        assert b < a if acc else b == pytest.approx(a, abs=1e-6)
+    assert any(decisions)
+
+
+def test_hybrid_uses_the_policy(tiny, monkeypatch):
+    """Patched to refuse every step, the hybrid keeps the head and retries each block max_retries
+    times with μ × growth per retry; the seeds are child_seed(seed, sweep, block, attempt)."""
+    from qubo_nn.runtime import child_seed
+    from qubo_nn.steps import policy as sp
+
+    train, head = tiny
+    monkeypatch.setattr(sp, "accept", lambda before, after, tol=0.0: False)
+    out, rec = hybrid_sweeps(head, train, _cfg(max_retries=2, damping_growth=2.0, seed=9), "cpu")
+    assert torch.equal(out.W, head.W) and torch.equal(out.b, head.b) and rec["accepted"] == 0
+    for e in rec["blocks"]:
+        assert set(sp.STEP_KEYS) <= set(e) and e["retries"] == 2 and not e["accepted"]
+        damp = [a["damping"] for a in e["attempts"]]
+        assert damp[1] == pytest.approx(2 * damp[0], rel=1e-5) and damp[2] == pytest.approx(4 * damp[0], rel=1e-5)
+        assert [a["seed"] for a in e["attempts"]] == [child_seed(9, 0, e["block_id"], r) for r in range(3)]
+        for a in e["attempts"]:   # E(x) − L0: the damped model's change, beside the energies
+            assert a["predicted_change"] == pytest.approx(a["energy_best"] - e["attempts"][0]["loss_before"],
+                                                          abs=1e-5)

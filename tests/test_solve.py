@@ -311,3 +311,29 @@ def test_cli_samplers_lists_registry():
     assert rows["dwave"]["available"] is False and rows["neal"]["available"] is True
     text = CliRunner().invoke(main, ["samplers"]).output
     assert "neal      available" in text and "dwave     unavailable" in text
+
+
+def test_decode_never_overwrites_an_input(cli_build, tmp_path):
+    """Issue 23 (3): ``solve B --out B`` puts the solution into the build; ``decode B --force`` then
+    defaulted to B/head.pt, the build's own head. decode refuses any --out that is an input
+    (exit 2, a message, no file changed or added)."""
+    build = tmp_path / "b"
+    shutil.copytree(cli_build, build)
+    solve(build, build, SolveConfig(params={"num_reads": 2, "num_sweeps": 20}))
+    before = {p.name: p.read_bytes() for p in build.iterdir()}
+    runner = CliRunner()
+    res = runner.invoke(main, ["decode", str(build), "--force", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "decode would overwrite the build's head" in res.output and "expected an --out" in res.output
+    for name in ("head.pt", "manifest.json", "block_00000.bqm", "solution.json"):
+        res = runner.invoke(main, ["decode", str(build), "--out", str(build / name), "--device", "cpu",
+                                   "--no-progress"])
+        assert res.exit_code == 2, (name, res.output)
+        assert "decode would overwrite" in res.output, (name, res.output)
+    with pytest.raises(QuboNNError, match="decode would overwrite one of its inputs .*samples.json"):
+        decode(build, out=next(build.glob("*.samples.json")), device="cpu")
+    assert {p.name: p.read_bytes() for p in build.iterdir()} == before      # nothing written
+    res = runner.invoke(main, ["decode", str(build), "--out", str(tmp_path / "new.pt"), "--device", "cpu",
+                               "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new.pt").exists()

@@ -1,7 +1,8 @@
 """``qubo-nn experiment``: SGD baseline vs hybrid (SGD + QUBO sweeps + SGD) vs L-BFGS optimum."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import click
 
@@ -14,18 +15,44 @@ from qubo_nn.cli.common import (SCHEDULES, block_options, check_writable, emit, 
 _HYBRID_SAMPLER_PARAMS = {"num_reads": 1, "num_sweeps": 100}
 
 
+MAX_SEED_COUNT = 1000
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """'N' -> seeds 0..N−1; '3,4,5' (or '7,') -> those seeds."""
+    """'N' -> seeds 0..N−1 (1 ≤ N ≤ 1000); '3,4,5' (or '7,') -> those seeds, each in [0, 2³¹ − 1]
+    like every other command's --seed."""
+    from qubo_nn.runtime import SEED_BOUND
+
     text = text.strip()
+    bad = QuboNNError(f"--seeds expects a count N in [1, {MAX_SEED_COUNT}] (seeds 0..N-1) or a comma list of "
+                      f"seeds in [0, {SEED_BOUND - 1}] like 0,1,2, got {text!r}")
     try:
         if "," not in text:
             n = int(text)
-            if n < 1:
-                raise ValueError
+            if not 1 <= n <= MAX_SEED_COUNT:
+                raise bad
             return tuple(range(n))
-        return tuple(int(t) for t in text.split(",") if t.strip())
+        seeds = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise QuboNNError(f"--seeds expects a count N (seeds 0..N-1) or a comma list like 0,1,2, got {text!r}") from None
+        raise bad from None
+    if not seeds or any(not 0 <= s < SEED_BOUND for s in seeds):
+        raise bad
+    return seeds
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch intra-op threads = ``n`` inside the block (None: unchanged); restored after. The CLI's
+    job: library code never sets process-wide state."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @click.command()
@@ -111,7 +138,8 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
         threads=o["threads"] or None, time_matched=o["time_matched"], matched_max_factor=o["matched_max_factor"],
         out=out, overwrite=o["overwrite"])
     cfg.validate()
-    summary = run_experiment(cfg, progress=progress and not as_json)
+    summary = run_experiment(cfg, progress=progress and not as_json, thread_scope=lambda: torch_threads(cfg.threads),
+                             qubo_thread_scope=lambda: torch_threads(cfg.hybrid.device_threads))
     text = summary["table"]
     if summary["loaded"]:
         text += f"\nresumed: loaded {len(summary['loaded'])} completed run(s), computed {len(summary['computed'])}"

@@ -118,7 +118,9 @@ def decode_command(solution_dir: str, out: str | None, build_dir: str | None, fo
     accuracy (on the features the build used) beside the predicted loss.
 
     Blocks are injected one after the other, each only if its step lowers the true loss of
-    the head so far (as the hybrid loop does); --force injects them all.
+    the head so far by more than 1e-6 nats (the one step policy the hybrid uses too); --force
+    injects them all. An --out that is one of the inputs (the build's head.pt, its manifest,
+    a block file, solution.json, a samples file) is refused: exit 2, nothing written.
 
     \b
     Example:

@@ -21,9 +21,6 @@ from qubo_nn.samplers.base import as_binary
 
 _TORCH_RNG_LOCK = threading.Lock()
 MODES = ("ballistic", "discrete")
-#: On CPU, models smaller than this run on one torch thread: for them the thread pool's
-#: synchronisation costs more than it saves (30x slower measured at n = 48 on 2 busy cores).
-SINGLE_THREAD_BELOW = 256
 
 
 class SBSampler(dimod.Sampler):
@@ -72,30 +69,22 @@ class SBSampler(dimod.Sampler):
         binary = as_binary(bqm)
         labels = list(binary.variables)
         n = len(labels)
-        lin, (row, col, quad), offset = binary.to_numpy_vectors()
-        Q = torch.zeros(n, n, dtype=tdtype, device=dev)
-        if len(quad):
-            Q[torch.as_tensor(row, device=dev), torch.as_tensor(col, device=dev)] = torch.as_tensor(
-                quad, dtype=tdtype, device=dev)
-        ell = torch.as_tensor(lin, dtype=tdtype, device=dev)
+        Q, ell, offset = _tensors(binary, dev, tdtype)
 
         t0 = time.perf_counter()
-        threads = torch.get_num_threads()
+        # torch's thread count is the caller's (the CLI's) to set, never this sampler's: it is
+        # process-wide and this runs on worker threads. On CPU, small models run far faster on
+        # one torch thread (30x measured at n = 48 on 2 busy cores): run the CLI with --threads 1.
         with _TORCH_RNG_LOCK, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            if dev.type == "cpu" and n < SINGLE_THREAD_BELOW:
-                torch.set_num_threads(1)
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    X, _ = sb.minimize(Q, ell, float(offset), domain="binary", dtype=tdtype, device=dev,
-                                       agents=int(num_reads), max_steps=int(max_steps), best_only=False,
-                                       mode=mode, heated=bool(heated), verbose=False,
-                                       early_stopping=bool(early_stopping), sampling_period=int(sampling_period),
-                                       convergence_threshold=int(convergence_threshold), timeout=time_limit)
-            finally:
-                torch.set_num_threads(threads)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                X, _ = sb.minimize(Q, ell, float(offset), domain="binary", dtype=tdtype, device=dev,
+                                   agents=int(num_reads), max_steps=int(max_steps), best_only=False,
+                                   mode=mode, heated=bool(heated), verbose=False,
+                                   early_stopping=bool(early_stopping), sampling_period=int(sampling_period),
+                                   convergence_threshold=int(convergence_threshold), timeout=time_limit)
         converged = True
         for w in caught:  # "no agent converged" goes to info; anything else is re-raised as a warning
             if type(w.message).__name__ == "ConvergenceWarning":
@@ -107,20 +96,40 @@ class SBSampler(dimod.Sampler):
         t1 = time.perf_counter()
 
         raw = np.ascontiguousarray(X.detach().to("cpu").numpy().reshape(-1, n).round(), dtype=np.int8)
-        raw_energy = binary.energies((raw, labels))
-        trivial = int(((raw == 0).all(axis=1) | (raw == 1).all(axis=1)).sum())
-        polished = SteepestDescentSolver().sample(binary, initial_states=(raw, labels))
-        t2 = time.perf_counter()
-        if trivial == len(raw) and float(polished.first.energy) < float(raw_energy.min()):
-            warnings.warn(f"simulated bifurcation ({mode}) ended every agent in an all-0/all-1 state; the result "
-                          "is steepest descent from that state, not an SB solution (try mode='discrete', more "
-                          "max_steps, or another sampler)", RuntimeWarning, stacklevel=2)
-        info = {"sb": {"mode": mode, "agents": int(num_reads), "device": str(dev), "dtype": str(tdtype),
-                       "energy_before_polish": float(raw_energy.min()), "trivial_agents": trivial,
-                       "converged": converged},
-                "timing": {"sampling_s": t1 - t0, "polish_s": t2 - t1}}
-        out = dimod.SampleSet.from_samples((polished.record.sample, list(polished.variables)), vartype=dimod.BINARY,
-                                           energy=polished.record.energy, info=info)
+        out = _polished(binary, raw, labels, mode, {"agents": int(num_reads), "device": str(dev), "dtype": str(tdtype),
+                                                    "converged": converged}, t1 - t0)
         if bqm.vartype is not dimod.BINARY:
             out = out.change_vartype(bqm.vartype, inplace=False)
         return out
+
+
+def _tensors(binary: dimod.BinaryQuadraticModel, dev, tdtype):
+    """(upper-triangular Q (n × n), linear l (n,), offset) of a BINARY model on ``dev``."""
+    import torch
+
+    n = binary.num_variables
+    lin, (row, col, quad), offset = binary.to_numpy_vectors()
+    Q = torch.zeros(n, n, dtype=tdtype, device=dev)
+    if len(quad):
+        Q[torch.as_tensor(row, device=dev), torch.as_tensor(col, device=dev)] = torch.as_tensor(
+            quad, dtype=tdtype, device=dev)
+    return Q, torch.as_tensor(lin, dtype=tdtype, device=dev), float(offset)
+
+
+def _polished(binary: dimod.BinaryQuadraticModel, raw: np.ndarray, labels: list, mode: str, sb_info: dict,
+              sampling_s: float) -> dimod.SampleSet:
+    """The agents' states polished by steepest descent, with ``info["sb"]`` and the timings."""
+    t1 = time.perf_counter()
+    raw_energy = binary.energies((raw, labels))
+    trivial = int(((raw == 0).all(axis=1) | (raw == 1).all(axis=1)).sum())
+    polished = SteepestDescentSolver().sample(binary, initial_states=(raw, labels))
+    t2 = time.perf_counter()
+    if trivial == len(raw) and float(polished.first.energy) < float(raw_energy.min()):
+        warnings.warn(f"simulated bifurcation ({mode}) ended every agent in an all-0/all-1 state; the result "
+                      "is steepest descent from that state, not an SB solution (try mode='discrete', more "
+                      "max_steps, or another sampler)", RuntimeWarning, stacklevel=3)
+    info = {"sb": {"mode": mode, **sb_info, "energy_before_polish": float(raw_energy.min()),
+                   "trivial_agents": trivial},
+            "timing": {"sampling_s": sampling_s, "polish_s": t2 - t1}}
+    return dimod.SampleSet.from_samples((polished.record.sample, list(polished.variables)), vartype=dimod.BINARY,
+                                        energy=polished.record.energy, info=info)

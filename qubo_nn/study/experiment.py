@@ -31,6 +31,7 @@ match is reported in ``warnings`` and recomputed. A run directory made with a di
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,17 +39,16 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
-import torch
 from tqdm.auto import tqdm
 
 from qubo_nn.errors import QuboNNError
 from qubo_nn.data.featureset import SYNTHETIC_GENERATORS, FeatureSet, synthetic_by_name
 from qubo_nn.core.head import Head, evaluate
 from qubo_nn.workflows.head_optimize import HybridConfig, hybrid_sweeps
-from qubo_nn.runtime import (atomic_write_json, atomic_write_text, machine_info, portable_path,
-    resolve_device, tensor_digest, versions)
+from qubo_nn.runtime import (SEED_BOUND, atomic_write_json, atomic_write_text, machine_info, portable_path,
+    resolve_device, tensor_digest, to_jsonable, versions)
 
 METHODS = ("sgd", "hybrid", "sgd_matched", "lbfgs")
 METHOD_LABELS = {"sgd": "SGD baseline", "hybrid": "hybrid (SGD + QUBO + SGD)",
@@ -117,8 +117,8 @@ class ExperimentConfig:
         self.sgd(0).validate()
         self.hybrid.validate()
         seeds = list(self.seeds)
-        if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-            raise QuboNNError(f"seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
+        if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < SEED_BOUND for s in seeds):
+            raise QuboNNError(f"seeds must be a non-empty list of integers in [0, {SEED_BOUND - 1}], got {self.seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise QuboNNError(f"seeds must be distinct, got {self.seeds!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -203,28 +203,30 @@ def _arch_dim(arch: str) -> int:
     return FEATURE_DIMS[arch]
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> dict:
+def run_experiment(cfg: ExperimentConfig, progress: bool = False,
+                   thread_scope: Callable[[], ContextManager] | None = None,
+                   qubo_thread_scope: Callable[[], ContextManager] | None = None) -> dict:
     """Run (or resume) the comparison of ``cfg``; return the summary (also written to ``out``).
 
     Summary: ``out``, ``methods`` (per method: ``seeds`` and mean/std of the final
     ``train_loss``, ``train_acc``, ``test_acc``, ``wall_time_s``; for the hybrid also the QUBO
     phase time, accepted blocks and overlap), ``computed`` / ``loaded`` ((method, seed) names),
     ``warnings``, ``plots`` and ``table`` (the text table).
+
+    This function sets no process-wide state: ``thread_scope`` (entered after the features are
+    loaded, around the optimizers) and ``qubo_thread_scope`` (around each QUBO phase) are context
+    managers the caller supplies; the ``experiment`` command passes ones that apply ``cfg.threads``
+    and ``cfg.hybrid.device_threads`` to torch.
     """
     cfg.validate()
     t_start = time.perf_counter()
     train, test, finfo = load_features(cfg, progress)  # the backbone runs with torch's own thread count
-    old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _run(cfg, progress, train, test, finfo, t_start)
-    finally:
-        torch.set_num_threads(old_threads)
+    with (thread_scope() if thread_scope is not None else contextlib.nullcontext()):
+        return _run(cfg, progress, train, test, finfo, t_start, qubo_thread_scope)
 
 
 def _run(cfg: ExperimentConfig, progress: bool, train: FeatureSet, test: FeatureSet, finfo: dict,
-         t_start: float) -> dict:
+         t_start: float, qubo_thread_scope: Callable[[], ContextManager] | None = None) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg.dataset)
     cfg.out = str(out)
     config_record = {"experiment": cfg.to_dict(), "result_settings": cfg.result_dict(),
@@ -253,7 +255,8 @@ def _run(cfg: ExperimentConfig, progress: bool, train: FeatureSet, test: Feature
             if problem is not None:
                 warnings.append(f"{path.name}: {problem}; recomputed")
             prior = {m: results[m][-1] for m in methods if results[m] and results[m][-1]["seed"] == seed}
-            res = _RUNNERS[method](cfg, seed, train, test, dev, progress, prior)
+            extra = {"thread_scope": qubo_thread_scope} if method == "hybrid" else {}
+            res = _RUNNERS[method](cfg, seed, train, test, dev, progress, prior, **extra)
             res.update(method=method, seed=seed, config_digest=digest, features_digest=finfo["digest"],
                        device=str(dev), machine=machine_info(dev), format=RESULT_FORMAT)
             _write_result(path, res)
@@ -334,7 +337,8 @@ def _run_sgd_matched(cfg: ExperimentConfig, seed: int, train, test, dev, progres
     return res
 
 
-def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict) -> dict:
+def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bool, prior: dict,
+                thread_scope: Callable[[], ContextManager] | None = None) -> dict:
     from dataclasses import replace
 
     from qubo_nn.train.sgd import train_sgd
@@ -351,7 +355,7 @@ def _run_hybrid(cfg: ExperimentConfig, seed: int, train, test, dev, progress: bo
         pts, wall = _sgd_points(hist, wall, "warmup")
         history += pts
     hcfg = replace(cfg.hybrid, seed=seed, build=replace(cfg.hybrid.build, l2=cfg.weight_decay))
-    head, qrec = hybrid_sweeps(head, train, hcfg, dev, progress=progress)
+    head, qrec = hybrid_sweeps(head, train, hcfg, dev, progress=progress, thread_scope=thread_scope)
     q_start, wall = wall, wall + qrec["total_wall_s"]
     history.append(_point(W, head, train, test, cfg.weight_decay, wall, "qubo"))
     if E > W:
@@ -444,17 +448,9 @@ def _checksum(obj: dict) -> str:
 
 
 def _write_result(path: Path, res: dict) -> None:
-    res = json.loads(json.dumps(res, default=_jsonable))  # plain JSON types, so the checksum round-trips
+    res = to_jsonable(res)  # plain JSON types (NaN/Inf -> null), so the checksum round-trips
     res["checksum"] = _checksum(res)
     atomic_write_json(path, res)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, (Path, torch.device, torch.dtype)):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def _load_result(path: Path, method: str, seed: int, digest: str) -> tuple[dict | None, str | None]:
@@ -500,6 +496,7 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             s["overlap"] = _mean_std([x["overlap"] for x in q])
         if m == "lbfgs":
             s["iterations"] = _mean_std([r["lbfgs"]["iterations"] for r in runs])
+            s["converged"] = sum(bool(r["lbfgs"].get("converged")) for r in runs)
         if m == "sgd_matched":
             s["epochs"] = _mean_std([r["matched"]["epochs"] for r in runs])
         methods[m] = s
@@ -522,7 +519,9 @@ def format_table(summary: dict) -> str:
                      f"accepted {s['accepted_blocks']['mean']:.1f}/{s['blocks_visited']['mean']:.0f} blocks, "
                      f"overlap {100 * s['overlap']['mean']:.0f}%")
         elif m == "lbfgs":
-            notes = f"convex optimum, {s['iterations']['mean']:.0f} iterations"
+            what = "convex optimum" if s["converged"] == len(s["seeds"]) else (
+                f"L-BFGS (not converged in {len(s['seeds']) - s['converged']} of {len(s['seeds'])} seeds)")
+            notes = f"{what}, {s['iterations']['mean']:.0f} iterations"
         elif m == "sgd_matched":
             notes = f"{s['epochs']['mean']:.0f} epochs (about the hybrid's time)"
         rows.append((m, str(len(s["seeds"])), _fmt(s["train_loss"]), _fmt(s["train_acc"], 100, 2),

@@ -22,9 +22,11 @@ clock pauses while the monitoring points evaluate train/test loss):
   sweep over channel blocks (γ and β of ``block_channels`` channels of one BN): each block's
   conditional model (:meth:`GaussNewtonModel.block`, the earlier blocks' steps included) →
   ``encoding.optimize_encoding`` → ``qubo.build_bqm`` → ``samplers.sample`` (neal by default; a
-  level sampler gets ``qubo.integer_form``) → the decoded step accepted only if the TRUE training
-  loss falls (else retried with more damping, as :mod:`qubo_nn.workflows.head_optimize`) → ``sgd_epochs`` epochs
-  of the SGD method], until the budget is spent.
+  level sampler gets ``qubo.integer_form``) → the decoded step decided by the one step policy of
+  :mod:`qubo_nn.steps.policy` (accepted iff the TRUE training loss falls by more than ``accept_tol``,
+  on the trial and again after the update, else undone and retried with more damping; seeds
+  ``child_seed(seed, round, block, attempt)``; records in the same words as the head hybrid and
+  ``decode``) → ``sgd_epochs`` epochs of the SGD method], until the budget is spent.
 """
 from __future__ import annotations
 
@@ -453,91 +455,128 @@ def _lbfgs(tail, train, theta, cfg, clock, mon) -> torch.Tensor:
     return p.detach()
 
 
-def _hybrid(tail, train, theta, cfg, clock, mon) -> tuple[torch.Tensor, dict[str, Any]]:
-    from qubo_nn import samplers
-    from qubo_nn.curvature.gauss_newton import gauss_newton
-    from qubo_nn.core.encoding import optimize_encoding
-    from qubo_nn.workflows.head_optimize import _best_sample, _derive_seed
-    from qubo_nn.core.bqm import build_bqm
-    from qubo_nn.core.bqm import integer_form
+@dataclass
+class _HybridRun:
+    """What every round of :func:`_hybrid` shares: the tail, data, settings, sampler and the SGD state."""
 
-    hc, bc = cfg.hybrid, cfg.hybrid.build
+    tail: Any
+    train: TailData
+    cfg: Any
+    clock: Any
+    mon: Any
+    sampler: Any
+    caps: Any
+    blocks: list
+    rows: torch.Tensor | None
+    p: torch.Tensor
+    opt: torch.optim.Optimizer
+
+
+def _hybrid(tail, train, theta, cfg, clock, mon) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Rounds of [Gauss–Newton model → one sweep of block steps (:func:`_hybrid_round`) → SGD epochs]
+    until the budget is spent (module docstring)."""
+    from qubo_nn import samplers
+    from qubo_nn.steps.sweep import SamplerCaps
+
+    hc = cfg.hybrid
     sampler = samplers.get_sampler(hc.sampler)
-    takes_initial = "initial_states" in getattr(sampler, "parameters", {})
-    needs_form = getattr(sampler, "properties", {}).get("needs") == "integer_form"
-    blocks = tail.channel_blocks(cfg.block_channels)
     rows = None
     if cfg.hessian_samples is not None and cfg.hessian_samples < train.n:
         rows = torch.randperm(train.n, generator=torch_generator(cfg.seed))[:cfg.hessian_samples].sort().values
-    block_log, rounds = [], []
     p = theta.clone().requires_grad_(True)
-    opt = torch.optim.SGD([p], lr=cfg.sgd_lr, momentum=cfg.momentum)
+    run = _HybridRun(tail, train, cfg, clock, mon, sampler, SamplerCaps.of(sampler),
+                     tail.channel_blocks(cfg.block_channels), rows, p,
+                     torch.optim.SGD([p], lr=cfg.sgd_lr, momentum=cfg.momentum))
+    block_log, rounds = [], []
     epoch, rnd = 0, 0
     while clock.elapsed() < cfg.budget_s:
-        t0 = clock.elapsed()
-        theta = p.detach().clone()
-        gn = gauss_newton(tail.logits, theta, train.inputs(), train.y, batch_size=cfg.gn_batch, hessian_rows=rows)
-        t_gn = clock.elapsed() - t0
-        shift = torch.zeros(tail.P, dtype=torch.float64)
-        state = TailState(tail, train, theta)
-        loss_now = state.loss
-        loss_round = loss_now
-        order = torch.randperm(len(blocks), generator=torch_generator(_derive_seed(cfg.seed, rnd, 0, 0))).tolist()
-        accepted = 0
-        for b in order:
-            if clock.elapsed() >= cfg.budget_s:
-                break
-            idx = blocks[b]
-            entry = {"round": rnd, "block": b, "size": int(idx.numel()), "attempts": []}
-            for attempt in range(hc.max_retries + 1):
-                tb = time.perf_counter()
-                model = gn.block(idx, shift)
-                mu = (bc.damping_abs + bc.damping_rel * float(model.H.diagonal().mean())) * hc.damping_growth ** attempt
-                enc = optimize_encoding(model, bc.bits, bc.window, mu, bc.step_rule, bc.step, kind=bc.encoding)
-                bqm = build_bqm(model, enc, mu, bc.bqm_dtype, bc.max_qubo_bytes)
-                params = dict(hc.sampler_params)
-                if needs_form:
-                    params["integer_form"] = integer_form(model, enc, mu)
-                cur = enc.current_bits().cpu().numpy().astype(np.int8)
-                init = cur[None, :] if hc.warm_start and takes_initial else None
-                tbuild = time.perf_counter()
-                ss = samplers.sample(bqm, sampler, seed=_derive_seed(cfg.seed, rnd, b, attempt), polish=hc.polish,
-                                     initial_states=init, **params)
-                tsolve = time.perf_counter()
-                x = _best_sample(ss, enc.num_variables)
-                e_best, e_cur = (float(e) for e in bqm.energies((np.stack([x, cur]), range(len(x)))))
-                att = {"attempt": attempt, "damping": mu, "num_variables": enc.num_variables,
-                       "energy_best": e_best, "energy_current": e_cur, "predicted_change": e_best - e_cur,
-                       "build_s": tbuild - tb, "solve_s": tsolve - tbuild}
-                if not e_best < e_cur:
-                    att.update(accepted=False, reason="no predicted gain")
-                    entry["attempts"].append(att)
-                    continue
-                values = enc.decode(x).to(theta.dtype)
-                trial = state.trial_loss(idx, values)
-                ok = trial - loss_now < -hc.accept_tol
-                att.update(true_change=trial - loss_now, accepted=ok, evaluate_s=time.perf_counter() - tsolve,
-                           reason="loss fell" if ok else "loss did not fall")
-                entry["attempts"].append(att)
-                if ok:
-                    shift[idx] += (values - state.theta[idx]).double()
-                    state.update(idx, values)
-                    with torch.no_grad():
-                        p.copy_(state.theta)
-                    loss_now = state.loss
-                    accepted += 1
-                    break
-            last = entry["attempts"][-1]
-            entry.update(accepted=bool(last.get("accepted")), predicted_change=last["predicted_change"],
-                         true_change=last.get("true_change", 0.0))
-            block_log.append(entry)
+        rounds.append(_hybrid_round(run, rnd, block_log))
         mon.point(p, "qubo", round=rnd)
-        rounds.append({"round": rnd, "gauss_newton_s": t_gn, "loss_before": loss_round, "loss_after": loss_now,
-                       "accepted": accepted, "blocks": len(order), "t_end": clock.elapsed()})
         if cfg.sgd_epochs and clock.elapsed() < cfg.budget_s:
-            done, _ = _sgd_epochs(tail, train, p, opt, cfg, clock, mon, cfg.sgd_epochs, epoch, "sgd")
+            done, _ = _sgd_epochs(tail, train, p, run.opt, cfg, clock, mon, cfg.sgd_epochs, epoch, "sgd")
             epoch += done
         rnd += 1
     return p.detach(), {"rounds": rounds, "blocks": block_log,
                         "hessian_samples": train.n if rows is None else int(rows.numel())}
 
+
+def _hybrid_round(run: _HybridRun, rnd: int, block_log: list) -> dict[str, Any]:
+    """One Gauss–Newton model at the current θ, then each block (in a seeded order) stepped by the
+    one step policy (:func:`_block_step`); θ of ``run.p`` follows every accepted step."""
+    from qubo_nn.curvature.gauss_newton import gauss_newton
+    from qubo_nn.steps.policy import step_seed
+
+    cfg, clock = run.cfg, run.clock
+    t0 = clock.elapsed()
+    theta = run.p.detach().clone()
+    gn = gauss_newton(run.tail.logits, theta, run.train.inputs(), run.train.y, batch_size=cfg.gn_batch,
+                      hessian_rows=run.rows)
+    t_gn = clock.elapsed() - t0
+    shift = torch.zeros(run.tail.P, dtype=torch.float64)
+    state = TailState(run.tail, run.train, theta)
+    loss_round = state.loss
+    order = torch.randperm(len(run.blocks), generator=torch_generator(step_seed(cfg.seed, rnd, 0, 0))).tolist()
+    accepted = 0
+    for b in order:
+        if clock.elapsed() >= cfg.budget_s:
+            break
+        entry = _block_step(run, gn, state, shift, rnd, b)
+        block_log.append(entry)
+        accepted += entry["accepted"]
+    return {"round": rnd, "gauss_newton_s": t_gn, "loss_before": loss_round, "loss_after": state.loss,
+            "accepted": accepted, "blocks": len(order), "t_end": clock.elapsed()}
+
+
+def _block_step(run: _HybridRun, gn, state: TailState, shift: torch.Tensor, rnd: int, b: int) -> dict[str, Any]:
+    """Attempts on block ``b`` (μ grown per retry) until one is accepted or the retries are spent."""
+    from qubo_nn.steps import policy as sp
+    from qubo_nn.steps.sweep import attempt_damping, encode_block
+
+    hc = run.cfg.hybrid
+    pol, idx = hc.policy(), run.blocks[b]
+    attempts = []
+    for attempt in range(pol.max_retries + 1):
+        tb = time.perf_counter()
+        model = gn.block(idx, shift)
+        mu = attempt_damping(model, hc.build, pol, attempt)
+        enc, bqm, form = encode_block(model, hc.build, mu, run.caps.takes_form)
+        att, x = _sample_block(run, bqm, enc, form, mu, model.L0, sp.step_seed(run.cfg.seed, rnd, b, attempt),
+                               attempt, tb)
+        te = time.perf_counter()
+        before = state.loss
+        if not sp.predicts_gain(att["energy_best"], att["energy_current"]):
+            attempts.append(sp.decide(att, False, sp.REASON_NO_GAIN, before, before))
+            continue
+        values = enc.decode(x).to(state.theta.dtype)
+        old = state.theta[idx].clone()
+        ok, trial, after = sp.try_step(state, idx, values, before, pol.accept_tol)
+        attempts.append(sp.decide(att, ok, sp.REASON_FELL if ok else sp.REASON_ROSE, before, after, trial))
+        att["evaluate_s"] = time.perf_counter() - te
+        if ok:
+            shift[idx] += (values - old).double()
+            with torch.no_grad():
+                run.p.copy_(state.theta)
+            break
+    return sp.step_record(attempts, round=rnd, block=b, size=int(idx.numel()))
+
+
+def _sample_block(run: _HybridRun, bqm, enc, form, mu: float, L0: float, seed: int, attempt: int, tb: float):
+    """Anneal one block's BQM (warm-started, with its integer form where the sampler takes them);
+    (attempt record, best sample)."""
+    from qubo_nn import samplers
+    from qubo_nn.steps import policy as sp
+
+    hc = run.cfg.hybrid
+    params = dict(hc.sampler_params)
+    if form is not None:
+        params["integer_form"] = form
+    cur = enc.current_bits().cpu().numpy().astype(np.int8)
+    init = cur[None, :] if hc.warm_start and run.caps.takes_initial else None
+    tbuild = time.perf_counter()
+    ss = samplers.sample(bqm, run.sampler, seed=seed, polish=hc.polish, initial_states=init, **params)
+    tsolve = time.perf_counter()
+    x = sp.best_sample(ss, enc.num_variables)
+    e_best, e_cur = sp.sample_energies(bqm, x, cur)
+    att = sp.attempt_record(attempt, mu, e_best, e_cur, L0, num_variables=enc.num_variables, seed=seed,
+                            build_s=tbuild - tb, solve_s=tsolve - tbuild)
+    return att, x

@@ -5,12 +5,16 @@ One sweep visits every block of :func:`qubo_nn.workflows.build.plan_blocks`. For
 current head (:meth:`HeadStats.block`), encodes it and builds the BQM; a *CPU worker thread*
 anneals it (:func:`qubo_nn.samplers.sample`; neal releases the GIL); the device decodes the
 best sample and evaluates the TRUE training loss of the step (:meth:`HeadStats.trial_loss`: exact,
-from the current logits, without moving the head). The step is accepted only if the loss fell
-by more than ``accept_tol``, and then applied with :meth:`HeadStats.update` (whose incremental
-loss must agree, else the step is undone). Otherwise, and when the best sample predicts no
-gain over the current weights, the block is retried with more damping (μ × ``damping_growth``;
+from the current logits, without moving the head). Every decision is the one step policy of
+:mod:`qubo_nn.steps.policy` (the same as ``decode`` and BatchNorm tuning): the step is accepted
+iff loss_after < loss_before − ``accept_tol``, on the trial loss and again on the incremental
+loss after :meth:`HeadStats.update` (else undone). Otherwise, and when the best sample predicts
+no gain over the current weights, the block is retried with more damping (μ × ``damping_growth``;
 the local model recomputed at the then-current head, re-encoded, BQM rebuilt) up to
-``max_retries`` times, after which the old weights are kept.
+``max_retries`` times, after which the old weights are kept. The sampler gets the block's
+integer form too (``integer_form``) when it takes one, so the level samplers (``gptq``, ``cd``,
+``pipeline``, ``decompose``) run inside the hybrid like the annealers. The pipelined sweep
+itself lives in :mod:`qubo_nn.steps.sweep`.
 
 Pipelining (``workers`` = W anneals in flight). The schedule is fixed, not timing-driven, so a
 run is reproducible: while block k anneals, the device evaluates block k−1 and then builds
@@ -49,23 +53,24 @@ HeadStats and the block plan) and ``final_eval_s``; ``total_wall_s`` is the whol
 """
 from __future__ import annotations
 
-import collections
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from qubo_nn.execution import block_task
+from qubo_nn.core.head import Head, check_compatible, evaluate
+from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import ExecutorConfig, open_executor
-from qubo_nn.data.featureset import FeatureSet
-from qubo_nn.core.head import Head, check_compatible, evaluate
-from qubo_nn.workflows.build import BlockQUBO, BuildConfig, make_block_qubo, plan_blocks
-from qubo_nn.curvature.head_stats import HeadStats
 from qubo_nn.runtime import resolve_device
+from qubo_nn.steps.policy import DEFAULT_ACCEPT_TOL, StepPolicy
+from qubo_nn.steps.sweep import SamplerCaps, check_disjoint as _check_disjoint, interval_accounting, run_sweep
+from qubo_nn.workflows.build import BuildConfig
+
+__all__ = ["DEFAULT_SAMPLER_PARAMS", "HybridConfig", "default_build", "hybrid_sweeps", "interval_accounting",
+           "_check_disjoint"]
 
 DEFAULT_SAMPLER_PARAMS = {"num_reads": 1, "num_sweeps": 100}
 
@@ -100,9 +105,11 @@ class HybridConfig:
     flight. ``executor``/``ray_address``: where they run (:mod:`qubo_nn.execution.executors`: CPU threads,
     or Ray tasks that get each BQM as compact arrays; the same samples either way; with Ray
     the anneal intervals of the time accounting are the workers' clocks, comparable with the
-    driver's only on one machine). ``device_threads``: torch intra-op threads while the sweep runs
-    (None: leave as is); on a CPU-only machine, cores − workers keeps the stages from fighting.
-    ``seed``: seeds the samplers (one derived seed per sweep, block and attempt).
+    driver's only on one machine). ``device_threads``: torch intra-op threads wanted while the sweeps run
+    (None: leave as is); a recorded setting that the CLI applies (through ``thread_scope``), never
+    this library. On a CPU-only machine, cores − workers keeps the stages from fighting.
+    ``seed``: seeds the samplers, ``child_seed(seed, sweep, block, attempt)``
+    (:func:`qubo_nn.steps.policy.step_seed`).
     """
 
     build: BuildConfig = field(default_factory=default_build)
@@ -112,7 +119,7 @@ class HybridConfig:
     warm_start: bool = True
     sweeps: int = 1
     tol: float = 1e-4
-    accept_tol: float = 1e-6
+    accept_tol: float = DEFAULT_ACCEPT_TOL
     max_retries: int = 2
     damping_growth: float = 4.0
     workers: int = 1
@@ -132,10 +139,7 @@ class HybridConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise QuboNNError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise QuboNNError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
-        if not self.damping_growth > 1:
-            raise QuboNNError(f"damping_growth must be > 1, got {self.damping_growth!r}")
+        self.policy().validate()
         if not (self.tol >= 0 and self.accept_tol >= 0):
             raise QuboNNError(f"tol and accept_tol must be >= 0, got {self.tol!r} and {self.accept_tol!r}")
         if self.device_threads is not None and (not isinstance(self.device_threads, int) or self.device_threads < 1):
@@ -143,6 +147,10 @@ class HybridConfig:
         if not isinstance(self.sampler_params, dict):
             raise QuboNNError(f"sampler_params must be a dict, got {type(self.sampler_params).__name__}")
         self.executor_config().validate()
+
+    def policy(self) -> StepPolicy:
+        """The step policy of every block: :mod:`qubo_nn.steps.policy`."""
+        return StepPolicy(self.accept_tol, self.max_retries, self.damping_growth)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,32 +162,21 @@ class HybridConfig:
         return cls(**d)
 
 
-@dataclass
-class _Job:
-    """One anneal of one block (attempt 0 = first try, r = r-th retry)."""
-
-    block_id: int
-    idx: torch.Tensor
-    attempt: int
-    blk: BlockQUBO | None = None
-    build_s: float = 0.0
-    built_after: int = 0      # accepted steps applied when the model was built
-    seed: int = 0
-    initial: np.ndarray | None = None
-    result: Any = None        # (SampleSet, t_start, t_end)
-
-
 def hybrid_sweeps(head: Head, train_feats: FeatureSet, cfg: HybridConfig, device: str | torch.device = "auto",
-                  progress: bool = False, callback: Callable[[dict, Head], None] | None = None) -> tuple[Head, dict]:
+                  progress: bool = False, callback: Callable[[dict, Head], None] | None = None,
+                  thread_scope: Callable[[], ContextManager] | None = None) -> tuple[Head, dict]:
     """Improve ``head`` by pipelined block-QUBO sweeps; return the new head and a JSON-able record.
 
     ``callback(block_record, head)`` is called after each block's final decision (accepted,
-    kept after retries, or no predicted gain) with the head at that moment. The record:
+    kept after retries, or no predicted gain) with the head at that moment. ``thread_scope``:
+    a context manager factory entered around the sweeps (the CLI passes one that applies
+    ``cfg.device_threads``; this function never changes process-wide settings). The record:
 
-    - ``blocks``: one entry per (sweep, block): ``accepted``, ``retries``, ``reason``,
-      ``predicted_change`` / ``true_change`` (nats, of the final attempt; predicted = the
-      undamped local model at build time, true = exact loss change at evaluation) and
-      ``attempts`` (each with damping, energies, losses and ``build_s``/``solve_s``/``evaluate_s``);
+    - ``blocks``: one :func:`qubo_nn.steps.policy.step_record` per (sweep, block): ``accepted``,
+      ``reason``, ``loss_before``/``loss_after``, ``predicted_change`` (E(x) − L0, the damped model
+      the sampler minimised) / ``true_change`` (exact trial loss − loss before), ``damping``,
+      ``retries`` and ``attempts`` (each with damping, energies, losses, seed and
+      ``build_s``/``solve_s``/``evaluate_s``);
     - ``sweeps``: per sweep losses and the time accounting of the module docstring;
     - top level: ``loss_start``, ``loss_end`` (exact, :func:`qubo_nn.core.head.evaluate`),
       ``acc_end``, ``stopped`` ("sweeps" or "tol"), and the time totals over all sweeps.
@@ -190,20 +187,17 @@ def hybrid_sweeps(head: Head, train_feats: FeatureSet, cfg: HybridConfig, device
     check_compatible(head, train_feats)
     dev = resolve_device(device)
     bcfg = replace(cfg.build, device=str(dev))
-    sampler = samplers.get_sampler(cfg.sampler)
-    takes_initial = "initial_states" in getattr(sampler, "parameters", {})
+    caps = SamplerCaps.of(samplers.get_sampler(cfg.sampler))
     t_call = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    if cfg.device_threads is not None:
-        torch.set_num_threads(cfg.device_threads)
     record: dict[str, Any] = {"config": cfg.to_dict(), "device": str(dev), "blocks": [], "sweeps": [],
-                              "warm_start_used": bool(cfg.warm_start and takes_initial)}
+                              "warm_start_used": bool(cfg.warm_start and caps.takes_initial),
+                              "integer_form_used": caps.takes_form}
     current = head
-    try:
+    with (thread_scope() if thread_scope is not None else contextlib.nullcontext()):
         with open_executor(cfg.executor_config()) as pool:
             for sweep in range(cfg.sweeps):
-                current, srec = _one_sweep(current, train_feats, cfg, bcfg, dev, sweep, pool,
-                                           takes_initial, record["blocks"], progress, callback)
+                current, srec = run_sweep(current, train_feats, cfg, bcfg, dev, sweep, pool, caps,
+                                          record["blocks"], progress, callback)
                 record["sweeps"].append(srec)
                 if sweep == 0:
                     record["loss_start"] = srec["loss_before"]
@@ -212,9 +206,6 @@ def hybrid_sweeps(head: Head, train_feats: FeatureSet, cfg: HybridConfig, device
                     break
             else:
                 record["stopped"] = "sweeps"
-    finally:
-        if cfg.device_threads is not None:
-            torch.set_num_threads(old_threads)
     t0 = time.perf_counter()
     out = current.to(head.W.device, head.W.dtype)
     record["loss_end"], record["acc_end"] = evaluate(current, train_feats, l2=bcfg.l2)
@@ -223,206 +214,6 @@ def hybrid_sweeps(head: Head, train_feats: FeatureSet, cfg: HybridConfig, device
     record.update(_totals(record["sweeps"]))
     record["total_wall_s"] = time.perf_counter() - t_call
     return out, record
-
-
-def _one_sweep(head, feats, cfg, bcfg, dev, sweep, pool, takes_initial, block_log, progress, callback):
-    t_setup = time.perf_counter()
-    stats = HeadStats(head, feats, bcfg.l2, dev, bcfg.dtype, bcfg.chunk, bcfg.subsample, bcfg.seed)
-    blocks = plan_blocks(stats, bcfg)
-    _check_disjoint(blocks)
-    setup_s = time.perf_counter() - t_setup
-    loss_before = stats.loss
-    pending = collections.deque(_Job(k, idx, 0) for k, idx in enumerate(blocks))
-    built: collections.deque[_Job] = collections.deque()
-    inflight: collections.deque[tuple[_Job, Any]] = collections.deque()
-    dev_iv: list[tuple[float, float]] = []
-    anneal_iv: list[tuple[float, float]] = []
-    n_accepted = [0]
-    per_block: dict[int, dict] = {}
-    bar = tqdm(total=len(blocks), desc=f"QUBO sweep {sweep + 1}", unit="block", leave=False, disable=not progress)
-
-    def build(job: _Job) -> None:
-        t0 = time.perf_counter()
-        scale = cfg.damping_growth ** job.attempt
-        rel, ab = bcfg.damping_rel, bcfg.damping_abs
-        if job.attempt and rel == 0 and ab == 0:
-            rel = 1e-3  # an undamped model gets a small relative damping to grow on retries
-        jcfg = replace(bcfg, damping_rel=rel * scale, damping_abs=ab * scale)
-        job.blk = make_block_qubo(stats, job.idx, jcfg, job.block_id)
-        job.built_after = n_accepted[0]
-        job.seed = _derive_seed(cfg.seed, sweep, job.block_id, job.attempt)
-        if cfg.warm_start and takes_initial:
-            job.initial = job.blk.enc.current_bits().cpu().numpy().astype(np.int8)[None, :]
-        t1 = time.perf_counter()
-        job.build_s = t1 - t0
-        dev_iv.append((t0, t1))
-        built.append(job)
-
-    def submit() -> None:
-        job = built.popleft()
-        bqm = block_task.pack_bqm(job.blk.bqm) if pool.cfg.ships_tasks else job.blk.bqm
-        task = {"bqm": bqm, "sampler": cfg.sampler, "params": dict(cfg.sampler_params), "seed": job.seed,
-                "polish": cfg.polish, "initial": job.initial}
-        inflight.append((job, pool.submit(block_task.sample_task, task)))
-
-    def finish_block(job: _Job, entry: dict) -> None:
-        block_log.append(entry)
-        bar.update(1)
-        if callback is not None:
-            callback(entry, stats.head())
-
-    def evaluate_job(job: _Job) -> None:
-        t0 = time.perf_counter()
-        sampleset, ts, te = job.result
-        anneal_iv.append((ts, te))
-        blk = job.blk
-        x = _best_sample(sampleset, blk.enc.num_variables)
-        cur = blk.enc.current_bits().cpu().numpy().astype(np.int8)
-        e_best, e_current = (float(e) for e in blk.bqm.energies((np.stack([x, cur]), range(len(x)))))
-        moved = int((blk.enc.levels(x) != blk.enc.levels(cur)).sum())
-        delta = blk.enc.delta(x).to(blk.model.H)
-        predicted = float(blk.model.predict(delta)) - blk.model.L0
-        att = {"attempt": job.attempt, "damping": blk.damping, "num_variables": blk.enc.num_variables,
-               "energy_best": e_best, "energy_current": e_current, "sample_predicted_change": predicted,
-               "predicted_change": predicted,
-               "stale_steps": n_accepted[0] - job.built_after, "seed": job.seed,
-               "build_s": job.build_s, "hessian_s": blk.timings["hessian_s"], "qubo_s": blk.timings["qubo_s"],
-               "solve_s": te - ts, "moved_weights": moved,
-               "sampler_params": sampleset.info.get("params"), "sampler_wall_s": sampleset.info.get("wall_time_s")}
-        loss_before_step = stats.loss
-        if not e_best < e_current or att["moved_weights"] == 0:
-            att.update(predicted_change=0.0, true_change=0.0, loss_before=loss_before_step, loss_after=loss_before_step,
-                       accepted=False, reason="no predicted gain")
-            retry = job.attempt < cfg.max_retries  # more damping = a finer grid: may find a gain
-        else:
-            new_values = blk.enc.decode(x)
-            trial = stats.trial_loss(blk.enc.idx, new_values)
-            accepted = trial - loss_before_step < -cfg.accept_tol
-            loss_after = loss_before_step
-            if accepted:
-                old = stats.theta[blk.enc.idx.to(stats.device)].clone()
-                stats.update(blk.enc.idx, new_values)
-                loss_after = stats.loss
-                if not loss_after - loss_before_step < -cfg.accept_tol:  # rounding disagreement: stay safe
-                    stats.update(blk.enc.idx, old)
-                    accepted, loss_after = False, stats.loss
-            att.update(true_change=(loss_after if accepted else trial) - loss_before_step, trial_loss=trial,
-                       loss_before=loss_before_step, loss_after=loss_after,
-                       accepted=accepted, reason="loss fell" if accepted else "loss did not fall")
-            if accepted:
-                n_accepted[0] += 1
-            retry = not accepted and job.attempt < cfg.max_retries
-        t1 = time.perf_counter()
-        att["evaluate_s"] = t1 - t0
-        dev_iv.append((t0, t1))
-        entry = per_block.setdefault(job.block_id, {"sweep": sweep, "block_id": job.block_id,
-                                                    "size": int(job.idx.numel()), "attempts": []})
-        entry["attempts"].append(att)
-        if retry:
-            pending.appendleft(_Job(job.block_id, job.idx, job.attempt + 1))
-        else:
-            entry.update(accepted=att["accepted"], retries=job.attempt, reason=att["reason"],
-                         predicted_change=att["predicted_change"], true_change=att["true_change"])
-            finish_block(job, entry)
-
-    t_start = time.perf_counter()
-    try:
-        while True:
-            # fill the workers (build on demand), then build one ahead, then wait for the oldest
-            while len(inflight) < cfg.workers and (built or pending):
-                if not built:
-                    build(pending.popleft())
-                submit()
-            if not built and pending:
-                build(pending.popleft())
-            if not inflight:
-                break
-            job, fut = inflight.popleft()
-            res = pool.result(fut)[1]
-            job.result = (block_task.to_sampleset(res), res["t_start"], res["t_end"])
-            if built and len(inflight) < cfg.workers:
-                submit()
-            evaluate_job(job)
-    except BaseException:
-        pool.cancel([fut for _, fut in inflight])
-        raise
-    finally:
-        bar.close()
-    t_end = time.perf_counter()
-    srec = {"sweep": sweep, "blocks": len(blocks), "loss_before": loss_before, "loss_after": stats.loss,
-            "gain": loss_before - stats.loss,
-            "accepted": sum(1 for e in per_block.values() if e.get("accepted")),
-            "retries": sum(e.get("retries", 0) for e in per_block.values()),
-            "anneals": len(anneal_iv), "setup_s": setup_s}
-    srec.update(interval_accounting(dev_iv, anneal_iv, t_start, t_end))
-    return stats.head(), srec
-
-
-def _best_sample(sampleset, n: int) -> np.ndarray:
-    """The lowest-energy sample as a 0/1 vector over variables 0..n−1."""
-    rec = sampleset.record
-    i = int(np.argmin(rec.energy))
-    x = np.zeros(n, dtype=np.int8)
-    x[np.asarray(list(sampleset.variables), dtype=np.int64)] = rec.sample[i]
-    return x
-
-
-def _derive_seed(seed: int, sweep: int, block: int, attempt: int) -> int:
-    return int(np.random.SeedSequence([int(seed), sweep, block, attempt]).generate_state(1)[0] >> 1)  # < 2**31
-
-
-def _check_disjoint(blocks: list[torch.Tensor]) -> None:
-    allidx = torch.cat([b.reshape(-1) for b in blocks])
-    if torch.unique(allidx).numel() != allidx.numel():
-        raise QuboNNError("the blocks of a sweep must be disjoint (pipelining applies steps out of build order)")
-
-
-def _union(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[list[float]] = []
-    for a, b in sorted(iv):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
-def _length(iv: list[tuple[float, float]]) -> float:
-    return float(sum(b - a for a, b in iv))
-
-
-def _intersect(u: list[tuple[float, float]], v: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out, i, j = [], 0, 0
-    while i < len(u) and j < len(v):
-        a, b = max(u[i][0], v[j][0]), min(u[i][1], v[j][1])
-        if a < b:
-            out.append((a, b))
-        if u[i][1] < v[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
-def interval_accounting(device_iv: list[tuple[float, float]], anneal_iv: list[tuple[float, float]],
-                        t_start: float, t_end: float) -> dict[str, float]:
-    """Time accounting of a pipelined section [t_start, t_end] (see the module docstring).
-
-    Returns ``wall_s``, ``device_s`` (|D|), ``anneal_s`` (|A|, union), ``anneal_cpu_s`` (sum),
-    ``intersection_s`` (|D ∩ A|), ``gap_s`` (wall − |D ∪ A|), ``hidden_s`` (device + anneal −
-    wall) and ``overlap`` (hidden / min(device, anneal); 0 when either stage is empty), with
-    wall = device + anneal − intersection + gap exactly (up to float rounding).
-    """
-    D, A = _union(device_iv), _union(anneal_iv)
-    device_s, anneal_s = _length(D), _length(A)
-    inter = _length(_intersect(D, A))
-    wall = t_end - t_start
-    gap = wall - (device_s + anneal_s - inter)
-    hidden = device_s + anneal_s - wall
-    shorter = min(device_s, anneal_s)
-    return {"wall_s": wall, "device_s": device_s, "anneal_s": anneal_s,
-            "anneal_cpu_s": float(sum(b - a for a, b in anneal_iv)), "intersection_s": inter, "gap_s": gap,
-            "hidden_s": hidden, "overlap": hidden / shorter if shorter > 0 else 0.0}
 
 
 def _totals(sweeps: list[dict]) -> dict[str, float]:
