@@ -19,7 +19,8 @@ the logits are linear in α and b for fixed codes, so L-BFGS reaches the optimum
   at that head; E(k) = L + gᵀΔ + ½ΔᵀH̃Δ as an :class:`~qubo_nn.core.problem.IntegerProblem` over the codes
   with the damped Newton target), solved by the annealing pipeline (``step_solver="qubo"``:
   :func:`~qubo_nn.samplers.level_solvers.solve_levels`) or by CD alone (``step_solver="cd"``, the classical
-  control), and kept only if the TRUE training loss falls. (α, b) are refit between sweeps; the sweeps stop
+  control), and kept only if the TRUE training loss falls (the core's step policy,
+:func:`qubo_nn.steps.policy.try_step`). (α, b) are refit between sweeps; the sweeps stop
   when the validation loss stops falling, and the head of the best validation loss is returned.
 
 A binary code c = 2k − 1 with k ∈ {0, 1} is an IntegerProblem with scale 2α and target t + α
@@ -42,6 +43,7 @@ from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import child_seed, torch_generator
 from qubo_nn.samplers.level_solvers import solve_levels
+from qubo_nn.steps.policy import try_step
 
 DISCRETE_GRIDS = ("binary", "ternary")
 DISCRETE_METHODS = ("ptq", "ste", "qubo")
@@ -287,10 +289,8 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
         return rec
     new_codes = codes_of(k, cfg.grid)
     new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
-    trial = stats.trial_loss(idx, new_w)
-    rec["loss_after"] = trial
-    if trial < stats.loss - cfg.accept_tol:
-        stats.update(idx, new_w)
+    accepted, rec["loss_after"], _ = try_step(stats, idx, new_w, stats.loss, cfg.accept_tol)
+    if accepted:
         dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
         rec["accepted"] = True
     return rec
