@@ -45,11 +45,14 @@ def test_literal_choices_are_the_library_tuples():
     from qubo_nn.data.datasets import DATASETS
     from qubo_nn.workflows.head_quantize import METHODS
     from qubo_nn.workflows.network_quantize import NETWORK_METHODS
+    from qubo_nn.workflows.train_discrete import DISCRETE_GRIDS, DISCRETE_METHODS, STEP_SOLVERS
 
     assert common.DATASETS == FEATURE_DATASETS and common.ARCHS == ARCHS and common.ENCODINGS == ENCODINGS
     assert common.FORMATS == FORMATS and common.BLOCK_KINDS == BLOCK_KINDS and common.SALIENCIES == SALIENCIES
     assert common.SCALE_RULES == SCALE_RULES and common.INITS == INITS and common.SCHEDULES == SCHEDULES
     assert common.EXECUTORS == EXECUTORS and common.GRIDS == GRIDS
+    assert common.TRAIN_GRIDS == ("fp32", *DISCRETE_GRIDS) and common.DISCRETE_METHODS == DISCRETE_METHODS
+    assert common.STEP_SOLVERS == STEP_SOLVERS
     assert network_quantize.NETWORK_METHODS == NETWORK_METHODS and network_quantize.PRETRAIN_DATASETS == DATASETS
     assert option("quantize head", "--method").type.choices == tuple(dict.fromkeys(METHODS + ("gptq", "cd")))
     assert common.DEFAULT_SAMPLER == DEFAULT_SAMPLER and common.SAMPLER_CHOICE.choices == tuple(SAMPLERS)

@@ -188,3 +188,15 @@ def test_the_experiment_resumes_and_its_summary_is_recomputed_from_the_records(t
     vals = [json.loads(p.read_text())["final"]["test_acc"] for p in recs[2:]]
     assert first["methods"]["qubo"]["test_acc"]["mean"] == pytest.approx(sum(vals) / 2, rel=1e-12)
     assert (tmp_path / "discrete_ternary.png").stat().st_size > 10_000
+
+
+def test_train_cli_refuses_options_of_the_other_grid(tmp_path):
+    from click.testing import CliRunner
+
+    from qubo_nn.cli.main import main
+
+    r = CliRunner().invoke(main, ["train", "--grid", "binary", "--epochs", "3", "--out", str(tmp_path / "h.pt")])
+    assert r.exit_code == 2 and "--epochs applies to --grid fp32 (SGD) only, not to --grid binary" in r.output
+    r = CliRunner().invoke(main, ["train", "--method", "ste", "--out", str(tmp_path / "h.pt")])
+    assert r.exit_code == 2 and "--method applies to --grid binary/ternary only, not to --grid fp32" in r.output
+    assert not list(tmp_path.iterdir())
