@@ -200,3 +200,21 @@ def test_train_cli_refuses_options_of_the_other_grid(tmp_path):
     r = CliRunner().invoke(main, ["train", "--method", "ste", "--out", str(tmp_path / "h.pt")])
     assert r.exit_code == 2 and "--method applies to --grid binary/ternary only, not to --grid fp32" in r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_experiment_grid_refuses_options_of_the_fp32_comparison_and_runs_tiny(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from qubo_nn.cli.main import main
+
+    r = CliRunner().invoke(main, ["experiment", "--grid", "binary", "--epochs", "3", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--epochs: not an option of experiment --grid binary" in r.output
+    r = CliRunner().invoke(main, ["experiment", "--grid", "ternary", "--dataset", "synthetic-features",
+                                  "--n-train", "200", "--n-test", "60", "--feature-dim", "6", "--num-classes", "3",
+                                  "--seeds", "1", "--sweeps", "1", "--out", str(tmp_path / "d"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out["methods"]) == {"ptq", "ste", "qubo"} and out["grid"] == "ternary"
+    assert (tmp_path / "d" / "discrete_ternary.png").exists()

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import click
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.cli.common import (SCHEDULES, block_options, check_writable, emit, executor_options,
+from qubo_nn.cli.common import (SCHEDULES, TRAIN_GRIDS, block_options, check_writable, emit, executor_options,
     feature_options_except, handle_errors, json_option, progress_option, sampler_options, sampler_params,
     sgd_options)
 
@@ -56,6 +56,10 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 @click.command()
+@click.option("--grid", type=click.Choice(TRAIN_GRIDS), default="fp32", show_default=True,
+              help="fp32: the seed's comparison of SGD, the hybrid and L-BFGS; binary/ternary: the discrete form, "
+                   "ptq vs tuned STE vs annealed code steps (digits or synthetic-features; options of the fp32 "
+                   "comparison are refused).")
 @feature_options_except("batch_size")
 @click.option("--feature-dim", type=click.IntRange(min=1), default=None,
               help="synthetic-features: feature dimension [default: the arch's, 512 for resnet18].")
@@ -98,7 +102,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
 @progress_option
 @json_option
 @handle_errors
-def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
+def experiment_command(as_json: bool, progress: bool, grid: str, **o: Any) -> None:
     """Compare SGD, the hybrid (SGD warm-up, QUBO sweeps, SGD fine-tuning), SGD given the
     hybrid's time and the L-BFGS optimum of the FC head on the same cached features over
     several seeds; write JSON and PNG plots.
@@ -108,9 +112,14 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
     The real study: qubo-nn experiment --dataset cifar100 --weights imagenet
 
     \b
+    The discrete form (binary/ternary heads): qubo-nn experiment --grid binary
+
+    \b
     Example:
       qubo-nn experiment --seeds 1 --epochs 4 --bits 2 -m '{"num_sweeps": 200}' --out runs/quick
     """
+    if grid != "fp32":
+        return _discrete(grid, as_json, progress, o)
     # everything is checked before anything is written (config.json records the settings)
     params = sampler_params(o, base=_HYBRID_SAMPLER_PARAMS)
     seeds = parse_seeds(o["seeds"])
@@ -149,3 +158,37 @@ def experiment_command(as_json: bool, progress: bool, **o: Any) -> None:
     emit({k: v for k, v in summary.items() if k != "table"}, as_json, text)
 
 
+
+
+#: the options ``experiment --grid binary|ternary`` takes; any other given on the command line is refused
+_DISCRETE_OPTIONS = {"dataset", "n_train", "n_test", "feature_dim", "num_classes", "seeds", "sweeps", "subsample",
+                     "threads", "out", "progress", "as_json", "grid"}
+
+
+def _discrete(grid: str, as_json: bool, progress: bool, o: dict[str, Any]) -> None:
+    ctx = click.get_current_context()
+    given = [n for n in ctx.params if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+    wrong = sorted(set(given) - _DISCRETE_OPTIONS)
+    if wrong:
+        raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in wrong)}: not an option of "
+                               f"experiment --grid {grid} (it takes --dataset, --n-train, --n-test, --feature-dim, "
+                               f"--num-classes, --seeds, --sweeps, --subsample, --threads, --out)")
+    if o["dataset"] not in ("digits", "synthetic-features"):
+        raise QuboNNError(f"experiment --grid {grid} runs on digits or synthetic-features, got {o['dataset']!r}")
+    seeds = parse_seeds(o["seeds"])
+    from dataclasses import replace
+
+    from qubo_nn.study.discrete import DiscreteExperimentConfig, format_table, run_discrete_experiment
+    from qubo_nn.workflows.train_discrete import DiscreteConfig
+
+    out = o["out"] or f"results/discrete-{grid}-{o['dataset']}"
+    check_writable(out)
+    train = replace(DiscreteConfig(), subsample=o["subsample"],
+                    sweeps=o["sweeps"] if "sweeps" in given else DiscreteConfig().sweeps)
+    cfg = DiscreteExperimentConfig(dataset=o["dataset"], grid=grid, seeds=seeds, n_train=o["n_train"] or 50_000,
+                                   n_test=o["n_test"] or 10_000, dim=o["feature_dim"] or 512,
+                                   num_classes=o["num_classes"], train=train)
+    cfg.validate()
+    with torch_threads(o["threads"] or None):
+        summary = run_discrete_experiment(cfg, out, progress=progress and not as_json)
+    emit({"out": out, **summary}, as_json, format_table(summary))
