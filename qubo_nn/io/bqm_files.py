@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
+import struct
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +41,17 @@ _TEXT_SLICE = 1 << 18
 
 
 _KEYVAL = re.compile(r"([A-Za-z_]+)[:=][ \t]*(\S+)")
+
+
+MAX_VARIABLES = 1 << 26
+"""The most variables a file may declare (67,108,864: 0.5 GiB of linear biases alone); a header
+or label beyond it is a damaged file, refused before anything is allocated."""
+
+
+MAX_ENERGY = 1e100
+"""The largest |offset| + Σ|bias| accepted: every energy of the model then stays below it in
+magnitude, so samplers (which sum biases, take differences, derive temperatures from them) never
+overflow. Our models are in loss units (nats), far below it."""
 
 
 def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -81,6 +94,7 @@ def read_bqm(path: str | os.PathLike, fmt: str | None = None) -> dimod.BinaryQua
     if not path.is_file():
         raise QuboNNError(f"QUBO file {str(path)!r} does not exist")
     if fmt == "dimod":
+        _check_dimod_header(path)
         try:
             with open(path, "rb") as fh:
                 bqm = dimod.BinaryQuadraticModel.from_file(fh)
@@ -92,7 +106,51 @@ def read_bqm(path: str | os.PathLike, fmt: str | None = None) -> dimod.BinaryQua
         _check_finite(bqm, path)
     else:
         bqm = _read_text(path, qbsolv=fmt == "qubo")
+    check_energy_range(bqm, repr(str(path)))
     return bqm
+
+
+def check_energy_range(bqm: dimod.BinaryQuadraticModel, where: str = "the model") -> None:
+    """Refuse a model whose energies could overflow: |offset| + Σ|linear| + Σ|quadratic| (summed in
+    float64 after duplicate biases were added up) must be finite and at most :data:`MAX_ENERGY`."""
+    lin, (_, _, quad), offset = bqm.to_numpy_vectors()
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = abs(float(offset)) + float(np.abs(lin).sum(dtype=np.float64)) + float(np.abs(quad).sum(dtype=np.float64))
+    if not bound <= MAX_ENERGY:
+        what = "NaN" if np.isnan(bound) else f"{bound:.3g}"
+        raise QuboNNError(f"{where}: the biases are too large: |offset| + sum of |biases| = {what} (after adding "
+                          f"up duplicate biases), expected at most {MAX_ENERGY:.0e} so that no energy overflows; "
+                          f"rescale the model")
+
+
+def _check_dimod_header(path: Path) -> None:
+    """The first bytes of a dimod file: magic DIMODBQM, a BinaryQuadraticModel header, and a size
+    no larger than :data:`MAX_VARIABLES` (dimod would otherwise allocate whatever the header says)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(14)
+            if len(head) < 14 or head[:5] != b"DIMOD":
+                raise QuboNNError(f"{str(path)!r} is not a dimod BQM file: expected the magic bytes b'DIMODBQM', "
+                                  f"got {head[:8]!r}")
+            if head[:8] != b"DIMODBQM":
+                raise QuboNNError(f"{str(path)!r} holds a dimod {head[5:8].decode('ascii', 'replace')} model "
+                                  f"(magic {head[:8]!r}), expected a BQM (magic b'DIMODBQM')")
+            (size,) = struct.unpack("<I", head[10:14])
+            header = json.loads(fh.read(min(size, 1 << 20)).decode("ascii"))
+    except OSError as exc:
+        raise QuboNNError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QuboNNError(f"{str(path)!r} is not a readable dimod BQM file (damaged header): {exc}") from exc
+    if not isinstance(header, dict) or header.get("type", "BinaryQuadraticModel") != "BinaryQuadraticModel":
+        got = header.get("type") if isinstance(header, dict) else type(header).__name__
+        raise QuboNNError(f"{str(path)!r}: its header says {got!r}, expected a BinaryQuadraticModel")
+    shape = header.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+        raise QuboNNError(f"{str(path)!r}: its header's shape must be [num_variables, num_interactions], got {shape!r}")
+    if shape[0] > MAX_VARIABLES or shape[1] > MAX_VARIABLES * 64:
+        raise QuboNNError(f"{str(path)!r}: its header declares {shape[0]} variables and {shape[1]} interactions, "
+                          f"expected at most {MAX_VARIABLES} variables (a damaged file?)")
 
 
 def _check_finite(bqm: dimod.BinaryQuadraticModel, path: Path) -> None:
@@ -135,7 +193,7 @@ def _write_text(bqm: dimod.BinaryQuadraticModel, tmp: Path, qbsolv: bool) -> Non
     comment = "c" if qbsolv else "#"
     head = [] if qbsolv else [f"# vartype={bqm.vartype.name}"]
     head += [f"{comment} format={_QUBO_TAG if qbsolv else _COO_TAG} {FILE_VERSION}",
-             f"{comment} num_variables={labels.size}", f"{comment} num_interactions={u.size}",
+             f"{comment} num_variables={int(labels[-1]) + 1 if labels.size else 0}", f"{comment} num_interactions={u.size}",
              f"{comment} offset={float(offset)!r}", f"{comment} dtype={np.dtype(bqm.dtype).name}"]
     if qbsolv:
         max_nodes = int(labels[-1]) + 1 if labels.size else 0
@@ -206,10 +264,23 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
         raise QuboNNError(f"{str(path)!r}: variable labels must be non-negative integers")
     if not np.isfinite(w).all():
         raise QuboNNError(f"{str(path)!r}: {int((~np.isfinite(w)).sum())} biases are NaN/Inf")
+    if ij.size and ij.max() >= MAX_VARIABLES:
+        raise QuboNNError(f"{str(path)!r}: label {ij.max():.0f} exceeds the largest supported label "
+                          f"{MAX_VARIABLES - 1} (a damaged file?)")
     u, v = ij[:, 0].astype(np.int64), ij[:, 1].astype(np.int64)
     diag = u == v
     n = int(max(u.max(), v.max())) + 1 if u.size else 0
-    n = max(n, _int(header, "num_variables", path, 0))
+    declared = _int(header, "num_variables", path, -1)
+    if declared > MAX_VARIABLES:
+        raise QuboNNError(f"{str(path)!r}: header num_variables={declared} exceeds the {MAX_VARIABLES} variables "
+                          f"this reader supports (a damaged file?)")
+    if declared >= 0 and n > declared:
+        raise QuboNNError(f"{str(path)!r}: label {n - 1} does not fit the header's num_variables={declared}: "
+                          f"expected labels 0..{declared - 1}" + (" (1-based labels?)" if n == declared + 1 else ""))
+    if not qbsolv and declared < 0 and u.size and min(u.min(), v.min()) > 0:
+        raise QuboNNError(f"{str(path)!r}: labels start at {min(u.min(), v.min())}, expected 0-based labels "
+                          f"0..n-1 (a 1-based file? subtract 1 from every label)")
+    n = max(n, declared)
     if problem is not None:
         if len(problem) != 5 or problem[0] != "qubo":
             raise QuboNNError(f"{str(path)!r}: expected 'p qubo 0 maxNodes nNodes nCouplers', "
@@ -221,6 +292,8 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
         if int(diag.sum()) != n_nodes or int((~diag).sum()) != n_couplers:
             raise QuboNNError(f"{str(path)!r}: the 'p' line promises {n_nodes} nodes and {n_couplers} couplers, "
                               f"the file has {int(diag.sum())} and {int((~diag).sum())} (truncated?)")
+        if not 0 <= max_nodes <= MAX_VARIABLES:
+            raise QuboNNError(f"{str(path)!r}: maxNodes = {max_nodes}, expected 0..{MAX_VARIABLES} (a damaged file?)")
         if n > max_nodes:
             raise QuboNNError(f"{str(path)!r}: label {n - 1} exceeds maxNodes = {max_nodes}")
         n = max_nodes
