@@ -108,7 +108,7 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
         file = inside(side_path.parent, side["file"], "file", side_path)
     else:
         file, side_path = path, path.with_suffix(".json")
-        if not side_path.exists():
+        if not is_sidecar(side_path):   # none, or an unrelated .json that happens to lie beside the file
             return read_bqm(file), None, {}
         side = _load_sidecar(side_path)
         if side["file"] != file.name:
@@ -184,7 +184,7 @@ def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = Non
     path = Path(path)
     side_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
     if side is None:
-        if not side_path.is_file():
+        if not is_sidecar(side_path):
             raise QuboNNError(f"{str(path)!r} has no integer form: expected a block built by `qubo-nn build` "
                               f"(its sidecar {side_path.name!r} and {LEVELS_SUFFIX} file), got a bare QUBO file")
         side = _load_sidecar(side_path)
@@ -206,6 +206,18 @@ def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = Non
     return form
 
 
+
+
+def is_sidecar(path: Path) -> bool:
+    """Whether ``path`` is meant as one of our block sidecars: a file whose start carries our format tag
+    (a damaged sidecar still counts, and is then refused by :func:`_load_sidecar`); any other .json
+    beside a QUBO file (made by someone else) is no sidecar."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(1 << 16)
+    except OSError:
+        return False
+    return SIDECAR_FORMAT.encode() in start
 
 
 def _load_sidecar(path: Path) -> dict[str, Any]:
