@@ -189,8 +189,8 @@ def solve(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: SolveConfi
     try:
         with folder_lock(out):   # one solve per folder at a time
             return _solve_locked(src, out, cfg, ex_cfg, t0, progress, overwrite)
-    except QuboNNError:
-        for path in created:   # bad input: leave no folder this call created
+    except (QuboNNError, KeyboardInterrupt):
+        for path in created:   # leave no folder this call created and left empty
             try:
                 path.rmdir()
             except OSError:
