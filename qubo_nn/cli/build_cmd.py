@@ -100,6 +100,9 @@ def build_command(head_path: str | None, warmup_epochs: int, bits: int, encoding
                       bqm_dtype=bqm_dtype, device=opts["device"], chunk=chunk, seed=seed,
                       max_qubo_bytes=int(max_qubo_gib * 2**30))
     cfg.validate()
+    from qubo_nn.runtime import resolve_device
+
+    resolve_device(cfg.device)   # a device that is not there: refused before the features are made
     if build_files(out) and not overwrite:
         raise QuboNNError(f"--out {out!r} already holds a build (manifest, blocks); pass --overwrite to replace "
                           f"it, or choose another folder")

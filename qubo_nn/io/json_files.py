@@ -41,12 +41,15 @@ def inside(root: Path, name: Any, what: str, where: Path | str) -> Path:
         raise QuboNNError(f"{str(where)!r}: {what} must be a file name (str), got {name!r}")
     root = Path(root).resolve()
     path = root / name
-    if os.path.isabs(name) or ".." in Path(name).parts or not path.resolve().is_relative_to(root):
+    if os.path.isabs(name) or ".." in Path(name).parts:
         raise QuboNNError(f"{str(where)!r}: {what} {name!r} lies outside the folder {str(root)!r}; "
                           f"expected a file inside it")
     if path.is_symlink():
         raise QuboNNError(f"{str(where)!r}: {what} {name!r} is a symbolic link; expected a regular file "
                           f"inside the folder (links are not followed)")
+    if not path.resolve().is_relative_to(root):   # a linked folder on the way
+        raise QuboNNError(f"{str(where)!r}: {what} {name!r} lies outside the folder {str(root)!r} (through a "
+                          f"link); expected a file inside it")
     return path
 
 
