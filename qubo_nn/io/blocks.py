@@ -1,6 +1,7 @@
 """A block's files: encoding sidecar, integer form (.levels.npz), digests."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -93,11 +94,12 @@ def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_diges
     return entry
 
 
-def read_block(path: str | os.PathLike, head_digest: str | None = None,
-               features_digest: str | None = None) -> tuple[dimod.BinaryQuadraticModel, Encoding | None, dict]:
+def read_block(path: str | os.PathLike, head_digest: str | None = None, features_digest: str | None = None,
+               require_sidecar: bool = False) -> tuple[dimod.BinaryQuadraticModel, Encoding | None, dict]:
     """(BQM, Encoding, sidecar dict) of a block file (or of its ``.json`` sidecar).
 
-    A bare file made elsewhere (no sidecar beside it) gives ``(bqm, None, {})``. A sidecar whose
+    A bare file made elsewhere (no sidecar beside it, or a JSON file of someone else's) gives
+    ``(bqm, None, {})``; with ``require_sidecar`` (a block a manifest lists) a missing sidecar is refused. A sidecar whose
     file digest, npz digest, size or variable count does not match, or (when given) whose head or
     features digest differs, raises :class:`QuboNNError`.
     """
@@ -108,7 +110,10 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
         file = inside(side_path.parent, side["file"], "file", side_path)
     else:
         file, side_path = path, path.with_suffix(".json")
-        if not is_sidecar(side_path):   # none, or an unrelated .json that happens to lie beside the file
+        if require_sidecar and not side_path.is_file():
+            raise QuboNNError(f"block file {str(file)!r} has no sidecar {side_path.name!r}; expected one beside "
+                              f"every block of a build")
+        if not require_sidecar and not is_sidecar(side_path):   # none, or someone else's .json beside the file
             return read_bqm(file), None, {}
         side = _load_sidecar(side_path)
         if side["file"] != file.name:
@@ -209,15 +214,17 @@ def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = Non
 
 
 def is_sidecar(path: Path) -> bool:
-    """Whether ``path`` is meant as one of our block sidecars: a file whose start carries our format tag
-    (a damaged sidecar still counts, and is then refused by :func:`_load_sidecar`); any other .json
-    beside a QUBO file (made by someone else) is no sidecar."""
-    try:
-        with open(path, "rb") as fh:
-            start = fh.read(1 << 16)
-    except OSError:
+    """Whether ``path`` (the .json beside a bare QUBO file) is to be read as its sidecar: a JSON object
+    with our format tag, or a file that is not valid JSON (a damaged sidecar, then refused by
+    :func:`_load_sidecar`); a valid JSON document of someone else's (``problem.json``) is not. Blocks
+    a manifest lists always need their sidecar (``read_block(require_sidecar=True)``)."""
+    if not path.is_file():
         return False
-    return SIDECAR_FORMAT.encode() in start
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return True
+    return isinstance(obj, dict) and obj.get("format") == SIDECAR_FORMAT
 
 
 def _load_sidecar(path: Path) -> dict[str, Any]:

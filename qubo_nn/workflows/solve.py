@@ -384,7 +384,7 @@ def _read_tasks(todo: list[dict[str, Any]], src: dict[str, Any], cfg: SolveConfi
     needs_form = smp.properties.get("needs") == "integer_form"   # gptq, cd, pipeline
     for index, blk in enumerate(todo):
         t0 = time.perf_counter()
-        bqm, enc, side = read_block(blk["path"], *digests)
+        bqm, enc, side = read_block(blk["path"], *digests, require_sidecar=src["kind"] == "manifest")
         current = None
         if enc is not None:
             current = enc.current_bits().cpu().numpy().astype(np.int8)
