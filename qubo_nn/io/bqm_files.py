@@ -124,33 +124,65 @@ def check_energy_range(bqm: dimod.BinaryQuadraticModel, where: str = "the model"
 
 
 def _check_dimod_header(path: Path) -> None:
-    """The first bytes of a dimod file: magic DIMODBQM, a BinaryQuadraticModel header, and a size
-    no larger than :data:`MAX_VARIABLES` (dimod would otherwise allocate whatever the header says)."""
+    """Check a dimod .bqm file's structure before dimod reads it: magic DIMODBQM, a
+    BinaryQuadraticModel header of a version this dimod reads, at most :data:`MAX_VARIABLES`, and
+    neighbourhood tables whose offsets and indices stay in range (dimod's reader trusts them: a
+    damaged index crashes the process instead of raising)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(14)
-            if len(head) < 14 or head[:5] != b"DIMOD":
-                raise QuboNNError(f"{str(path)!r} is not a dimod BQM file: expected the magic bytes b'DIMODBQM', "
-                                  f"got {head[:8]!r}")
-            if head[:8] != b"DIMODBQM":
-                raise QuboNNError(f"{str(path)!r} holds a dimod {head[5:8].decode('ascii', 'replace')} model "
-                                  f"(magic {head[:8]!r}), expected a BQM (magic b'DIMODBQM')")
-            (size,) = struct.unpack("<I", head[10:14])
-            header = json.loads(fh.read(min(size, 1 << 20)).decode("ascii"))
+        raw = path.read_bytes()
     except OSError as exc:
         raise QuboNNError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise QuboNNError(f"{str(path)!r} is not a readable dimod BQM file (damaged header): {exc}") from exc
+    bad = f"{str(path)!r} is not a readable dimod BQM file (truncated or corrupted?)"
+    if len(raw) < 14 or raw[:5] != b"DIMOD":
+        raise QuboNNError(f"{str(path)!r} is not a dimod BQM file: expected the magic bytes b'DIMODBQM', "
+                          f"got {raw[:8]!r}")
+    if raw[:8] != b"DIMODBQM":
+        raise QuboNNError(f"{str(path)!r} holds a dimod {raw[5:8].decode('ascii', 'replace')} model "
+                          f"(magic {raw[:8]!r}), expected a BQM (magic b'DIMODBQM')")
+    version = tuple(raw[8:10])
+    (size,) = struct.unpack("<I", raw[10:14])
+    try:
+        header = json.loads(raw[14:14 + size].decode("ascii"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise QuboNNError(f"{bad}: damaged header: {exc}") from exc
     if not isinstance(header, dict) or header.get("type", "BinaryQuadraticModel") != "BinaryQuadraticModel":
         got = header.get("type") if isinstance(header, dict) else type(header).__name__
         raise QuboNNError(f"{str(path)!r}: its header says {got!r}, expected a BinaryQuadraticModel")
+    if not (1, 0) <= version < (3, 0):
+        raise QuboNNError(f"{str(path)!r}: dimod file version {version}, expected 1.x or 2.x")
     shape = header.get("shape")
     if (not isinstance(shape, list) or len(shape) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
         raise QuboNNError(f"{str(path)!r}: its header's shape must be [num_variables, num_interactions], got {shape!r}")
-    if shape[0] > MAX_VARIABLES or shape[1] > MAX_VARIABLES * 64:
-        raise QuboNNError(f"{str(path)!r}: its header declares {shape[0]} variables and {shape[1]} interactions, "
-                          f"expected at most {MAX_VARIABLES} variables (a damaged file?)")
+    n, ni = shape
+    if n > MAX_VARIABLES or ni > n * (n - 1) // 2:
+        raise QuboNNError(f"{str(path)!r}: its header declares {n} variables and {ni} interactions, expected at "
+                          f"most {MAX_VARIABLES} variables and n(n-1)/2 interactions (a damaged file?)")
+    try:
+        dtype, itype, ntype = (np.dtype(header[k]) for k in ("dtype", "itype", "ntype"))
+    except (KeyError, TypeError) as exc:
+        raise QuboNNError(f"{bad}: its header lacks a valid dtype/itype/ntype") from exc
+    if dtype.kind != "f" or itype.kind not in "iu" or ntype.kind not in "iu" or header.get("vartype") not in (
+            "BINARY", "SPIN"):
+        raise QuboNNError(f"{bad}: unexpected types in its header {header!r}"[:300])
+    pos = 14 + size + dtype.itemsize                      # the offset follows the header
+    if not n:
+        if len(raw) < pos:
+            raise QuboNNError(f"{bad}: the offset is missing")
+        return
+    lin_t = np.dtype([("nidx", ntype), ("bias", dtype)], align=False)
+    quad_t = np.dtype([("outvar", itype), ("bias", dtype)], align=False)
+    end = pos + n * lin_t.itemsize + 2 * ni * quad_t.itemsize
+    if len(raw) < end:
+        raise QuboNNError(f"{bad}: {len(raw)} bytes, its header promises at least {end}")
+    nidx = np.frombuffer(raw, lin_t, count=n, offset=pos)["nidx"].astype(np.int64)
+    starts = np.append(nidx, 2 * ni)
+    if nidx[0] != 0 or (np.diff(starts) < 0).any():
+        raise QuboNNError(f"{bad}: its neighbourhood offsets are out of order")
+    out = np.frombuffer(raw, quad_t, count=2 * ni, offset=pos + n * lin_t.itemsize)["outvar"].astype(np.int64)
+    owner = np.repeat(np.arange(n), np.diff(starts))
+    if out.size and ((out < 0).any() or (out >= n).any() or (out == owner).any()):
+        raise QuboNNError(f"{bad}: a neighbour index is out of range")
 
 
 def _check_finite(bqm: dimod.BinaryQuadraticModel, path: Path) -> None:

@@ -48,6 +48,7 @@ from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import ExecutorConfig, check_available, map_unordered
 from qubo_nn.io.manifest import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
 from qubo_nn.io.blocks import is_sidecar, read_block, read_integer_form
+from qubo_nn.io.json_files import check_fields
 from qubo_nn.io.locks import folder_lock
 from qubo_nn.runtime import atomic_write_json, sha256_file, to_jsonable, versions
 from qubo_nn.samplers import DEFAULT_SAMPLER, SAMPLERS, child_seed, get_sampler
@@ -336,9 +337,12 @@ def _resumable(path: Path, blk: dict[str, Any], cfg: SolveConfig, out: Path) -> 
     if key != jsonable(_block_key(blk, cfg, _source_digests(blk["path"]))):
         return None
     try:
+        check_fields(row, _ROW_TYPES, "row", path)
+        check_fields(row["timings"], dict.fromkeys(row["timings"], (int, float)), "timings", path)
         ss = read_samples(path)
-        ok = (len(ss) > 0 and row.get("record_sha256") == _record_digest(ss)
-              and row.get("best_energy") == float(ss.first.energy) and row.get("num_reads") == len(ss))
+        ok = (len(ss) > 0 and row["record_sha256"] == _record_digest(ss) and row["block_id"] == blk["block_id"]
+              and row["best_energy"] == float(ss.first.energy) and row["num_reads"] == len(ss)
+              and row["num_variables"] == len(ss.variables) and "sample_s" in row["timings"])
     except (QuboNNError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -348,6 +352,13 @@ def _resumable(path: Path, blk: dict[str, Any], cfg: SolveConfig, out: Path) -> 
                builder_block=bool(row.get("builder_block")), best_energy=float(ss.first.energy),
                predicted_decrease=(e_cur - float(ss.first.energy)) if isinstance(e_cur, (int, float)) else None)
     return row
+
+
+_ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "block_id": (int,), "builder_block": (bool, int), "num_variables": (int,), "num_interactions": (int,),
+    "num_reads": (int,), "best_energy": (int, float), "current_energy": (int, float, type(None)),
+    "L0": (int, float, type(None)), "seed": (int, type(None)), "initial_states": (str,), "record_sha256": (str,),
+    "timings": (dict,), "params": (dict, type(None)), "sampler_energy_error": (int, float, type(None))}
 
 
 def _no_constant(name: str) -> Any:
