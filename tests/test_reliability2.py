@@ -352,7 +352,7 @@ def test_14_build_reports_the_bytes_it_wrote_beside_the_estimate(build):
 
 def test_14_solve_text_separates_sampling_from_reading_and_samplers_lists_usable_options(build, tmp_path):
     res = invoke("solve", build, "--out", tmp_path / "sol", "--no-progress")
-    assert res.exit_code == 0 and "s per block; with reading and writing" in res.stdout
+    assert res.exit_code == 0 and "  with reading and writing: " in res.stdout
     assert "cross terms between blocks ignored; `decode` injects only the blocks" in res.stdout
     rows = json.loads(invoke("samplers", "--json").stdout)["samplers"]
     assert all("integer_form" not in r["parameters"] for r in rows)

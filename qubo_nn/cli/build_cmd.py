@@ -25,9 +25,9 @@ def _summary(man: dict[str, Any], out: Path, seconds: float) -> str:
     return (f"built {t['blocks']} blocks ({man['file_format']}) in {seconds:.2f} s "
             f"(Hessian {t['hessian_s']:.2f} s, QUBO {t['qubo_s']:.2f} s, write {t['write_s']:.2f} s)\n"
             f"  {t['variables']} variables, {t['interactions']} couplers, "
-            f"{t.get('bytes_on_disk', t['bytes']) / 2**20:.1f} MiB written (block files {t['bytes'] / 2**20:.1f} MiB; "
-            f"with head, sidecars, encodings and integer forms as estimated: "
-            f"{t.get('estimated_bytes', 0) / 2**20:.1f} MiB)\n"
+            f"{t.get('bytes_on_disk', t['bytes']) / 2**20:.1f} MiB on disk\n"
+            f"  (all files but the manifest: block files {t['bytes'] / 2**20:.1f} MiB, the rest head, sidecars, "
+            f"encodings and integer forms; estimated beforehand {t.get('estimated_bytes', 0) / 2**20:.1f} MiB)\n"
             f"  loss at the head L0 = {man['L0']:.6f}\n"
             f"  manifest: {out / 'manifest.json'}")
 

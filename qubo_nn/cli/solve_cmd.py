@@ -14,10 +14,11 @@ def _solve_text(s: dict[str, Any], out: Path) -> str:
     t = s["totals"]
     fresh = t["blocks"] - t.get("resumed", 0)
     lines = [f"solved {fresh} block(s) with {s['config']['sampler']} in {t['wall_time_s']:.2f} s"
-             + (f" (sampling {t['sample_time_s']:.2f} s, {t['mean_sample_time_s']:.2f} s per block; with reading "
-                f"and writing {t['mean_block_time_s']:.2f} s per block)" if fresh else "")
+             + (f" (sampling {t['sample_time_s']:.2f} s, {t['mean_sample_time_s']:.2f} s per block)" if fresh else "")
              + (f"; {t['resumed']} resumed from an earlier run (their sampling took {t['resumed_sample_time_s']:.2f} s "
                 f"then)" if t.get("resumed") else "")]
+    if fresh:
+        lines.append(f"  with reading and writing: {t['mean_block_time_s']:.2f} s per block")
     for r in s["blocks"][:10]:
         line = f"  block {r['block_id']:>5}: best energy {r['best_energy']:.9g}"
         if r["predicted_decrease"] is not None:
@@ -26,9 +27,9 @@ def _solve_text(s: dict[str, Any], out: Path) -> str:
     if len(s["blocks"]) > 10:
         lines.append(f"  ... {len(s['blocks']) - 10} more")
     if "predicted_loss" in t:
-        lines.append(f"  predicted loss {t['predicted_loss']:.6f} (from L0 = {t['L0']:.6f}) if every block's best "
-                     f"sample is injected, cross terms between blocks ignored; `decode` injects only the blocks "
-                     f"that lower the true loss, so its prediction can differ")
+        lines.append(f"  predicted loss {t['predicted_loss']:.6f} (from L0 = {t['L0']:.6f})")
+        lines.append("  (if every block's best sample is injected, cross terms between blocks ignored; `decode` "
+                     "injects only the blocks that lower the true loss, so its prediction can differ)")
     lines.append(f"  solution: {out / 'solution.json'}")
     return "\n".join(lines)
 
