@@ -23,7 +23,15 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Itera
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):   # a file system without locks (ENOLCK): run unlocked
+                os.close(fd)
+                try:
+                    yield path
+                finally:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                return
             try:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             finally:
