@@ -76,7 +76,7 @@ class Setup:
             cfg = NetworkQuantizeConfig(bits=bits, method=method, calib=self.args.calib, seed=seed, device="cpu")
             res = quantize_network(self.model, self.calib(seed), self.X_test, self.y_test, cfg)
             res.save(path)
-        ck = torch.load(path, weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain containers only
         m = build_model(self.pcfg.arch, "none", num_classes=self.C)
         m.load_state_dict(ck["state_dict"])
         return m.eval(), ck
@@ -86,7 +86,7 @@ class Setup:
         tail = BasicBlockTail(model, "layer4.1")
         path = self.cache / f"tail-gptq-W2-seed{seed}.pt"
         if path.exists():
-            d = torch.load(path)
+            d = torch.load(path, map_location="cpu", weights_only=True)
             tr, te = TailData(**d["train"]), TailData(**d["test"])
             tail._build_matrix(tr.x.shape[1:])
         else:

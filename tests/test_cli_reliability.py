@@ -184,9 +184,12 @@ def test_build_into_a_folder_holding_another_build(tmp_path):
 
 def test_build_prints_its_size_and_refuses_beyond_max_disk(tmp_path):
     args = ["build", *TINY_FEATURES, "--warmup-epochs", "0", "--bits", "1", "--out", str(tmp_path / "q")]
-    res = invoke(*args, "--max-disk", "0.001")       # 100 rows × 513² couplers × 12 bytes ≈ 301 MiB
-    assert res.exit_code == 2 and "more than the limit of 1.0 MiB" in res.output   # + integer forms (H's
-    assert "build: 100 blocks, 51,300 variables, about 406.6 MiB" in res.output   # triangle, 513·514/2 × 8 B each) and not (tmp_path / "q").exists()
+    res = invoke(*args, "--max-disk", "0.001")
+    # 100 rows × 513² couplers × 12 bytes ≈ 301 MiB, + integer forms (H's triangle, 513·514/2 × 8 B each)
+    # + head.pt (100 × 513 × 4 B)
+    assert res.exit_code == 2 and "more than the limit of 1.0 MiB" in res.output
+    assert "build: 100 blocks, 51,300 variables, about 406.8 MiB" in res.output
+    assert not (tmp_path / "q").exists()
 
 
 # --------------------------------------------------------------------------- decode

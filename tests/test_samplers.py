@@ -207,7 +207,7 @@ def test_unknown_parameters_refused_by_name():
         S.sample(bqm, "neal", seed=-1)
     with pytest.raises(QuboNNError, match=r"sampler 'neal' refused its input: 'beta_range' should be a 2-tuple"):
         S.sample(bqm, "neal", beta_range=[1.0])
-    with pytest.raises(QuboNNError, match=r"sampler 'sb' does not take initial_states"):
+    with pytest.raises(QuboNNError, match=r"sampler 'sb' does not take initial states"):
         S.sample(bqm, "sb", initial_states=np.zeros(6, dtype=int))
     with pytest.raises(QuboNNError, match=r"initial_states must be an array of shape \(S, 6\) or \(6,\), got shape \(5,\)"):
         S.sample(bqm, "steepest", initial_states=np.zeros(5, dtype=int))

@@ -25,7 +25,9 @@ def _summary(man: dict[str, Any], out: Path, seconds: float) -> str:
     return (f"built {t['blocks']} blocks ({man['file_format']}) in {seconds:.2f} s "
             f"(Hessian {t['hessian_s']:.2f} s, QUBO {t['qubo_s']:.2f} s, write {t['write_s']:.2f} s)\n"
             f"  {t['variables']} variables, {t['interactions']} couplers, "
-            f"{t['bytes'] / 2**20:.1f} MiB on disk\n"
+            f"{t.get('bytes_on_disk', t['bytes']) / 2**20:.1f} MiB on disk\n"
+            f"  (all files but the manifest: block files {t['bytes'] / 2**20:.1f} MiB, the rest head, sidecars, "
+            f"encodings and integer forms; estimated beforehand {t.get('estimated_bytes', 0) / 2**20:.1f} MiB)\n"
             f"  loss at the head L0 = {man['L0']:.6f}\n"
             f"  manifest: {out / 'manifest.json'}")
 
@@ -98,6 +100,9 @@ def build_command(head_path: str | None, warmup_epochs: int, bits: int, encoding
                       bqm_dtype=bqm_dtype, device=opts["device"], chunk=chunk, seed=seed,
                       max_qubo_bytes=int(max_qubo_gib * 2**30))
     cfg.validate()
+    from qubo_nn.runtime import resolve_device
+
+    resolve_device(cfg.device)   # a device that is not there: refused before the features are made
     if build_files(out) and not overwrite:
         raise QuboNNError(f"--out {out!r} already holds a build (manifest, blocks); pass --overwrite to replace "
                           f"it, or choose another folder")

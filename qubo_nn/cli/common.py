@@ -122,28 +122,59 @@ class QuboGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def interrupted() -> None:
-    """One line on stderr and exit 130 (what a shell reports for Ctrl-C)."""
-    click.echo("\nInterrupted.", err=True)
-    sys.exit(EXIT_INTERRUPTED)
+EXIT_TERMINATED = 143    # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that a run stops the same way (finished
+    blocks kept, temporaries removed, resumable) and reports exit 143."""
+
+
+def interrupted(code: int = EXIT_INTERRUPTED) -> None:
+    """One line on stderr (one JSON object on stdout with ``--json``) and exit 130 (Ctrl-C) or 143
+    (SIGTERM), what a shell reports for them."""
+    ctx = click.get_current_context(silent=True)
+    what = "terminated (SIGTERM)" if code == EXIT_TERMINATED else "interrupted (Ctrl-C)"
+    if ctx is not None and ctx.params.get("as_json"):
+        click.echo(json.dumps({"ok": False, "error": f"{what}; rerun the same command to resume",
+                               "kind": "interrupted", "exit_code": code}))
+    click.echo("\nInterrupted." if code == EXIT_INTERRUPTED else "\nTerminated.", err=True)
+    sys.exit(code)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def handle_errors(fn: Callable) -> Callable:
     """QuboNNError → ``Error: ...`` on stderr and exit 2 (a JSON object too with ``--json``);
-    Ctrl-C → one line and exit 130; an OSError writing a file → exit 2 naming the path."""
+    Ctrl-C → one line and exit 130, SIGTERM alike with exit 143 (with ``--json`` one JSON object
+    either way); an OSError writing a file → exit 2 naming the path."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
+        except Terminated:
+            interrupted(EXIT_TERMINATED)
         except KeyboardInterrupt:
             interrupted()
         except QuboNNError as exc:
             fail(str(exc))
         except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+                             errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
                 fail(f"cannot write {exc.filename!r}: {exc.strerror}")
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -160,10 +191,13 @@ def emit(obj: dict[str, Any], as_json: bool, text: str | None = None) -> None:
     """Print one JSON object (``--json``) or a human-readable text."""
     from qubo_nn.runtime import _json_default
 
+    from qubo_nn.runtime import to_jsonable
+
+    obj = to_jsonable(json.loads(json.dumps(obj, default=_json_default)))   # NaN/Inf → null: JSON has none
     if as_json:
-        click.echo(json.dumps({"ok": True, **obj}, default=_json_default, sort_keys=True))
+        click.echo(json.dumps({"ok": True, **obj}, sort_keys=True, allow_nan=False))
     else:
-        click.echo(text if text is not None else json.dumps(obj, indent=2, default=_json_default))
+        click.echo(text if text is not None else json.dumps(obj, indent=2, allow_nan=False))
 
 
 # --------------------------------------------------------------------------- checks before any work

@@ -12,9 +12,13 @@ from qubo_nn.cli.common import (INITS, SAMPLER_OWN_ARGS, check_writable, device_
 
 def _solve_text(s: dict[str, Any], out: Path) -> str:
     t = s["totals"]
-    lines = [f"solved {t['blocks']} block(s) with {s['config']['sampler']} in {t['wall_time_s']:.2f} s "
-             f"(sampling {t['sample_time_s']:.2f} s, {t['mean_block_time_s']:.2f} s per block)"
-             + (f"; {t['resumed']} resumed from an earlier run" if t.get("resumed") else "")]
+    fresh = t["blocks"] - t.get("resumed", 0)
+    lines = [f"solved {fresh} block(s) with {s['config']['sampler']} in {t['wall_time_s']:.2f} s"
+             + (f" (sampling {t['sample_time_s']:.2f} s, {t['mean_sample_time_s']:.2f} s per block)" if fresh else "")
+             + (f"; {t['resumed']} resumed from an earlier run (their sampling took {t['resumed_sample_time_s']:.2f} s "
+                f"then)" if t.get("resumed") else "")]
+    if fresh:
+        lines.append(f"  with reading and writing: {t['mean_block_time_s']:.2f} s per block")
     for r in s["blocks"][:10]:
         line = f"  block {r['block_id']:>5}: best energy {r['best_energy']:.9g}"
         if r["predicted_decrease"] is not None:
@@ -24,6 +28,8 @@ def _solve_text(s: dict[str, Any], out: Path) -> str:
         lines.append(f"  ... {len(s['blocks']) - 10} more")
     if "predicted_loss" in t:
         lines.append(f"  predicted loss {t['predicted_loss']:.6f} (from L0 = {t['L0']:.6f})")
+        lines.append("  (if every block's best sample is injected, cross terms between blocks ignored; `decode` "
+                     "injects only the blocks that lower the true loss, so its prediction can differ)")
     lines.append(f"  solution: {out / 'solution.json'}")
     return "\n".join(lines)
 
@@ -136,6 +142,14 @@ def decode_command(solution_dir: str, out: str | None, build_dir: str | None, fo
     emit(report, as_json, _decode_text(report))
 
 
+def _plain_doc(text: str) -> str:
+    """A docstring line without reST markup: ``code`` -> code, :class:`~a.b.C` -> C."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", text or "")
+    return re.sub(r"``([^`]*)``", r"\1", text).replace("`", "")
+
+
 @click.command()
 @json_option
 @handle_errors
@@ -149,8 +163,10 @@ def samplers_command(as_json: bool) -> None:
     from qubo_nn.samplers import describe
 
     rows = describe()
-    for r in rows:   # seed and initial_states are set by qubo-nn (--seed, --init), never through -m
-        r["parameters"] = [p for p in r["parameters"] if p not in SAMPLER_OWN_ARGS]
+    for r in rows:   # seed, initial_states (--seed, --init) and the integer form (the build's files) are set by
+        # qubo-nn, never through -m
+        r["parameters"] = [p for p in r["parameters"] if p not in SAMPLER_OWN_ARGS and p != "integer_form"]
+        r["summary"] = _plain_doc(r["summary"])
     lines = []
     for r in rows:
         state = "available" if r["available"] else "unavailable"

@@ -134,6 +134,7 @@ def get_features(cfg: FeatureConfig, progress: bool = False) -> FeatureResult:
         return FeatureResult(train, test, None, False, time.perf_counter() - t0, meta=dict(train.meta))
     settings = cache_settings(cfg)
     path = cache_path(cfg)
+    check_cache_dir(path.parent)   # before the backbone runs, not after
     loaded, reason = _load(path, _key(settings))
     if loaded is not None:
         train, test, meta = loaded
@@ -141,6 +142,21 @@ def get_features(cfg: FeatureConfig, progress: bool = False) -> FeatureResult:
     train, test, meta = _extract(cfg, settings, progress)
     _store(path, train, test, meta)
     return FeatureResult(train, test, path, False, time.perf_counter() - t0, rebuilt=reason, meta=meta)
+
+
+def check_cache_dir(root: str | os.PathLike) -> None:
+    """Refuse a cache folder that cannot be one: it, or a folder above it, is a regular file, or the
+    nearest existing folder is not writable (``$QUBO_NN_CACHE``/``--cache-dir`` set wrongly)."""
+    root = Path(root).expanduser().absolute()
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise QuboNNError(f"feature cache folder {str(root)!r}: {str(probe)!r} is a file, expected a folder "
+                          f"(check $QUBO_NN_CACHE or --cache-dir)")
+    if probe != root and not os.access(probe, os.W_OK):
+        raise QuboNNError(f"feature cache folder {str(root)!r} cannot be created: {str(probe)!r} is not "
+                          f"writable (check $QUBO_NN_CACHE or --cache-dir)")
 
 
 def _not_positive_int(v: Any) -> bool:

@@ -1,6 +1,7 @@
 """A block's files: encoding sidecar, integer form (.levels.npz), digests."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from qubo_nn.errors import QuboNNError
 from qubo_nn.io.bqm_files import SUFFIXES, format_of, read_bqm, write_bqm
-from qubo_nn.io.json_files import FILE_VERSION, read_tagged_json
+from qubo_nn.io.json_files import FILE_VERSION, check_fields, inside, read_tagged_json
 from qubo_nn.runtime import atomic_path, atomic_write_json, sha256_file, tensor_digest
 
 if TYPE_CHECKING:
@@ -93,11 +94,12 @@ def write_block(out_dir: str | os.PathLike, blk: BlockQUBO, fmt: str, head_diges
     return entry
 
 
-def read_block(path: str | os.PathLike, head_digest: str | None = None,
-               features_digest: str | None = None) -> tuple[dimod.BinaryQuadraticModel, Encoding | None, dict]:
+def read_block(path: str | os.PathLike, head_digest: str | None = None, features_digest: str | None = None,
+               require_sidecar: bool = False) -> tuple[dimod.BinaryQuadraticModel, Encoding | None, dict]:
     """(BQM, Encoding, sidecar dict) of a block file (or of its ``.json`` sidecar).
 
-    A bare file made elsewhere (no sidecar beside it) gives ``(bqm, None, {})``. A sidecar whose
+    A bare file made elsewhere (no sidecar beside it, or a JSON file of someone else's) gives
+    ``(bqm, None, {})``; with ``require_sidecar`` (a block a manifest lists) a missing sidecar is refused. A sidecar whose
     file digest, npz digest, size or variable count does not match, or (when given) whose head or
     features digest differs, raises :class:`QuboNNError`.
     """
@@ -105,14 +107,20 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
     if path.suffix.lower() == ".json":
         side_path = path
         side = _load_sidecar(side_path)
-        file = side_path.parent / side["file"]
+        file = inside(side_path.parent, side["file"], "file", side_path)
     else:
         file, side_path = path, path.with_suffix(".json")
-        if not side_path.exists():
+        if require_sidecar and not side_path.is_file():
+            raise QuboNNError(f"block file {str(file)!r} has no sidecar {side_path.name!r}; expected one beside "
+                              f"every block of a build")
+        if not require_sidecar and not is_sidecar(side_path):   # none, or someone else's .json beside the file
             return read_bqm(file), None, {}
         side = _load_sidecar(side_path)
         if side["file"] != file.name:
             raise QuboNNError(f"sidecar {str(side_path)!r} describes {side['file']!r}, not {file.name!r}")
+        if file.is_symlink():
+            raise QuboNNError(f"block file {str(file)!r} is a symbolic link; expected a regular file inside the "
+                              f"build folder (links are not followed)")
     if not file.is_file():
         raise QuboNNError(f"block file {str(file)!r} named by sidecar {str(side_path)!r} does not exist")
     size = file.stat().st_size
@@ -126,13 +134,16 @@ def read_block(path: str | os.PathLike, head_digest: str | None = None,
                             ("features", features_digest, side["features_digest"])):
         if want is not None and want != got:
             raise QuboNNError(f"block {str(file)!r} was built from {what} {got}, expected {what} {want}")
-    npz = side_path.parent / side["npz"]
+    npz = inside(side_path.parent, side["npz"], "npz", side_path)
     if not npz.is_file() or sha256_file(npz) != side["npz_sha256"]:
         raise QuboNNError(f"encoding file {str(npz)!r} is missing or does not match its sidecar {side_path.name!r}")
     from qubo_nn.core.encoding import Encoding
 
-    with np.load(npz) as z:
-        arrs = {k: z[k] for k in z.files}
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrs = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise QuboNNError(f"{str(npz)!r} is not a readable .npz file: {exc}") from exc
     enc = Encoding.from_arrays(arrs, mode=side["mode"])
     enc.info = dict(side.get("encoding_info", {}))
     bqm = read_bqm(file, side["file_format"])
@@ -178,20 +189,20 @@ def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = Non
     path = Path(path)
     side_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
     if side is None:
-        if not side_path.is_file():
+        if not is_sidecar(side_path):
             raise QuboNNError(f"{str(path)!r} has no integer form: expected a block built by `qubo-nn build` "
                               f"(its sidecar {side_path.name!r} and {LEVELS_SUFFIX} file), got a bare QUBO file")
         side = _load_sidecar(side_path)
     if "levels" not in side or "levels_sha256" not in side:
         raise QuboNNError(f"block {side.get('file', path.name)!r} has no integer form: its sidecar names no "
                           f"{LEVELS_SUFFIX} file (built before builds stored it); rebuild it with `qubo-nn build`")
-    lev = side_path.parent / side["levels"]
+    lev = inside(side_path.parent, side["levels"], "levels", side_path)
     if not lev.is_file() or sha256_file(lev) != side["levels_sha256"]:
         raise QuboNNError(f"integer form file {str(lev)!r} is missing or does not match its sidecar {side_path.name!r}")
     try:
-        with np.load(lev) as z:
+        with np.load(lev, allow_pickle=False) as z:
             arrs = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise QuboNNError(f"{str(lev)!r} is not a readable .npz file: {exc}") from exc
     form = IntegerForm.from_arrays(_unpack_form(arrs))
     if form.num_variables != side["num_variables"]:
@@ -202,15 +213,35 @@ def read_integer_form(path: str | os.PathLike, side: dict[str, Any] | None = Non
 
 
 
+def is_sidecar(path: Path) -> bool:
+    """Whether ``path`` (the .json beside a bare QUBO file) is to be read as its sidecar: a JSON object
+    with our format tag, or a file that is not valid JSON (a damaged sidecar, then refused by
+    :func:`_load_sidecar`); a valid JSON document of someone else's (``problem.json``) is not. Blocks
+    a manifest lists always need their sidecar (``read_block(require_sidecar=True)``)."""
+    if not path.is_file():
+        return False
+    try:
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return True
+    return isinstance(obj, dict) and obj.get("format") == SIDECAR_FORMAT
+
+
 def _load_sidecar(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise QuboNNError(f"sidecar {str(path)!r} does not exist")
     side = read_tagged_json(path, SIDECAR_FORMAT, FILE_VERSION, "sidecar", "block sidecar")
-    missing = [k for k in ("file", "npz", "file_format", "bytes", "file_sha256", "npz_sha256", "mode",
-                           "num_variables", "head_digest", "features_digest") if k not in side]
-    if missing:
-        raise QuboNNError(f"sidecar {str(path)!r} lacks {missing}")
+    check_fields(side, _SIDECAR_FIELDS, "the sidecar", path, optional=("levels", "levels_sha256", "L0"))
+    for key in ("bytes", "num_variables"):
+        if side[key] < 0:
+            raise QuboNNError(f"{str(path)!r}: sidecar field {key!r} must be a non-negative integer, got {side[key]}")
     return side
+
+
+_SIDECAR_FIELDS: dict[str, tuple[type, ...]] = {
+    "file": (str,), "npz": (str,), "file_format": (str,), "bytes": (int,), "file_sha256": (str,),
+    "npz_sha256": (str,), "mode": (str,), "num_variables": (int,), "head_digest": (str,),
+    "features_digest": (str,), "levels": (str,), "levels_sha256": (str,), "L0": (int, float)}
 
 
 def head_digest(head: Head) -> str:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
+import struct
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +41,17 @@ _TEXT_SLICE = 1 << 18
 
 
 _KEYVAL = re.compile(r"([A-Za-z_]+)[:=][ \t]*(\S+)")
+
+
+MAX_VARIABLES = 1 << 26
+"""The most variables a file may declare (67,108,864: 0.5 GiB of linear biases alone); a header
+or label beyond it is a damaged file, refused before anything is allocated."""
+
+
+MAX_ENERGY = 1e100
+"""The largest |offset| + Σ|bias| accepted: every energy of the model then stays below it in
+magnitude, so samplers (which sum biases, take differences, derive temperatures from them) never
+overflow. Our models are in loss units (nats), far below it."""
 
 
 def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -81,6 +94,7 @@ def read_bqm(path: str | os.PathLike, fmt: str | None = None) -> dimod.BinaryQua
     if not path.is_file():
         raise QuboNNError(f"QUBO file {str(path)!r} does not exist")
     if fmt == "dimod":
+        _check_dimod_header(path)
         try:
             with open(path, "rb") as fh:
                 bqm = dimod.BinaryQuadraticModel.from_file(fh)
@@ -92,7 +106,83 @@ def read_bqm(path: str | os.PathLike, fmt: str | None = None) -> dimod.BinaryQua
         _check_finite(bqm, path)
     else:
         bqm = _read_text(path, qbsolv=fmt == "qubo")
+    check_energy_range(bqm, repr(str(path)))
     return bqm
+
+
+def check_energy_range(bqm: dimod.BinaryQuadraticModel, where: str = "the model") -> None:
+    """Refuse a model whose energies could overflow: |offset| + Σ|linear| + Σ|quadratic| (summed in
+    float64 after duplicate biases were added up) must be finite and at most :data:`MAX_ENERGY`."""
+    lin, (_, _, quad), offset = bqm.to_numpy_vectors()
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = abs(float(offset)) + float(np.abs(lin).sum(dtype=np.float64)) + float(np.abs(quad).sum(dtype=np.float64))
+    if not bound <= MAX_ENERGY:
+        what = "NaN" if np.isnan(bound) else f"{bound:.3g}"
+        raise QuboNNError(f"{where}: the biases are too large: |offset| + sum of |biases| = {what} (after adding "
+                          f"up duplicate biases), expected at most {MAX_ENERGY:.0e} so that no energy overflows; "
+                          f"rescale the model")
+
+
+def _check_dimod_header(path: Path) -> None:
+    """Check a dimod .bqm file's structure before dimod reads it: magic DIMODBQM, a
+    BinaryQuadraticModel header of a version this dimod reads, at most :data:`MAX_VARIABLES`, and
+    neighbourhood tables whose offsets and indices stay in range (dimod's reader trusts them: a
+    damaged index crashes the process instead of raising)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise QuboNNError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    bad = f"{str(path)!r} is not a readable dimod BQM file (truncated or corrupted?)"
+    if len(raw) < 14 or raw[:5] != b"DIMOD":
+        raise QuboNNError(f"{str(path)!r} is not a dimod BQM file: expected the magic bytes b'DIMODBQM', "
+                          f"got {raw[:8]!r}")
+    if raw[:8] != b"DIMODBQM":
+        raise QuboNNError(f"{str(path)!r} holds a dimod {raw[5:8].decode('ascii', 'replace')} model "
+                          f"(magic {raw[:8]!r}), expected a BQM (magic b'DIMODBQM')")
+    version = tuple(raw[8:10])
+    (size,) = struct.unpack("<I", raw[10:14])
+    try:
+        header = json.loads(raw[14:14 + size].decode("ascii"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise QuboNNError(f"{bad}: damaged header: {exc}") from exc
+    if not isinstance(header, dict) or header.get("type", "BinaryQuadraticModel") != "BinaryQuadraticModel":
+        got = header.get("type") if isinstance(header, dict) else type(header).__name__
+        raise QuboNNError(f"{str(path)!r}: its header says {got!r}, expected a BinaryQuadraticModel")
+    if not (1, 0) <= version < (3, 0):
+        raise QuboNNError(f"{str(path)!r}: dimod file version {version}, expected 1.x or 2.x")
+    shape = header.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+        raise QuboNNError(f"{str(path)!r}: its header's shape must be [num_variables, num_interactions], got {shape!r}")
+    n, ni = shape
+    if n > MAX_VARIABLES or ni > n * (n - 1) // 2:
+        raise QuboNNError(f"{str(path)!r}: its header declares {n} variables and {ni} interactions, expected at "
+                          f"most {MAX_VARIABLES} variables and n(n-1)/2 interactions (a damaged file?)")
+    try:
+        dtype, itype, ntype = (np.dtype(header[k]) for k in ("dtype", "itype", "ntype"))
+    except (KeyError, TypeError) as exc:
+        raise QuboNNError(f"{bad}: its header lacks a valid dtype/itype/ntype") from exc
+    if dtype.kind != "f" or itype.kind not in "iu" or ntype.kind not in "iu" or header.get("vartype") not in (
+            "BINARY", "SPIN"):
+        raise QuboNNError(f"{bad}: unexpected types in its header {header!r}"[:300])
+    pos = 14 + size + dtype.itemsize                      # the offset follows the header
+    if not n:
+        if len(raw) < pos:
+            raise QuboNNError(f"{bad}: the offset is missing")
+        return
+    lin_t = np.dtype([("nidx", ntype), ("bias", dtype)], align=False)
+    quad_t = np.dtype([("outvar", itype), ("bias", dtype)], align=False)
+    end = pos + n * lin_t.itemsize + 2 * ni * quad_t.itemsize
+    if len(raw) < end:
+        raise QuboNNError(f"{bad}: {len(raw)} bytes, its header promises at least {end}")
+    nidx = np.frombuffer(raw, lin_t, count=n, offset=pos)["nidx"].astype(np.int64)
+    starts = np.append(nidx, 2 * ni)
+    if nidx[0] != 0 or (np.diff(starts) < 0).any():
+        raise QuboNNError(f"{bad}: its neighbourhood offsets are out of order")
+    out = np.frombuffer(raw, quad_t, count=2 * ni, offset=pos + n * lin_t.itemsize)["outvar"].astype(np.int64)
+    owner = np.repeat(np.arange(n), np.diff(starts))
+    if out.size and ((out < 0).any() or (out >= n).any() or (out == owner).any()):
+        raise QuboNNError(f"{bad}: a neighbour index is out of range")
 
 
 def _check_finite(bqm: dimod.BinaryQuadraticModel, path: Path) -> None:
@@ -135,7 +225,7 @@ def _write_text(bqm: dimod.BinaryQuadraticModel, tmp: Path, qbsolv: bool) -> Non
     comment = "c" if qbsolv else "#"
     head = [] if qbsolv else [f"# vartype={bqm.vartype.name}"]
     head += [f"{comment} format={_QUBO_TAG if qbsolv else _COO_TAG} {FILE_VERSION}",
-             f"{comment} num_variables={labels.size}", f"{comment} num_interactions={u.size}",
+             f"{comment} num_variables={int(labels[-1]) + 1 if labels.size else 0}", f"{comment} num_interactions={u.size}",
              f"{comment} offset={float(offset)!r}", f"{comment} dtype={np.dtype(bqm.dtype).name}"]
     if qbsolv:
         max_nodes = int(labels[-1]) + 1 if labels.size else 0
@@ -206,10 +296,23 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
         raise QuboNNError(f"{str(path)!r}: variable labels must be non-negative integers")
     if not np.isfinite(w).all():
         raise QuboNNError(f"{str(path)!r}: {int((~np.isfinite(w)).sum())} biases are NaN/Inf")
+    if ij.size and ij.max() >= MAX_VARIABLES:
+        raise QuboNNError(f"{str(path)!r}: label {ij.max():.0f} exceeds the largest supported label "
+                          f"{MAX_VARIABLES - 1} (a damaged file?)")
     u, v = ij[:, 0].astype(np.int64), ij[:, 1].astype(np.int64)
     diag = u == v
     n = int(max(u.max(), v.max())) + 1 if u.size else 0
-    n = max(n, _int(header, "num_variables", path, 0))
+    declared = _int(header, "num_variables", path, -1)
+    if declared > MAX_VARIABLES:
+        raise QuboNNError(f"{str(path)!r}: header num_variables={declared} exceeds the {MAX_VARIABLES} variables "
+                          f"this reader supports (a damaged file?)")
+    if declared >= 0 and n > declared:
+        raise QuboNNError(f"{str(path)!r}: label {n - 1} does not fit the header's num_variables={declared}: "
+                          f"expected labels 0..{declared - 1}" + (" (1-based labels?)" if n == declared + 1 else ""))
+    if not qbsolv and declared < 0 and u.size and min(u.min(), v.min()) > 0:
+        raise QuboNNError(f"{str(path)!r}: labels start at {min(u.min(), v.min())}, expected 0-based labels "
+                          f"0..n-1 (a 1-based file? subtract 1 from every label)")
+    n = max(n, declared)
     if problem is not None:
         if len(problem) != 5 or problem[0] != "qubo":
             raise QuboNNError(f"{str(path)!r}: expected 'p qubo 0 maxNodes nNodes nCouplers', "
@@ -221,6 +324,8 @@ def _read_text(path: Path, qbsolv: bool) -> dimod.BinaryQuadraticModel:
         if int(diag.sum()) != n_nodes or int((~diag).sum()) != n_couplers:
             raise QuboNNError(f"{str(path)!r}: the 'p' line promises {n_nodes} nodes and {n_couplers} couplers, "
                               f"the file has {int(diag.sum())} and {int((~diag).sum())} (truncated?)")
+        if not 0 <= max_nodes <= MAX_VARIABLES:
+            raise QuboNNError(f"{str(path)!r}: maxNodes = {max_nodes}, expected 0..{MAX_VARIABLES} (a damaged file?)")
         if n > max_nodes:
             raise QuboNNError(f"{str(path)!r}: label {n - 1} exceeds maxNodes = {max_nodes}")
         n = max_nodes

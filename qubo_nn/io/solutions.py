@@ -10,7 +10,7 @@ import dimod
 import numpy as np
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.io.json_files import read_tagged_json
+from qubo_nn.io.json_files import check_fields, inside, read_tagged_json
 
 if TYPE_CHECKING:
     pass
@@ -36,8 +36,23 @@ def read_solution(solution_dir: str | os.PathLike) -> dict[str, Any]:
     sol = read_tagged_json(path, SOLUTION_FORMAT, SOLUTION_VERSION, "solution", "solution")
     if not isinstance(sol.get("blocks"), list) or not sol["blocks"]:
         raise QuboNNError(f"solution {str(path)!r} lists no blocks")
-    sol["dir"] = str(path.parent.resolve())
+    root = path.parent.resolve()
+    seen: set[int] = set()
+    for i, row in enumerate(sol["blocks"]):
+        check_fields(row, _ROW_FIELDS, f"block row {i}", path, optional=("L0", "current_energy"))
+        if row["block_id"] < 0 or row["block_id"] in seen:
+            raise QuboNNError(f"{str(path)!r}: block row {i} has block_id {row['block_id']}, expected a "
+                              f"non-negative id listed once")
+        seen.add(row["block_id"])
+        inside(root, row["samples"], "samples", path)
+    sol["dir"] = str(root)
     return sol
+
+
+_ROW_FIELDS: dict[str, tuple[type, ...]] = {"block_id": (int,), "file": (str,), "samples": (str,),
+                                            "builder_block": (bool, int), "best_energy": (int, float),
+                                            "current_energy": (int, float, type(None)),
+                                            "L0": (int, float, type(None))}
 
 
 def read_samples(path: str | os.PathLike) -> dimod.SampleSet:

@@ -76,6 +76,9 @@ class NealSampler(SimulatedAnnealingSampler):
     def sample(self, bqm: dimod.BinaryQuadraticModel, *, beta_range: Any = None, time_limit: float | None = None,
                num_reads: int | None = None, interrupt_function: Callable[[], bool] | None = None,
                beta_schedule_type: str = "geometric", **kwargs: Any) -> dimod.SampleSet:
+        from qubo_nn.io.bqm_files import check_energy_range
+
+        check_energy_range(bqm, "the neal sampler's input")   # overflowing biases crash or mislead the C kernel
         if beta_range is None and beta_schedule_type != "custom" and kwargs.get("beta_schedule") is None:
             beta_range = vectorized_beta_range(bqm)
         if time_limit is not None:

@@ -129,6 +129,9 @@ def sample(bqm: dimod.BinaryQuadraticModel, sampler: str | dimod.Sampler = DEFAU
     t0 = time.perf_counter()
     if not isinstance(bqm, dimod.BinaryQuadraticModel):
         raise QuboNNError(f"expected a dimod.BinaryQuadraticModel, got {type(bqm).__name__}")
+    from qubo_nn.io.bqm_files import check_energy_range
+
+    check_energy_range(bqm)   # NaN/Inf or biases whose energies overflow: refused before any sampler sees them
     if isinstance(sampler, str):
         name, smp = sampler, get_sampler(sampler)
     elif isinstance(sampler, dimod.Sampler):
@@ -152,7 +155,9 @@ def sample(bqm: dimod.BinaryQuadraticModel, sampler: str | dimod.Sampler = DEFAU
     n_init = None
     if initial_states is not None:
         if "initial_states" not in accepted:
-            raise QuboNNError(f"sampler {name!r} does not take initial_states")
+            raise QuboNNError(f"sampler {name!r} does not take initial states (it has no starting point to set), "
+                              f"but initial states were given; use a sampler that takes them "
+                              f"({', '.join(n for n in ('neal', 'tabu', 'steepest') if n in SAMPLERS)}) or give none")
         arr, labels = samples_array(initial_states, bqm)
         kwargs["initial_states"] = (arr, labels)
         n_init = len(arr)

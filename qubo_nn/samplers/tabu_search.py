@@ -24,6 +24,9 @@ class TabuSampler(_DWaveTabuSampler):
 
     def sample(self, bqm: dimod.BinaryQuadraticModel, *, time_limit: float | None = None,
                **kwargs: Any) -> dimod.SampleSet:
+        from qubo_nn.io.bqm_files import check_energy_range
+
+        check_energy_range(bqm, "the tabu sampler's input")   # overflowing biases crash or mislead the C kernel
         if time_limit is not None:
             if "timeout" in kwargs:
                 raise ValueError("give either time_limit (seconds, all reads) or timeout (ms per read), not both")

@@ -1,6 +1,7 @@
 """Build a head's block QUBOs into a folder: plan, build, write, manifest."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from qubo_nn.errors import QuboNNError
 from qubo_nn.io.json_files import FILE_VERSION
 from qubo_nn.io.blocks import HEAD_NAME, features_digest, head_digest, write_block
 from qubo_nn.io.bqm_files import SUFFIXES, format_of
+from qubo_nn.io.locks import folder_lock
 from qubo_nn.io.manifest import MANIFEST_FORMAT, MANIFEST_NAME
 from qubo_nn.runtime import atomic_path, atomic_write_json, versions
 
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
     from qubo_nn.core.encoding import Encoding
     from qubo_nn.core.head import Head
     from qubo_nn.data.featureset import FeatureSet
+
+
+MAX_STEP = 1e6
+"""The largest fixed grid step accepted: beyond it the weights, the QUBO's biases and the energies
+overflow (a step of 1e308 makes every bias Inf)."""
 
 
 @dataclass
@@ -87,6 +94,16 @@ class BuildConfig:
             raise QuboNNError(f"step_rule must be 'curvature' or 'fixed', got {self.step_rule!r}")
         if self.step_rule == "fixed" and (self.step is None or not self.step > 0):
             raise QuboNNError(f"step_rule 'fixed' needs step > 0, got {self.step}")
+        if self.step is not None and self.step_rule != "fixed":
+            raise QuboNNError(f"step (--step) is used only by step_rule 'fixed' (--step-rule fixed), got step "
+                              f"{self.step} with step_rule {self.step_rule!r}")
+        if self.step is not None and not self.step <= MAX_STEP:
+            raise QuboNNError(f"step must be a finite number of at most {MAX_STEP:g} (a grid step in weight "
+                              f"units; trained weights are O(1)), got {self.step}")
+        if self.num_blocks is not None and self.blocks != "topk":
+            raise QuboNNError(f"num_blocks (--num-blocks) applies only to block kind 'topk' (the top "
+                              f"size x num_blocks weights), got num_blocks {self.num_blocks} with blocks "
+                              f"{self.blocks!r}")
         for name in ("damping_rel", "damping_abs", "l2"):
             v = getattr(self, name)
             if not np.isfinite(v) or v < 0:
@@ -208,6 +225,7 @@ def estimate_build(num_classes: int, dim: int, cfg: BuildConfig, fmt: str = "dim
             total_bytes += (pairs + n) * (2 * len(str(n)) + 22) + 200
         total_bytes += m * 8 * (per + 6) + 4096  # .npz (A values, idx, grids) and the JSON sidecar
         total_bytes += m * (m + 1) * 4 + m * 32 + 1024  # .levels.npz (the integer form: H's triangle, target, box)
+    total_bytes += num_classes * (dim + 1) * 4 + 1536   # head.pt (float32 state dict, zip overhead)
     return {"blocks": len(sizes), "variables": variables, "interactions": interactions, "bytes": total_bytes,
             "file_format": fmt}
 
@@ -230,7 +248,6 @@ def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str |
     import torch
 
     from qubo_nn.core.head import check_compatible
-    from qubo_nn.workflows.build import iter_block_qubos
 
     fmt = format_of("", fmt)
     cfg.validate()
@@ -249,18 +266,48 @@ def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str |
     itemsize = np.dtype(_NP_DTYPES.get(cfg.bqm_dtype, np.float64)).itemsize
     check_fits(max(block_sizes(head.num_classes, head.dim, cfg)) * variables_per_weight(cfg.encoding, cfg.bits),
                itemsize, cfg.max_qubo_bytes)   # one block too large for memory: the more specific refusal
-    check_disk(estimate_build(head.num_classes, head.dim, cfg, fmt)["bytes"], out, max_disk_bytes)
-    out.mkdir(parents=True, exist_ok=True)
+    estimate = estimate_build(head.num_classes, head.dim, cfg, fmt)["bytes"]
+    check_disk(estimate, out, max_disk_bytes)
+    if cfg.subsample is not None and cfg.subsample > feats.n:
+        raise QuboNNError(f"subsample must be at most the {feats.n} training samples, got {cfg.subsample}")
+    # everything that can refuse (device, sizes, the blocks' plan) runs before the folder is touched
+    stats = HeadStats(head, feats, cfg.l2, cfg.device, cfg.dtype, cfg.chunk, cfg.subsample, cfg.seed)
+    blocks = plan_blocks(stats, cfg)
+    hd, fd = head_digest(head), features_digest(feats)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QuboNNError(f"cannot create the output folder {str(out)!r}: {exc.strerror}") from None
+    try:
+        with folder_lock(out):
+            return _write_build(head, feats, cfg, out, fmt, features_ref, progress, old, stats, blocks, hd, fd,
+                                estimate, t0)
+    except QuboNNError:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _write_build(head: Head, feats: FeatureSet, cfg: BuildConfig, out: Path, fmt: str, features_ref: dict | None,
+                 progress: bool, old: list[Path], stats: HeadStats, blocks: list[torch.Tensor], hd: str, fd: str,
+                 estimate: int, t0: float) -> Path:
+    """The writing half of :func:`build_to_dir` (the folder locked, every check done)."""
     manifest_path = out / MANIFEST_NAME
     manifest_path.unlink(missing_ok=True)
     for p in old:
         p.unlink(missing_ok=True)
-    hd, fd = head_digest(head), features_digest(feats)
+    for tmp in out.glob(".*.tmp"):   # temporaries of an interrupted build (atomic writes) are never results
+        if tmp.is_file() and (_BUILD_FILE.fullmatch(tmp.name[1:].rsplit(".", 2)[0])
+                              or tmp.name.startswith((f".{MANIFEST_NAME}.", f".{HEAD_NAME}."))):
+            tmp.unlink(missing_ok=True)
     with atomic_path(out / HEAD_NAME) as tmp:
         torch.save(head.state_dict(), tmp)
     entries: list[dict[str, Any]] = []
     L0 = None
-    for blk in iter_block_qubos(head, feats, cfg, progress=progress):
+    for k, idx in enumerate(tqdm(blocks, desc="build", unit="block", disable=not progress)):
+        blk = make_block_qubo(stats, idx, cfg, k)
         entries.append(write_block(out, blk, fmt, hd, fd))
         L0 = blk.model.L0
         del blk  # hold one BQM at a time
@@ -269,6 +316,10 @@ def build_to_dir(head: Head, feats: FeatureSet, cfg: BuildConfig, out_dir: str |
               "variables": sum(e["num_variables"] for e in entries),
               "interactions": sum(e["num_interactions"] for e in entries),
               "bytes": sum(e["bytes"] for e in entries),
+              # everything written (head, block files, sidecars, encodings, integer forms; the manifest not
+              # yet): what `du` shows, and what estimate_build (``estimated_bytes``) predicts
+              "bytes_on_disk": sum(p.stat().st_size for p in build_files(out)),
+              "estimated_bytes": estimate,
               "seconds": seconds}
     for key in ("hessian_s", "qubo_s", "write_s"):
         totals[key] = sum(e["timings"].get(key, 0.0) for e in entries)

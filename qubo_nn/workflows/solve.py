@@ -47,8 +47,10 @@ from qubo_nn.io.heads import load_head_file
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import ExecutorConfig, check_available, map_unordered
 from qubo_nn.io.manifest import MANIFEST_FORMAT, MANIFEST_NAME, read_manifest
-from qubo_nn.io.blocks import read_block, read_integer_form
-from qubo_nn.runtime import atomic_write_json, sha256_file, versions
+from qubo_nn.io.blocks import is_sidecar, read_block, read_integer_form
+from qubo_nn.io.json_files import check_fields
+from qubo_nn.io.locks import folder_lock
+from qubo_nn.runtime import atomic_write_json, sha256_file, to_jsonable, versions
 from qubo_nn.samplers import DEFAULT_SAMPLER, SAMPLERS, child_seed, get_sampler
 from qubo_nn.samplers.base import check_seed, jsonable
 SAMPLES_SUFFIX = ".samples.json"
@@ -179,9 +181,28 @@ def solve(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: SolveConfi
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise QuboNNError(f"output {str(out)!r} exists and is not a directory")
+    created = [p for p in (out, *out.absolute().parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QuboNNError(f"cannot create the output folder {str(out)!r}: {exc.strerror}; expected a "
+                          f"writable folder name") from None
+    try:
+        with folder_lock(out):   # one solve per folder at a time
+            return _solve_locked(src, out, cfg, ex_cfg, t0, progress, overwrite)
+    except (QuboNNError, KeyboardInterrupt):
+        for path in created:   # leave no folder this call created and left empty
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _solve_locked(src: dict[str, Any], out: Path, cfg: SolveConfig, ex_cfg: ExecutorConfig, t0: float,
+                  progress: bool, overwrite: bool) -> dict[str, Any]:
     done = _prepare_out(out, src, cfg, overwrite)
     todo = [blk for blk in src["blocks"] if blk["block_id"] not in done]
-    created = [p for p in (out, *out.absolute().parents) if not p.exists()]
     rows: dict[int, dict[str, Any]] = dict(done)
     written: list[Path] = []
     nodes: dict[int, str] = {}
@@ -200,14 +221,9 @@ def solve(source: str | os.PathLike, out_dir: str | os.PathLike, cfg: SolveConfi
     except QuboNNError:
         for path in written:  # bad input: leave nothing of this call
             path.unlink(missing_ok=True)
-        for path in created:
-            try:
-                path.rmdir()
-            except OSError:
-                break
         raise
     ordered = [rows[blk["block_id"]] for blk in src["blocks"]]
-    summary = _summary(src, ordered, cfg, time.perf_counter() - t0, out)
+    summary = to_jsonable(_summary(src, ordered, cfg, time.perf_counter() - t0, out))
     atomic_write_json(out / SOLUTION_NAME, summary)
     return summary
 
@@ -237,14 +253,20 @@ def _prepare_out(out: Path, src: dict[str, Any], cfg: SolveConfig, overwrite: bo
     by_name = {_samples_name(blk): blk for blk in src["blocks"]}
     done: dict[int, dict[str, Any]] = {}
     foreign: list[str] = []
+    damaged: list[str] = []
     for path in ours:
         blk = by_name.get(path.name)
         row = _resumable(path, blk, cfg, out) if blk is not None else None
-        if row is None:
+        if row is _DAMAGED:
+            damaged.append(path.name)
+        elif row is None:
             foreign.append(path.name)
         else:
             done[blk["block_id"]] = row
     problems = []
+    if damaged:
+        problems.append(f"{len(damaged)} damaged samples file(s) (truncated, not a SampleSet, or its row does not "
+                        f"match its samples: {', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''})")
     if foreign:
         problems.append(f"{len(foreign)} samples file(s) of other blocks or made with other settings or source "
                         f"files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
@@ -279,7 +301,7 @@ def _source_digests(path: str | os.PathLike) -> dict[str, str | None]:
     path = Path(path)
     side_path = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
     file, npz, lev = path, None, None
-    if side_path.is_file():
+    if is_sidecar(side_path):
         try:
             side = json.loads(side_path.read_text())
             file = side_path.parent / side["file"]
@@ -299,18 +321,59 @@ def _block_key(blk: dict[str, Any], cfg: SolveConfig, digests: dict[str, str | N
             "block_seed": child_seed(cfg.seed, blk["block_id"])}
 
 
+_DAMAGED: dict[str, Any] = {}   # sentinel of _resumable: the file cannot be trusted
+
+
 def _resumable(path: Path, blk: dict[str, Any], cfg: SolveConfig, out: Path) -> dict[str, Any] | None:
-    """The stored row of samples file ``path`` when it was made for ``blk`` as ``cfg`` would make it."""
+    """The row of samples file ``path`` when it was made for ``blk`` as ``cfg`` would make it; None
+    when it was made otherwise; ``_DAMAGED`` when it is unreadable or its stored row disagrees with
+    its samples (the best energy and the digest of the samples are recomputed, never trusted)."""
     try:
-        info = json.loads(path.read_text()).get("info", {})
-        stored = info[_RESUME_KEY]
+        obj = json.loads(path.read_text(), parse_constant=_no_constant)
+        stored = obj["info"][_RESUME_KEY]
         key, row = stored["key"], dict(stored["row"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
-        return None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError, RecursionError):
+        return _DAMAGED
     if key != jsonable(_block_key(blk, cfg, _source_digests(blk["path"]))):
         return None
-    row.update(file=_relative(blk["path"], out), samples=path.name, resumed=True)
+    try:
+        check_fields(row, _ROW_TYPES, "row", path)
+        check_fields(row["timings"], dict.fromkeys(row["timings"], (int, float)), "timings", path)
+        ss = read_samples(path)
+        ok = (len(ss) > 0 and row["record_sha256"] == _record_digest(ss) and row["block_id"] == blk["block_id"]
+              and row["best_energy"] == float(ss.first.energy) and row["num_reads"] == len(ss)
+              and row["num_variables"] == len(ss.variables) and "sample_s" in row["timings"])
+    except (QuboNNError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        return _DAMAGED
+    e_cur = row.get("current_energy")
+    row.update(file=_relative(blk["path"], out), samples=path.name, resumed=True,
+               builder_block=bool(row.get("builder_block")), best_energy=float(ss.first.energy),
+               predicted_decrease=(e_cur - float(ss.first.energy)) if isinstance(e_cur, (int, float)) else None)
     return row
+
+
+_ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "block_id": (int,), "builder_block": (bool, int), "num_variables": (int,), "num_interactions": (int,),
+    "num_reads": (int,), "best_energy": (int, float), "current_energy": (int, float, type(None)),
+    "L0": (int, float, type(None)), "seed": (int, type(None)), "initial_states": (str,), "record_sha256": (str,),
+    "timings": (dict,), "params": (dict, type(None)), "sampler_energy_error": (int, float, type(None))}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _record_digest(ss: Any) -> str:
+    """sha256 of a SampleSet's samples (int8, variables in order) and energies (float64)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(ss.record.sample, dtype=np.int8).tobytes())
+    h.update(np.ascontiguousarray(ss.record.energy, dtype=np.float64).tobytes())
+    h.update(repr(list(ss.variables)).encode())
+    return h.hexdigest()
 
 
 def _relative(path: str | os.PathLike | None, out: Path) -> str | None:
@@ -332,7 +395,7 @@ def _read_tasks(todo: list[dict[str, Any]], src: dict[str, Any], cfg: SolveConfi
     needs_form = smp.properties.get("needs") == "integer_form"   # gptq, cd, pipeline
     for index, blk in enumerate(todo):
         t0 = time.perf_counter()
-        bqm, enc, side = read_block(blk["path"], *digests)
+        bqm, enc, side = read_block(blk["path"], *digests, require_sidecar=src["kind"] == "manifest")
         current = None
         if enc is not None:
             current = enc.current_bits().cpu().numpy().astype(np.int8)
@@ -400,13 +463,14 @@ def _finish_block(meta: dict[str, Any], result: dict[str, Any], out: Path, node:
         "initial_states": meta["initial_states"],
         "params": info.get("params"),
         "sampler_energy_error": info.get("sampler_energy_error"),
+        "record_sha256": _record_digest(ss),
         "node": node,
         "resumed": False,
         "timings": {"read_s": meta["read_s"], "unpack_s": result["unpack_s"],
                     "sample_s": info.get("wall_time_s", result["t_end"] - result["t_start"])},
     }
-    info[_RESUME_KEY] = {"key": jsonable(meta["key"]), "row": row}
-    atomic_write_json(out / name, ss.to_serializable())
+    info[_RESUME_KEY] = {"key": jsonable(meta["key"]), "row": to_jsonable(row)}
+    atomic_write_json(out / name, to_jsonable(ss.to_serializable()))
     row["timings"]["write_s"] = time.perf_counter() - t0
     row["timings"]["total_s"] = sum(row["timings"].values())
     return row
@@ -418,13 +482,17 @@ def _summary(src: dict[str, Any], rows: list[dict[str, Any]], cfg: SolveConfig, 
     man = src["manifest"]
     builder = all(r["builder_block"] for r in rows)
     L0 = man["L0"] if man else (rows[0]["L0"] if len(rows) == 1 else None)
+    fresh = [r for r in rows if not r.get("resumed")]   # solved by this call (resumed rows took no time now)
     totals: dict[str, Any] = {
         "blocks": len(rows),
-        "resumed": sum(1 for r in rows if r.get("resumed")),
+        "resumed": len(rows) - len(fresh),
         "variables": sum(r["num_variables"] for r in rows),
         "wall_time_s": seconds,
-        "sample_time_s": sum(r["timings"]["sample_s"] for r in rows),
-        "mean_block_time_s": float(np.mean([r["timings"].get("total_s", r["timings"]["sample_s"]) for r in rows])),
+        "sample_time_s": sum(r["timings"]["sample_s"] for r in fresh),
+        "mean_sample_time_s": float(np.mean([r["timings"]["sample_s"] for r in fresh])) if fresh else None,
+        "mean_block_time_s": (float(np.mean([r["timings"].get("total_s", r["timings"]["sample_s"]) for r in fresh]))
+                              if fresh else None),
+        "resumed_sample_time_s": sum(r["timings"]["sample_s"] for r in rows if r.get("resumed")),
     }
     if builder and L0 is not None:
         totals["L0"] = L0
