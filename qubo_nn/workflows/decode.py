@@ -129,7 +129,8 @@ def _read_blocks(sol: dict[str, Any], man: dict[str, Any]) -> list[dict[str, Any
         name = Path(row["file"]).name
         if name not in by_name:
             raise QuboNNError(f"block file {row['file']!r} of the solution is not in the build at {man['dir']!r}")
-        bqm, enc, side = read_block(by_name[name]["path"], man["head_digest"], man["features_digest"])
+        bqm, enc, side = read_block(by_name[name]["path"], man["head_digest"], man["features_digest"],
+                                    require_sidecar=True)
         ss = read_samples(Path(sol["dir"]) / row["samples"])
         x = best_bits(ss, bqm, where=f"block {row['block_id']}")
         x_cur = enc.current_bits().numpy().astype(x.dtype)
