@@ -79,7 +79,7 @@ class DiscreteConfig:
     sampler: str = "neal"
     sampler_params: dict = field(default_factory=lambda: {"num_reads": 4, "num_sweeps": 500})
     accept_tol: float = 1e-9
-    l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+    l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     subsample: int | None = None
     dtype: str = "float64"
 
@@ -223,7 +223,8 @@ def tuned_refit(dh: DiscreteHead, fit: FeatureSet, val: FeatureSet, train: Featu
     """(α, b) refit with the L2 weight chosen by held-out CE: each l2 of the grid fitted on ``fit`` and
     scored on ``val``; the best refit on all of ``train``. On separable features an unregularised refit
     grows α without bound (train loss → 0, test loss of tens of nats): the scale needs the same
-    validation-chosen L2 as the fp32 reference head."""
+    validation-chosen L2 as the fp32 reference head. The grid has no 0: a validation split that the codes
+    separate perfectly scores best with α → ∞ (seen on digits: 32–90 nats of test loss)."""
     scores = {}
     for l2 in l2_grid:
         cand, _ = refit_scales(dh, fit, l2)
