@@ -16,8 +16,10 @@ from qubo_nn.curvature.sequential import sequential_groups
 from qubo_nn.errors import QuboNNError
 from qubo_nn.core.layout import column_plan, row_view
 from qubo_nn.train.pretrain import PretrainConfig, evaluate_model, pretrain
-from qubo_nn.workflows.head_quantize import grid_scale, gptq_row
-from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, gptq_rows, quantize_network, round_layer
+from qubo_nn.core.kernels import gptq, gptq_rows
+from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.core.scales import grid_scale, qrange
+from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, quantize_network, round_layer
 
 
 class TinyRes(nn.Module):
@@ -104,13 +106,14 @@ def test_grouped_gptq_with_feedback_equals_full_row_gptq_in_act_order():
     order = torch.as_tensor(plan.order)
     Hp = H[order][:, order]
     for r in range(R):   # reference: the head path's one-row GPTQ on the act-ordered row, no groups
-        ref = gptq_row(W[r, order], Hp, float(scale[r]), bits, damping=mu)
-        assert torch.equal(k[r, order].double(), ref)
+        Ht = Hp.numpy() + mu * np.eye(D)
+        ref = gptq(IntegerProblem(Ht, W[r, order].numpy(), float(scale[r]), *qrange(bits)), act_order=False)
+        assert np.array_equal(k[r, order].numpy(), ref)
 
 
 def test_gptq_rows_single_column_is_rounding():
     w = torch.tensor([[0.26], [-0.74]], dtype=torch.float64)
-    k = gptq_rows(w, torch.ones(1, 1, dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64), -2, 1)
+    k = gptq_rows(w.numpy(), np.ones((1, 1)), np.array([[0.5], [0.5]]), -2, 1)
     assert k.tolist() == [[1], [-1]]
 
 
