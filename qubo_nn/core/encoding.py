@@ -35,7 +35,7 @@ import torch
 
 from qubo_nn.errors import QuboNNError
 from qubo_nn.core.grid import (ENCODINGS, MAX_BITS, binary_digits, check_bits, check_encoding, digit_weights,
-    thermometer, variables_per_weight)
+    thermometer, WindowShape)
 from qubo_nn.core.model import LocalModel
 
 MODES = ("optimize", "quantize")
@@ -43,7 +43,7 @@ __all__ = ["ENCODINGS", "MAX_BITS", "MODES", "Encoding", "optimize_encoding", "q
 
 
 @dataclass
-class Encoding:
+class Encoding(WindowShape):
     """Grid of a block: ``idx`` (m,) flat weight indices, ``theta0`` (m,) current values,
     ``ref``, ``step``, ``offset`` (m,), ``bits`` (a window of 2^bits levels per weight) and
     ``kind`` (:data:`ENCODINGS`; n = m·width QUBO variables)."""
@@ -76,15 +76,6 @@ class Encoding:
     @property
     def levels_per_weight(self) -> int:
         return 2 ** self.bits
-
-    @property
-    def width(self) -> int:
-        """QUBO variables per weight: bits (binary) or 2^bits − 1 (unary, domain-wall)."""
-        return variables_per_weight(self.kind, self.bits)
-
-    @property
-    def num_variables(self) -> int:
-        return self.m * self.width
 
     @property
     def powers(self) -> torch.Tensor:

@@ -62,6 +62,25 @@ def variables_per_weight(kind: str, bits: int) -> int:
     return int(bits) if kind == "binary" else 2 ** int(bits) - 1
 
 
+class WindowShape:
+    """The size of an encoding of ``m`` weights in windows of 2^``bits`` levels in ``kind``'s bits: shared by
+    :class:`~qubo_nn.core.encoding.Encoding` and :class:`~qubo_nn.core.problem.IntegerForm` (which give
+    ``m``, ``bits``, ``kind``)."""
+
+    m: int
+    bits: int
+    kind: str
+
+    @property
+    def width(self) -> int:
+        """QUBO variables per weight (:func:`variables_per_weight`)."""
+        return variables_per_weight(self.kind, self.bits)
+
+    @property
+    def num_variables(self) -> int:
+        return self.m * self.width
+
+
 def nearest_level(x, scale, lo, hi):
     """Round to nearest on a grid: clamp(round(x/s), lo, hi) (half to even), for NumPy arrays and torch
     tensors alike (floats out, same type as ``x``): the one round-to-nearest of the project."""

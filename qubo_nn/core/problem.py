@@ -11,7 +11,7 @@ from qubo_nn.core.grid import (
     check_encoding,
     digit_weights,
     levels_of,
-    variables_per_weight,
+    WindowShape,
 )
 from qubo_nn.errors import QuboNNError
 
@@ -102,7 +102,7 @@ def newton_target(H: np.ndarray, g: np.ndarray, theta0: np.ndarray,
 
 
 @dataclass
-class IntegerForm:
+class IntegerForm(WindowShape):
     """How a block's BQM encodes an :class:`IntegerProblem`: variables (m·width) ↔ levels k (m).
 
     k_i = Σ_j d_j x_ij (``kind``'s digits, windows of 2^bits levels starting at 0), and
@@ -124,12 +124,8 @@ class IntegerForm:
         return 2 ** self.bits
 
     @property
-    def width(self) -> int:
-        return variables_per_weight(self.kind, self.bits)
-
-    @property
-    def num_variables(self) -> int:
-        return self.problem.m * self.width
+    def m(self) -> int:
+        return self.problem.m
 
     def to_levels(self, x) -> np.ndarray:
         return levels_of(x, np.zeros(self.problem.m, dtype=np.int64), self.kind, self.levels)

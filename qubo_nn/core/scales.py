@@ -18,10 +18,21 @@ import math
 
 import torch
 
-from qubo_nn.core.grid import nearest_level
+from qubo_nn.core.grid import MAX_CODE_BITS, check_bits, check_grid, nearest_level
 from qubo_nn.errors import QuboNNError
 
 SCALE_RULES = ("maxabs", "mse")
+
+
+def check_grid_config(grid: str, bits: int, scale_rule: str) -> None:
+    """The grid settings a quantize config shares (head and network): ``grid`` (only ``signed`` so
+    far), ``bits`` in [1, :data:`~qubo_nn.core.grid.MAX_CODE_BITS`] (int8 codes), ``scale_rule`` of
+    :data:`SCALE_RULES`; QuboNNError otherwise."""
+    if check_grid(grid) != "signed":
+        raise QuboNNError(f"grid {grid!r} is not implemented yet (issue 24); use grid='signed'")
+    check_bits(bits, MAX_CODE_BITS, "bits")
+    if scale_rule not in SCALE_RULES:
+        raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {scale_rule!r}")
 
 
 def qrange(bits: int) -> tuple[int, int]:

@@ -64,10 +64,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from qubo_nn.core.grid import MAX_CODE_BITS, check_bits, check_grid
 from qubo_nn.core.head import Head, check_compatible, evaluate
 from qubo_nn.core.layout import apply_levels
-from qubo_nn.core.scales import SCALE_RULES, grid_scale, qrange, round_to_grid
+from qubo_nn.core.scales import SCALE_RULES, check_grid_config, grid_scale, qrange, round_to_grid
 from qubo_nn.curvature.head_ce import HeadCE
 from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
@@ -107,6 +106,7 @@ class QuantizeConfig:
     """
 
     bits: int = 4
+    grid: str = "signed"
     method: str = "qubo"
     scale: str = "mse"
     sampler: str = "neal"
@@ -130,21 +130,16 @@ class QuantizeConfig:
     executor: str = "threads"
     workers: int = 1
     ray_address: str | None = None
-    grid: str = "signed"
 
     def executor_config(self) -> ExecutorConfig:
         """Where the row tasks run (``executor``, ``workers``, ``ray_address``; see :mod:`qubo_nn.execution.executors`)."""
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
-        if check_grid(self.grid) != "signed":
-            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
-        check_bits(self.bits, MAX_CODE_BITS, "bits")
+        check_grid_config(self.grid, self.bits, self.scale)
         self.executor_config().validate()
         if self.method not in METHODS:
             raise QuboNNError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.scale not in SCALE_RULES:
-            raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {self.scale!r}")
         if isinstance(self.window_bits, bool) or not isinstance(self.window_bits, int) \
                 or not 1 <= self.window_bits <= self.bits:
             raise QuboNNError(f"window_bits must be an integer in [1, bits={self.bits}], got {self.window_bits!r}")

@@ -62,9 +62,9 @@ from qubo_nn.execution.executors import Executor, ExecutorConfig, map_unordered,
 from qubo_nn.nets.bn import fold_batchnorm, unfold_batchnorm
 from qubo_nn.nets.layers import weight_layers
 from qubo_nn.core.layout import apply_levels, column_plan, row_view
-from qubo_nn.core.grid import MAX_CODE_BITS, check_bits, check_grid
+from qubo_nn.core.grid import MAX_CODE_BITS, check_bits
 from qubo_nn.core.kernels import gptq_rows
-from qubo_nn.core.scales import SCALE_RULES, grid_scale, qrange, round_to_grid
+from qubo_nn.core.scales import SCALE_RULES, check_grid_config, grid_scale, qrange, round_to_grid
 from qubo_nn.execution.row_tasks import group_row_task
 from qubo_nn.runtime import (atomic_path, atomic_write_json, calibration_indices, resolve_device, resolve_dtype,
     versions)
@@ -77,6 +77,7 @@ class NetworkQuantizeConfig:
     """Bits, method and the layer-wise rounding settings (see the module docstring)."""
 
     bits: int = 4
+    grid: str = "signed"
     method: str = "gptq"
     first_last_bits: int = 8
     calib: int = 256
@@ -96,22 +97,17 @@ class NetworkQuantizeConfig:
     workers: int = 1
     ray_address: str | None = None
     bn_correct: bool = False
-    grid: str = "signed"
 
     def executor_config(self) -> ExecutorConfig:
         """Where the (row, group) re-solves of cd/qubo run (see :mod:`qubo_nn.execution.executors`)."""
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
-        if check_grid(self.grid) != "signed":
-            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
-        check_bits(self.bits, MAX_CODE_BITS, "bits")
+        check_grid_config(self.grid, self.bits, self.scale)
         self.executor_config().validate()
         check_bits(self.first_last_bits, MAX_CODE_BITS, "first_last_bits")
         if self.method not in NETWORK_METHODS:
             raise QuboNNError(f"method must be one of {NETWORK_METHODS}, got {self.method!r}")
-        if self.scale not in SCALE_RULES:
-            raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {self.scale!r}")
         for name in ("calib", "group_size", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
