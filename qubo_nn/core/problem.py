@@ -107,7 +107,7 @@ class IntegerForm(WindowShape):
 
     k_i = Σ_j d_j x_ij (``kind``'s digits, windows of 2^bits levels starting at 0), and
     bqm.energy(x) = problem.energy(k(x)) (+ the domain-wall penalty, zero on thermometer codes).
-    Built by ``qubo_nn.core.problem.integer_form(model, enc, damping)``; samplers that work in level space
+    Built by ``qubo_nn.core.bqm.integer_form(model, enc, damping)``; samplers that work in level space
     take it as their ``integer_form`` parameter.
     """
 
