@@ -164,3 +164,14 @@ def test_cd_and_qubo_never_lose_to_gptq_on_a_single_group_and_zero_budget_is_gpt
     assert all(L["coverage"] == 0.0 for L in none.record["layers"])
     for name in gptq.levels:
         assert torch.equal(none.levels[name], gptq.levels[name])
+
+
+def test_calibration_indices_is_one_seeded_sorted_draw():
+    """The one calibration draw (network quantize, prune, the head's Hessian subsample): the first
+    ``size`` of a seeded randperm, sorted; all of them when size >= n."""
+    from qubo_nn.runtime import calibration_indices
+
+    idx = calibration_indices(100, 10, 3)
+    assert torch.equal(idx, torch.randperm(100, generator=torch.Generator().manual_seed(3))[:10].sort().values)
+    assert torch.equal(idx, calibration_indices(100, 10, 3)) and not torch.equal(idx, calibration_indices(100, 10, 4))
+    assert calibration_indices(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
