@@ -2,6 +2,7 @@
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import dimod
 import numpy as np
@@ -116,22 +117,13 @@ def test_gptq_rows_batch_matches_obs_reference_row_by_row():
     assert np.array_equal(X, np.stack([p.target for p in rows]))   # the input is left as it was
 
 
-def _network_gptq_rows_before_dedupe(w, U, scale, qmin, qmax):
-    """The network path's torch loop as it was before issue 18 (workflows/network_quantize.gptq_rows)."""
-    import torch
-
-    x = w.clone()
-    k = torch.empty_like(x, dtype=torch.long)
-    for i in range(x.shape[1]):
-        q = torch.clamp(torch.round(x[:, i] / scale), qmin, qmax)
-        k[:, i] = q.long()
-        err = (x[:, i] - scale * q) / U[i, i]
-        x[:, i + 1:] -= err[:, None] * U[i, i + 1:][None, :]
-    return k
-
-
 def test_gptq_rows_is_bit_identical_to_the_old_network_loop():
+    """Against the network path's torch loop before issue 18 (kept as the peer of
+    benchmarks/bench_gptq_rows.py)."""
     import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_gptq_rows import torch_loop_before_issue_18
 
     rng = np.random.default_rng(12)
     A = rng.normal(size=(16, 40))
@@ -139,7 +131,7 @@ def test_gptq_rows_is_bit_identical_to_the_old_network_loop():
     W = rng.normal(size=(6, 16))
     scale = rng.uniform(0.05, 0.4, size=6)
     U = upper_inverse_factor(H)
-    old = _network_gptq_rows_before_dedupe(torch.tensor(W), torch.tensor(U), torch.tensor(scale), -8, 7)
+    old = torch_loop_before_issue_18(torch.tensor(W), torch.tensor(U), torch.tensor(scale), -8, 7)
     assert np.array_equal(gptq_rows(W, U, scale[:, None], -8, 7), old.numpy())
 
 

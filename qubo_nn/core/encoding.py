@@ -5,12 +5,12 @@ One :class:`Encoding` both encodes and decodes, and exposes the same map as Δ =
 A[i, i*width + j] = step_i · d_j, so it is stored compactly as ``a`` (m × width).
 
 ``bits`` is the size of the window: 2^bits levels k ∈ [0, 2^bits − 1] per weight, whatever the
-``kind`` (:data:`ENCODINGS`; the digit weights d come from :func:`levels.digit_weights`, the one
+``kind`` (:data:`ENCODINGS`; the digit weights d come from :func:`qubo_nn.core.grid.digit_weights`, the one
 place they are defined):
 
 - ``binary`` (default): d_j = 2^j, width = bits;
 - ``unary`` (thermometer): d_j = 1, width = 2^bits − 1 (every variable is worth one step);
-- ``domain-wall``: unary digits; the BQM adds P·Σ_j x_{i,j+1}(1 − x_ij) (:func:`qubo.build_bqm`),
+- ``domain-wall``: unary digits; the BQM adds P·Σ_j x_{i,j+1}(1 − x_ij) (:func:`qubo_nn.core.problem.bit_qubo`),
   zero exactly on thermometer codes, so its minimum is unary's and every state decodes by count.
 
 Modes:
@@ -79,7 +79,7 @@ class Encoding(WindowShape):
 
     @property
     def powers(self) -> torch.Tensor:
-        """Digit weights d (width,) of one weight's variables (levels.digit_weights)."""
+        """Digit weights d (width,) of one weight's variables (:func:`qubo_nn.core.grid.digit_weights`)."""
         d = digit_weights(self.kind, self.levels_per_weight)
         return torch.as_tensor(d, dtype=self.step.dtype, device=self.step.device)
 

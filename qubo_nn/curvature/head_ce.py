@@ -16,7 +16,7 @@ const = L0 − ½ gᵀH̃⁻¹g). The solvers (:mod:`qubo_nn.core.grid`, :mod:`q
 write-back (:func:`qubo_nn.core.layout.apply_levels` on the head's C × D weight view) are the ones
 the network path uses; only this source is head-specific.
 
-Layout: the head's parameters are θ = [W | b] row by row (C × (D + 1), :func:`quadratic.flat_params`),
+Layout: the head's parameters are θ = [W | b] row by row (C × (D + 1), :func:`qubo_nn.core.layout.flat_params`),
 so row c of W is the flat indices c·(D + 1) … c·(D + 1) + D − 1.
 """
 from __future__ import annotations

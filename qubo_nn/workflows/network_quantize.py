@@ -47,7 +47,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qubo_nn.curvature.layer_gram import capture_gram
-from qubo_nn.curvature.sequential import SequentialGroups, sequential_groups
+from qubo_nn.curvature.sequential import sequential_groups
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import Executor, ExecutorConfig, map_unordered, open_executor
 from qubo_nn.nets.bn import fold_batchnorm, unfold_batchnorm
@@ -64,10 +63,10 @@ from qubo_nn.nets.layers import weight_layers
 from qubo_nn.core.layout import apply_levels, column_plan, row_view
 from qubo_nn.core.grid import MAX_CODE_BITS, check_bits
 from qubo_nn.core.kernels import gptq_rows
-from qubo_nn.core.scales import SCALE_RULES, check_grid_config, grid_scale, qrange, round_to_grid
+from qubo_nn.core.scales import check_grid_config, grid_scale, qrange, round_to_grid
 from qubo_nn.execution.row_tasks import group_row_task
-from qubo_nn.runtime import (atomic_path, atomic_write_json, calibration_indices, resolve_device, resolve_dtype,
-    versions)
+from qubo_nn.runtime import atomic_path, resolve_device, resolve_dtype, versions
+from qubo_nn.runtime import calibration_indices  # noqa: F401  (re-exported: the CLI and experiments draw from here)
 
 NETWORK_METHODS = ("rtn", "gptq", "cd", "qubo")
 
