@@ -125,18 +125,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    torch = sys.modules.get("torch")  # a torch object can only exist when torch is loaded
-    if isinstance(obj, Path) or (torch is not None and isinstance(obj, (torch.device, torch.dtype))):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+    """``obj`` through :func:`to_jsonable` (NaN/±Inf as null), indented, keys sorted, written atomically."""
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 #: seeds are integers in [0, SEED_BOUND) (what every sampler and NumPy/torch generator takes)
@@ -175,6 +165,10 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+#: ``json.dumps(default=...)`` for objects json cannot write (the CLI's ``--json`` output)
+_json_default = to_jsonable
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -200,6 +194,15 @@ def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gene
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def calibration_indices(n: int, size: int, seed: int) -> torch.Tensor:
+    """A seeded random subset of ``min(size, n)`` of the indices 0..n−1, sorted (int64): the one draw
+    of calibration images and of sample subsets (the first ``size`` of ``randperm(n)`` by ``seed``)."""
+    import torch
+
+    perm = torch.randperm(n, generator=torch_generator(seed))
+    return perm[:min(size, n)].sort().values
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qubo_nn.core.encoding import Encoding, optimize_encoding, quantize_encoding
+from qubo_nn.core.grid import check_bits, variables_per_weight
 from qubo_nn.errors import QuboNNError
 from qubo_nn.core.model import LocalModel
 
@@ -117,9 +118,13 @@ def test_quantize_encoding_grid(bits, qmin, qmax):
 
 def test_bad_encodings_are_refused():
     model = toy_model()
-    for bits in (0, 17, 2.5, "4"):
+    good = optimize_encoding(model, bits=2).arrays()
+    for bits in (0, 17, 2.5, "4"):   # checked once, at the boundary (configs, files); kernels trust it
         with pytest.raises(QuboNNError, match=r"bits per weight must be an integer in \[1, 16\], got"):
-            optimize_encoding(model, bits=bits)
+            check_bits(bits)
+    for bits in (0, 17):
+        with pytest.raises(QuboNNError, match=rf"bits per weight must be an integer in \[1, 16\], got {bits}"):
+            Encoding.from_arrays({**good, "bits": np.asarray(bits)})
     with pytest.raises(QuboNNError, match="window must be > 0, got 0"):
         optimize_encoding(model, window=0)
     with pytest.raises(QuboNNError, match="step_rule 'fixed' needs step > 0, got None"):
@@ -156,7 +161,7 @@ def test_every_kind_decodes_to_the_weights_of_its_levels(bits):
     K[:, 0] = int(encs["binary"].offset[0])   # weight 0 has no gradient: frozen (step 0) at its offset
     for kind, enc in encs.items():
         width = bits if kind == "binary" else 2 ** bits - 1
-        assert enc.width == width and enc.num_variables == model.m * width
+        assert enc.width == width == variables_per_weight(kind, bits) and enc.num_variables == model.m * width
         X = enc.bits_of_levels(K)
         # independent reference: w = ref + step·(k − offset), straight from the levels
         want = enc.ref + enc.step * (torch.as_tensor(K, dtype=f64) - enc.offset)

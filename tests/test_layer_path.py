@@ -170,3 +170,17 @@ def test_group_feedback_is_the_continuous_optimum_and_energies_add_up():
         Q[:, a:b] = q
     full = 0.5 * torch.einsum("ri,ij,rj->r", Q - W, Ht, Q - W)
     torch.testing.assert_close(energy, full, rtol=1e-7, atol=0)   # float64, condition number ~1e3
+
+
+def test_one_damping_rule_for_the_layer_and_the_head():
+    """μ = rel · mean diag H (core.model.damping_mu) is what the layer path's factor and the head's
+    row problems add to the diagonal."""
+    from qubo_nn.core.model import damping_mu
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(8, 20))
+    H = torch.tensor(A @ A.T / 20)
+    assert damping_mu(torch.diagonal(H), 0.01) == pytest.approx(0.01 * float(np.trace(A @ A.T / 20)) / 8, rel=1e-15)
+    assert damping_mu(np.diag(H.numpy()), 0.5, 2.0) == pytest.approx(2.0 + 0.5 * float(H.diagonal().mean()), rel=1e-15)
+    plan = column_plan(8, 8, None)
+    assert sequential_groups(H, plan, 0.01).damping == damping_mu(torch.diagonal(H), 0.01)

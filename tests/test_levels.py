@@ -2,6 +2,7 @@
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import dimod
 import numpy as np
@@ -12,7 +13,7 @@ from qubo_nn.core.grid import ENCODINGS, bits_of, levels_of
 from qubo_nn.core.problem import window_base
 from qubo_nn.samplers.level_solvers import LEVEL_METHODS, anneal_window, solve_levels
 from qubo_nn.core.problem import IntegerProblem
-from qubo_nn.core.kernels import coordinate_descent, gptq, rtn, sphere_decode
+from qubo_nn.core.kernels import coordinate_descent, gptq, gptq_rows, rtn, sphere_decode
 from qubo_nn.core.problem import window_qubo
 
 
@@ -94,6 +95,44 @@ def test_gptq_matches_obs_reference(seed):
     assert np.array_equal(gptq(p, act_order=False), obs_fixed_order(p, range(p.m)))
     order = np.argsort(-np.diag(p.H), kind="stable")
     assert np.array_equal(gptq(p, act_order=True), obs_fixed_order(p, order))
+
+
+def upper_inverse_factor(H: np.ndarray) -> np.ndarray:
+    """U upper with UᵀU = H⁻¹ (GPTQ's factor), by its definition."""
+    return np.linalg.cholesky(np.linalg.inv(H)).T
+
+
+def test_gptq_rows_batch_matches_obs_reference_row_by_row():
+    """Rows sharing one Hessian, each with its own scale and box: the batched kernel gives every row
+    the textbook OBS answer of that row alone (exact integer equality)."""
+    rows = [problem(seed, m=9, bits=3) for seed in range(5)]
+    H = rows[0].H
+    X = np.stack([p.target for p in rows])
+    S = np.stack([p.scale for p in rows])
+    k = gptq_rows(X, upper_inverse_factor(H), S, -4, 3)
+    for r, p in enumerate(rows):
+        same_h = IntegerProblem(H, p.target, p.scale, -4, 3)
+        assert np.array_equal(k[r], obs_fixed_order(same_h, range(9)))
+        assert np.array_equal(k[r], gptq(same_h, act_order=False))
+    assert np.array_equal(X, np.stack([p.target for p in rows]))   # the input is left as it was
+
+
+def test_gptq_rows_is_bit_identical_to_the_old_network_loop():
+    """Against the network path's torch loop before issue 18 (kept as the peer of
+    benchmarks/bench_gptq_rows.py)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_gptq_rows import torch_loop_before_issue_18
+
+    rng = np.random.default_rng(12)
+    A = rng.normal(size=(16, 40))
+    H = A @ A.T / 40 + 0.01 * np.eye(16)
+    W = rng.normal(size=(6, 16))
+    scale = rng.uniform(0.05, 0.4, size=6)
+    U = upper_inverse_factor(H)
+    old = torch_loop_before_issue_18(torch.tensor(W), torch.tensor(U), torch.tensor(scale), -8, 7)
+    assert np.array_equal(gptq_rows(W, U, scale[:, None], -8, 7), old.numpy())
 
 
 def test_gptq_with_diagonal_hessian_is_rtn():

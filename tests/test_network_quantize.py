@@ -16,8 +16,10 @@ from qubo_nn.curvature.sequential import sequential_groups
 from qubo_nn.errors import QuboNNError
 from qubo_nn.core.layout import column_plan, row_view
 from qubo_nn.train.pretrain import PretrainConfig, evaluate_model, pretrain
-from qubo_nn.workflows.head_quantize import grid_scale, gptq_row
-from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, gptq_rows, quantize_network, round_layer
+from qubo_nn.core.kernels import gptq, gptq_rows
+from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.core.scales import grid_scale, qrange
+from qubo_nn.workflows.network_quantize import NetworkQuantizeConfig, quantize_network, round_layer
 
 
 class TinyRes(nn.Module):
@@ -104,13 +106,14 @@ def test_grouped_gptq_with_feedback_equals_full_row_gptq_in_act_order():
     order = torch.as_tensor(plan.order)
     Hp = H[order][:, order]
     for r in range(R):   # reference: the head path's one-row GPTQ on the act-ordered row, no groups
-        ref = gptq_row(W[r, order], Hp, float(scale[r]), bits, damping=mu)
-        assert torch.equal(k[r, order].double(), ref)
+        Ht = Hp.numpy() + mu * np.eye(D)
+        ref = gptq(IntegerProblem(Ht, W[r, order].numpy(), float(scale[r]), *qrange(bits)), act_order=False)
+        assert np.array_equal(k[r, order].numpy(), ref)
 
 
 def test_gptq_rows_single_column_is_rounding():
     w = torch.tensor([[0.26], [-0.74]], dtype=torch.float64)
-    k = gptq_rows(w, torch.ones(1, 1, dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64), -2, 1)
+    k = gptq_rows(w.numpy(), np.ones((1, 1)), np.array([[0.5], [0.5]]), -2, 1)
     assert k.tolist() == [[1], [-1]]
 
 
@@ -161,3 +164,14 @@ def test_cd_and_qubo_never_lose_to_gptq_on_a_single_group_and_zero_budget_is_gpt
     assert all(L["coverage"] == 0.0 for L in none.record["layers"])
     for name in gptq.levels:
         assert torch.equal(none.levels[name], gptq.levels[name])
+
+
+def test_calibration_indices_is_one_seeded_sorted_draw():
+    """The one calibration draw (network quantize, prune, the head's Hessian subsample): the first
+    ``size`` of a seeded randperm, sorted; all of them when size >= n."""
+    from qubo_nn.runtime import calibration_indices
+
+    idx = calibration_indices(100, 10, 3)
+    assert torch.equal(idx, torch.randperm(100, generator=torch.Generator().manual_seed(3))[:10].sort().values)
+    assert torch.equal(idx, calibration_indices(100, 10, 3)) and not torch.equal(idx, calibration_indices(100, 10, 4))
+    assert calibration_indices(5, 10, 0).tolist() == [0, 1, 2, 3, 4]

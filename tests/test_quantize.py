@@ -18,8 +18,11 @@ from qubo_nn.errors import QuboNNError
 from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.core.head import Head
 from qubo_nn.curvature.head_stats import HeadStats
-from qubo_nn.workflows.head_quantize import (QuantizeConfig, check_bits, codes_in_window, codes_to_bits,
-    gptq_row, grid_scale, qrange, quantize_head, refit_bias, round_to_grid, window_encoding)
+from qubo_nn.core.grid import MAX_CODE_BITS, check_bits
+from qubo_nn.core.kernels import gptq
+from qubo_nn.core.problem import newton_target
+from qubo_nn.workflows.head_quantize import (QuantizeConfig, grid_scale, qrange, quantize_head, refit_bias,
+    round_to_grid)
 from qubo_nn.core.bqm import build_bqm
 from qubo_nn.core.kernels import rtn, sphere_decode
 from qubo_nn.core.problem import IntegerProblem
@@ -30,6 +33,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors, on
 
 
 # ---------------------------------------------------------------- helpers
+
+def gptq_row(w, H, scale, bits, damping=0.0, g=None, act_order=False):
+    """GPTQ codes (D,) of one row w against H + μI, from the target w − H̃⁻¹g (w when g is None):
+    the head path's composition of the core (newton_target, IntegerProblem, kernels.gptq)."""
+    qmin, qmax = qrange(bits)
+    Ht = H.numpy() + damping * np.eye(w.numel())
+    t = w.numpy() if g is None else newton_target(Ht, g.numpy(), w.numpy())[0]
+    q = gptq(IntegerProblem(Ht, t, np.full(w.numel(), float(scale)), qmin, qmax), act_order=act_order)
+    return torch.from_numpy(q.astype(np.float64))
+
 
 def _objective(q, s, w, H, mu, g=None):
     """gᵀΔ + ½Δᵀ(H + μI)Δ, Δ = s·q − w (float64 NumPy), for rows of q."""
@@ -92,7 +105,7 @@ def _tiny_problem(seed=0, n=240, D=10, C=3):
 @pytest.mark.parametrize("bad", [0, 9, -1, 2.5, True, "4"])
 def test_bits_outside_range_are_refused(bad):
     with pytest.raises(QuboNNError, match=r"bits must be an integer in \[1, 8\], got"):
-        check_bits(bad)
+        check_bits(bad, MAX_CODE_BITS, "bits")
     with pytest.raises(QuboNNError, match=r"bits must be an integer in \[1, 8\]"):
         QuantizeConfig(bits=bad).validate()
 
@@ -192,25 +205,6 @@ def test_not_positive_definite_is_refused():
     H = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # eigenvalues 3, −1
     with pytest.raises(QuboNNError, match=r"not positive definite \(Cholesky failed\): expected a PD matrix; raise the damping"):
         gptq_row(torch.zeros(2, dtype=torch.float64), H, 0.1, 2, 0.0)
-
-
-# ---------------------------------------------------------------- QUBO window
-
-def test_window_holds_required_codes_and_round_trips():
-    head, train, _ = _tiny_problem()
-    stats = HeadStats(head, train, dtype="float64", device="cpu")
-    D = head.dim
-    model = stats.block(torch.arange(D))
-    bits = 3
-    s = float(grid_scale(head.W.double(), bits, "mse")[0])
-    need = torch.tensor([-4, 3, 0, 1, -1, 2, -2, 0, 3, -4], dtype=torch.float64)
-    enc = window_encoding(model, s, bits, 1, must_hold=need)
-    assert codes_in_window(enc, need).all()
-    x = codes_to_bits(enc, need)
-    assert torch.allclose(enc.decode(x), s * need, rtol=0, atol=1e-12)
-    assert torch.equal(enc.encode(s * need), torch.from_numpy(x))  # encode == the codes' bits
-    with pytest.raises(QuboNNError, match=r"window_bits must be in \[1, bits=3\], got 4"):
-        window_encoding(model, s, bits, 4)
 
 
 # ---------------------------------------------------------------- whole heads

@@ -86,8 +86,8 @@ def test_qubo_arrays_layout_and_quantize_mode():
     enc = quantize_encoding(model, scale, -16, 15, bits=2)
     Q, lin, off = qubo_arrays(model, enc, damping=0.2)
     X = samples(enc.num_variables, 30, seed=0)
-    Qn = Q.numpy()
-    E = X @ np.diag(Qn) + np.einsum("si,ij,sj->s", X, np.triu(Qn, 1) + np.tril(Qn, -1).T, X) + off
+    assert np.array_equal(Q, Q.T) and not np.diag(Q).any()     # symmetric, linear part apart
+    E = X @ lin + np.einsum("si,ij,sj->s", X, 2 * np.triu(Q, 1), X) + off
     ref = dense_reference(model, enc.A().numpy(), enc.c.numpy(), 0.2, X)
     np.testing.assert_allclose(E, ref, rtol=REL, atol=0)
     bqm = build_bqm(model, enc, 0.2)
@@ -220,3 +220,40 @@ def test_bad_settings_are_refused():
     with pytest.raises(QuboNNError, match="head is 3 classes × 4 features but the feature set has 3 classes × 5"):
         next(iter_block_qubos(head, FeatureSet(torch.rand(10, 5), torch.zeros(10, dtype=torch.long), 3),
                               BuildConfig(device="cpu")))
+
+
+def _head_qubo_before_dedupe(model, enc, damping):
+    """The head's own builder before issue 18 (core/bqm.qubo_arrays as it was: a 4-D torch product,
+    its own domain-wall call), kept here as the reference of the one builder (core.problem.bit_qubo)."""
+    from qubo_nn.core.problem import add_domain_wall, domain_wall_penalty
+
+    H = model.H.to(torch.float64, copy=True)
+    H.diagonal().add_(damping)
+    a, c = enc.a.to(H), enc.c.to(H)
+    m, b = a.shape
+    n = m * b
+    Hc = H @ c
+    lin = (a * (model.g.to(H) + Hc)[:, None]).reshape(n)
+    Q = ((0.5 * a)[:, :, None, None] * H[:, None, :, None] * a[None, None, :, :]).reshape(n, n)
+    Q.diagonal().add_(lin)
+    offset = model.L0 + float(model.g.to(H) @ c) + 0.5 * float(c @ Hc)
+    lin = Q.diagonal().numpy().copy()
+    Q.diagonal().zero_()
+    Qn = Q.numpy()
+    if enc.kind == "domain-wall":
+        hdiag = (model.H.diagonal().double() + damping).numpy()
+        add_domain_wall(Qn, lin, enc.m, enc.width, domain_wall_penalty(enc.step.double().numpy(), hdiag))
+    return Qn, lin, offset
+
+
+@pytest.mark.parametrize("kind", ["binary", "unary", "domain-wall"])
+def test_the_one_builder_gives_the_head_bqm_of_before_bit_for_bit(kind):
+    """The head's BQM now comes from the same builder as the level windows; its arrays equal the
+    pre-issue-18 head builder's exactly (float64), so its energy is still the predicted loss."""
+    head, feats = tiny(3)
+    model = HeadStats(head, feats, device="cpu", dtype="float64").block(torch.arange(6))
+    for enc in (optimize_encoding(model, bits=2, damping=0.1, kind=kind),
+                quantize_encoding(model, torch.full((6,), 0.05, dtype=torch.float64), -8, 7, bits=2, kind=kind)):
+        Q, lin, off = qubo_arrays(model, enc, 0.1)
+        Q0, lin0, off0 = _head_qubo_before_dedupe(model, enc, 0.1)
+        assert np.array_equal(Q, Q0) and np.array_equal(lin, lin0) and off == off0

@@ -1,4 +1,4 @@
-"""The QUBO builders: a head block's BQM from (LocalModel, Encoding), and a level window's QUBO arrays."""
+"""A head block's BQM from (LocalModel, Encoding), through the one QUBO builder (:func:`core.problem.bit_qubo`)."""
 from __future__ import annotations
 
 import dimod
@@ -9,12 +9,13 @@ from qubo_nn.core.encoding import Encoding
 from qubo_nn.core.head import Head
 from qubo_nn.core.layout import unflatten
 from qubo_nn.core.model import LocalModel
+from qubo_nn.core.grid import digit_weights
 from qubo_nn.core.problem import (
     IntegerForm,
     IntegerProblem,
-    add_domain_wall,
+    bit_qubo,
     domain_wall_penalty,
-    solve_pd,
+    newton_target,
 )
 from qubo_nn.errors import QuboNNError
 
@@ -41,50 +42,47 @@ def check_fits(num_variables: int, itemsize: int = 8, max_bytes: int = DEFAULT_M
 
 
 def qubo_arrays(model: LocalModel, enc: Encoding, damping: float = 0.0,
-                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(Q (n × n) with the linear term on its diagonal, linear (n,), offset) such that
-    E(x) = Σ_i Q_ii x_i + Σ_{i<j} (Q_ij + Q_ji) x_i x_j + offset, computed on the model's device
-    in ``dtype`` (default: the model's)."""
+                dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """The block's QUBO arrays (Q symmetric with zero diagonal (n × n), linear (n,), offset) from
+    :func:`qubo_nn.core.problem.bit_qubo`, in ``dtype`` (default: the model's):
+    E(x) = Σ_i lin_i x_i + Σ_{i<j} 2·Q_ij x_i x_j + offset = the predicted loss of Δ = A x + c.
+
+    With H̃ = H + μI: the gradient at x = 0 is g + H̃c and the offset L0 + gᵀc + ½cᵀH̃c (computed on
+    the model's device); the domain-wall penalty (if any) is the median s_i² H̃_ii in float64.
+    """
     if not damping >= 0:
         raise QuboNNError(f"damping must be >= 0, got {damping}")
     if not torch.equal(model.idx.cpu(), enc.idx.cpu()):
         raise QuboNNError("encoding and local model describe different blocks")
     H = model.H.to(dtype or model.H.dtype, copy=True)
     H.diagonal().add_(damping)
-    a = enc.a.to(H)  # (m, b)
     c = enc.c.to(H)
-    m, b = a.shape
-    n = m * b
     Hc = H @ c
-    lin = (a * (model.g.to(H) + Hc)[:, None]).reshape(n)
-    # ½ M with M[(i,j),(k,l)] = a_ij H_ik a_kl
-    Q = ((0.5 * a)[:, :, None, None] * H[:, None, :, None] * a[None, None, :, :]).reshape(n, n)
-    Q.diagonal().add_(lin)
+    grad = model.g.to(H) + Hc
     offset = model.L0 + float(model.g.to(H) @ c) + 0.5 * float(c @ Hc)
-    return Q, lin, offset
+    penalty = None
+    if enc.kind == "domain-wall":
+        hdiag = (model.H.diagonal().double() + damping).cpu().numpy()
+        penalty = domain_wall_penalty(enc.step.double().cpu().numpy(), hdiag)
+    return bit_qubo(H.cpu().numpy(), grad.cpu().numpy(), offset, enc.step.to(H).cpu().numpy(),
+                    digit_weights(enc.kind, enc.levels_per_weight), enc.kind, penalty)
 
 
 def build_bqm(model: LocalModel, enc: Encoding, damping: float = 0.0, dtype: str = "float64",
               max_bytes: int = DEFAULT_MAX_QUBO_BYTES) -> dimod.BinaryQuadraticModel:
-    """The block's QUBO as a BINARY BQM over variables 0..n−1 (bit j of weight i is i·bits + j).
+    """The block's QUBO as a BINARY BQM over variables 0..n−1 (variable j of weight i is i·width + j).
 
-    One dense NumPy array crosses into dimod in one call; energy(x) == predicted loss. The
-    arithmetic runs in the BQM's dtype (a float32 model gives a float64 BQM without a second copy).
+    One dense NumPy array (:func:`qubo_arrays`) crosses into dimod in one call; energy(x) == predicted
+    loss. The arithmetic runs in the BQM's dtype (a float32 model gives a float64 BQM without a second copy).
     """
     if dtype not in _NP_DTYPES:
         raise QuboNNError(f"BQM dtype must be one of {sorted(_NP_DTYPES)}, got {dtype!r}")
     np_dtype = _NP_DTYPES[dtype]
     check_fits(enc.num_variables, np.dtype(np_dtype).itemsize, max_bytes)
-    Q, _, offset = qubo_arrays(model, enc, damping, torch.float64 if np_dtype is np.float64 else torch.float32)
-    lin = Q.diagonal().detach().cpu().numpy().copy()
-    Q.diagonal().zero_()   # dimod's constructor would copy the whole matrix to zero the diagonal
-    Qn = Q.detach().cpu().numpy()
-    if enc.kind == "domain-wall":
-        hdiag = (model.H.diagonal().double() + damping).cpu().numpy()
-        add_domain_wall(Qn, lin, enc.m, enc.width, domain_wall_penalty(enc.step.double().cpu().numpy(), hdiag))
+    Q, lin, offset = qubo_arrays(model, enc, damping, torch.float64 if np_dtype is np.float64 else torch.float32)
     bqm = dimod.BinaryQuadraticModel("BINARY", dtype=np_dtype)
     bqm.add_linear_from_array(lin)
-    bqm.add_quadratic_from_dense(Qn)
+    bqm.add_quadratic_from_dense(Q)
     bqm.offset = offset
     return bqm
 
@@ -116,7 +114,7 @@ def integer_form(model: LocalModel, enc: Encoding, damping: float = 0.0) -> Inte
     H[np.diag_indices_from(H)] += damping
     g = model.g.double().cpu().numpy()
     theta0 = model.theta0.double().cpu().numpy()
-    Hinv_g = solve_pd(H, g)
+    newton, drop = newton_target(H, g, theta0)
     step = enc.step.double().cpu().numpy()
     ref = enc.ref.double().cpu().numpy()
     off = enc.offset.double().cpu().numpy()
@@ -125,6 +123,6 @@ def integer_form(model: LocalModel, enc: Encoding, damping: float = 0.0) -> Inte
     top = 2 ** enc.bits - 1
     kmin = np.where(frozen, np.clip(np.round(off), 0, top), 0).astype(np.int64)
     kmax = np.where(frozen, kmin, top).astype(np.int64)
-    target = theta0 - Hinv_g - (ref - scale * off)
-    problem = IntegerProblem(H, target, scale, kmin, kmax, const=float(model.L0) - 0.5 * float(g @ Hinv_g))
+    target = newton - (ref - scale * off)
+    problem = IntegerProblem(H, target, scale, kmin, kmax, const=float(model.L0) - drop)
     return IntegerForm(problem, enc.kind, enc.bits)

@@ -5,12 +5,12 @@ One :class:`Encoding` both encodes and decodes, and exposes the same map as Δ =
 A[i, i*width + j] = step_i · d_j, so it is stored compactly as ``a`` (m × width).
 
 ``bits`` is the size of the window: 2^bits levels k ∈ [0, 2^bits − 1] per weight, whatever the
-``kind`` (:data:`ENCODINGS`; the digit weights d come from :func:`levels.digit_weights`, the one
+``kind`` (:data:`ENCODINGS`; the digit weights d come from :func:`qubo_nn.core.grid.digit_weights`, the one
 place they are defined):
 
 - ``binary`` (default): d_j = 2^j, width = bits;
 - ``unary`` (thermometer): d_j = 1, width = 2^bits − 1 (every variable is worth one step);
-- ``domain-wall``: unary digits; the BQM adds P·Σ_j x_{i,j+1}(1 − x_ij) (:func:`qubo.build_bqm`),
+- ``domain-wall``: unary digits; the BQM adds P·Σ_j x_{i,j+1}(1 − x_ij) (:func:`qubo_nn.core.problem.bit_qubo`),
   zero exactly on thermometer codes, so its minimum is unary's and every state decodes by count.
 
 Modes:
@@ -35,19 +35,15 @@ import torch
 
 from qubo_nn.errors import QuboNNError
 from qubo_nn.core.grid import (ENCODINGS, MAX_BITS, binary_digits, check_bits, check_encoding, digit_weights,
-    thermometer)
+    thermometer, WindowShape)
 from qubo_nn.core.model import LocalModel
 
 MODES = ("optimize", "quantize")
 __all__ = ["ENCODINGS", "MAX_BITS", "MODES", "Encoding", "optimize_encoding", "quantize_encoding"]
 
 
-def _check_bits(bits: int) -> int:
-    return check_bits(bits)
-
-
 @dataclass
-class Encoding:
+class Encoding(WindowShape):
     """Grid of a block: ``idx`` (m,) flat weight indices, ``theta0`` (m,) current values,
     ``ref``, ``step``, ``offset`` (m,), ``bits`` (a window of 2^bits levels per weight) and
     ``kind`` (:data:`ENCODINGS`; n = m·width QUBO variables)."""
@@ -63,7 +59,7 @@ class Encoding:
     kind: str = "binary"
 
     def __post_init__(self) -> None:
-        self.bits = _check_bits(self.bits)
+        self.bits = int(self.bits)   # checked at the boundary (configs, :meth:`from_arrays`)
         self.kind = check_encoding(self.kind)
         m = self.idx.numel()
         for name in ("theta0", "ref", "step", "offset"):
@@ -82,17 +78,8 @@ class Encoding:
         return 2 ** self.bits
 
     @property
-    def width(self) -> int:
-        """QUBO variables per weight: bits (binary) or 2^bits − 1 (unary, domain-wall)."""
-        return int(digit_weights(self.kind, self.levels_per_weight).size)
-
-    @property
-    def num_variables(self) -> int:
-        return self.m * self.width
-
-    @property
     def powers(self) -> torch.Tensor:
-        """Digit weights d (width,) of one weight's variables (levels.digit_weights)."""
+        """Digit weights d (width,) of one weight's variables (:func:`qubo_nn.core.grid.digit_weights`)."""
         d = digit_weights(self.kind, self.levels_per_weight)
         return torch.as_tensor(d, dtype=self.step.dtype, device=self.step.device)
 
@@ -168,7 +155,8 @@ class Encoding:
         """Inverse of :meth:`arrays`; files written before encodings had kinds are ``binary``."""
         t = {k: torch.from_numpy(np.asarray(arrs[k])) for k in ("theta0", "ref", "step", "offset")}
         kind = str(np.asarray(arrs["kind"])) if "kind" in arrs else "binary"
-        return cls(idx=torch.from_numpy(np.asarray(arrs["idx"])).long(), bits=int(arrs["bits"]), mode=mode,
+        bits = check_bits(int(arrs["bits"]))   # a file is a boundary
+        return cls(idx=torch.from_numpy(np.asarray(arrs["idx"])).long(), bits=bits, mode=mode,
                    kind=kind, **t)
 
 
@@ -177,9 +165,9 @@ def optimize_encoding(model: LocalModel, bits: int = 4, window: float = 2.0, dam
     """Window centred on the current weights (see module docstring for the step rule).
 
     ``step_rule='curvature'`` uses the diagonal Newton step |g_i|/(H_ii + damping);
-    ``step_rule='fixed'`` uses the same ``step`` for every weight.
+    ``step_rule='fixed'`` uses the same ``step`` for every weight. ``bits`` is trusted (checked by
+    the caller's config, :func:`qubo_nn.core.grid.check_bits`).
     """
-    bits = _check_bits(bits)
     if window <= 0:
         raise QuboNNError(f"window must be > 0, got {window}")
     half = 2.0 ** (bits - 1)
@@ -210,7 +198,6 @@ def quantize_encoding(model: LocalModel, scale: torch.Tensor, qmin: int, qmax: i
 
     ``scale`` and ``zero`` are per weight (m,) (expand a per-row grid over the block's weights).
     """
-    bits = _check_bits(bits)
     theta0 = model.theta0
     scale = torch.as_tensor(scale, dtype=theta0.dtype, device=theta0.device).reshape(-1)
     if scale.shape != theta0.shape or not torch.isfinite(scale).all() or (scale <= 0).any():

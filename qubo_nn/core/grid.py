@@ -21,11 +21,17 @@ def check_grid(grid: Any) -> str:
     return str(grid)
 
 
-MAX_BITS = 16
+#: the two limits of ``bits``, one per meaning: a quantized grid's codes are stored as int8
+#: (``bits`` of head/network quantization ≤ 8); an encoding window of 2^bits levels per weight
+#: (``bits`` of a build, ``window_bits``) ≤ 16 (unary: 65,535 variables per weight already).
+MAX_CODE_BITS = 8
+MAX_WINDOW_BITS = 16
+MAX_BITS = MAX_WINDOW_BITS
 
 
-def check_bits(bits: Any, max_bits: int = MAX_BITS, what: str = "bits per weight") -> int:
-    """``bits`` as an int in [1, max_bits], else QuboNNError: the one bits check of the project."""
+def check_bits(bits: Any, max_bits: int = MAX_WINDOW_BITS, what: str = "bits per weight") -> int:
+    """``bits`` as an int in [1, max_bits], else QuboNNError: the one bits check of the project, made
+    once at the configuration boundary (configs' ``validate``, files read back); kernels trust it."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= max_bits:
         raise QuboNNError(f"{what} must be an integer in [1, {max_bits}], got {bits!r}")
     return int(bits)
@@ -48,6 +54,37 @@ def digit_weights(kind: str, levels: int) -> np.ndarray:
             raise QuboNNError(f"a binary encoding needs a power-of-two number of levels, got {levels}")
         return 2.0 ** np.arange(width)
     return np.ones(levels - 1)
+
+
+def variables_per_weight(kind: str, bits: int) -> int:
+    """QUBO variables per weight of a window of 2^bits levels: ``bits`` (binary), 2^bits − 1 (unary,
+    domain-wall: one per step); the one width rule (``Encoding.width``, ``IntegerForm.width``, builds)."""
+    return int(bits) if kind == "binary" else 2 ** int(bits) - 1
+
+
+class WindowShape:
+    """The size of an encoding of ``m`` weights in windows of 2^``bits`` levels in ``kind``'s bits: shared by
+    :class:`~qubo_nn.core.encoding.Encoding` and :class:`~qubo_nn.core.problem.IntegerForm` (which give
+    ``m``, ``bits``, ``kind``)."""
+
+    m: int
+    bits: int
+    kind: str
+
+    @property
+    def width(self) -> int:
+        """QUBO variables per weight (:func:`variables_per_weight`)."""
+        return variables_per_weight(self.kind, self.bits)
+
+    @property
+    def num_variables(self) -> int:
+        return self.m * self.width
+
+
+def nearest_level(x, scale, lo, hi):
+    """Round to nearest on a grid: clamp(round(x/s), lo, hi) (half to even), for NumPy arrays and torch
+    tensors alike (floats out, same type as ``x``): the one round-to-nearest of the project."""
+    return (x / scale).round().clip(lo, hi)
 
 
 def thermometer(k: np.ndarray, width: int) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qubo_nn.core.grid import nearest_level
 from qubo_nn.core.problem import IntegerProblem, _cholesky
 from qubo_nn.errors import QuboNNError
 
@@ -12,15 +13,14 @@ MAX_SPHERE_VARIABLES = 40
 
 def rtn(p: IntegerProblem) -> np.ndarray:
     """Round to nearest: k = clamp(round(t/s), kmin, kmax)."""
-    return p.clip(np.round(p.target / p.scale))
+    return nearest_level(p.target, p.scale, p.kmin, p.kmax).astype(np.int64)
 
 
 def gptq(p: IntegerProblem, act_order: bool = True) -> np.ndarray:
     """GPTQ's sequential rounding with error feedback (the OBQ update in a fixed order).
 
     Order: decreasing diag H (``act_order``, the default in GPTQ's own code) or index order. With
-    U the upper Cholesky factor of H⁻¹ (in that order): for each d, k_d = clamp(round(x_d/s_d)),
-    e = (x_d − s_d k_d)/U_dd, x_{d+1:} −= e·U_{d,d+1:}, starting from x = t.
+    U the upper Cholesky factor of H⁻¹ (in that order), :func:`gptq_rows` from x = t.
     """
     m = p.m
     order = np.argsort(-np.diag(p.H), kind="stable") if act_order else np.arange(m)
@@ -28,17 +28,30 @@ def gptq(p: IntegerProblem, act_order: bool = True) -> np.ndarray:
     L = _cholesky(Hp, "Hessian block")
     Linv = np.linalg.solve(L, np.eye(m))           # H⁻¹ = L⁻ᵀ L⁻¹
     U = _cholesky(Linv.T @ Linv, "inverse Hessian").T  # upper: H⁻¹ = UᵀU
-    x = p.target[order].copy()
-    s, lo, hi = p.scale[order], p.kmin[order], p.kmax[order]
-    k = np.empty(m, dtype=np.int64)
-    for d in range(m):  # NumPy: a few µs per weight
-        q = min(max(round(x[d] / s[d]), lo[d]), hi[d])
-        k[d] = q
-        err = (x[d] - s[d] * q) / U[d, d]
-        x[d + 1:] -= err * U[d, d + 1:]
+    k = gptq_rows(p.target[order][None], U, p.scale[order][None], p.kmin[order][None], p.kmax[order][None])[0]
     out = np.empty(m, dtype=np.int64)
     out[order] = k
     return out
+
+
+def gptq_rows(x: np.ndarray, U: np.ndarray, scale, lo, hi) -> np.ndarray:
+    """GPTQ's column loop for a batch of rows sharing one Hessian: levels k (R × m, int64).
+
+    ``x`` (R × m) the rows' targets (fed-back weights, in the order of U), ``U`` (m × m) the upper
+    Cholesky factor of H̃⁻¹ = UᵀU in that order; ``scale``, ``lo``, ``hi`` broadcast to (R × m).
+    For each column d: k_d = clamp(round(x_d/s_d), lo_d, hi_d), e = (x_d − s_d k_d)/U_dd,
+    x_{d+1:} −= e·U_{d,d+1:} (``x`` is not modified). The one GPTQ kernel: the head's rows
+    (:func:`gptq`, R = 1) and the network's groups (all output channels at once) both run it.
+    """
+    x = np.array(x, dtype=np.float64)
+    s, lo, hi = (np.broadcast_to(np.asarray(v), x.shape) for v in (scale, lo, hi))
+    k = np.empty(x.shape, dtype=np.int64)
+    for d in range(x.shape[1]):   # NumPy: a few µs per column for all rows
+        q = nearest_level(x[:, d], s[:, d], lo[:, d], hi[:, d])
+        k[:, d] = q
+        err = (x[:, d] - s[:, d] * q) / U[d, d]
+        x[:, d + 1:] -= err[:, None] * U[d, d + 1:][None, :]
+    return k
 
 
 def coordinate_descent(p: IntegerProblem, k0=None, pairs: bool = True, max_steps: int | None = None

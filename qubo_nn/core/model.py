@@ -1,4 +1,4 @@
-"""The local quadratic model of a loss around a point: L0 + gᵀΔ + ½Δᵀ(H + μI)Δ."""
+"""The local quadratic model of a loss around a point, L0 + gᵀΔ + ½Δᵀ(H + μI)Δ, and its damping rule."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,3 +31,13 @@ class LocalModel:
         d = delta.to(self.H.dtype)
         quad = (d @ self.H * d).sum(-1) + damping * (d * d).sum(-1)
         return self.L0 + d @ self.g + 0.5 * quad
+
+
+def damping_mu(hdiag, rel: float, absolute: float = 0.0) -> float:
+    """The damping rule μ = ``absolute`` + ``rel`` · mean(diag H) (GPTQ's "percdamp": a fraction of the
+    mean curvature), from ``hdiag`` (NumPy array or torch tensor, its own dtype for the mean).
+
+    Every damped Hessian of the project uses it: builds (``damping_rel``, ``damping_abs``), the head's
+    row problems (``damping_rel``), the layer path's sequential factor (``damping``, relative too).
+    """
+    return float(absolute + rel * float(hdiag.mean()))

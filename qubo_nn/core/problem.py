@@ -11,6 +11,7 @@ from qubo_nn.core.grid import (
     check_encoding,
     digit_weights,
     levels_of,
+    WindowShape,
 )
 from qubo_nn.errors import QuboNNError
 
@@ -91,13 +92,22 @@ def solve_pd(A: np.ndarray, b: np.ndarray, what: str = "the damped block Hessian
     return np.linalg.solve(L.T, np.linalg.solve(L, b))
 
 
+def newton_target(H: np.ndarray, g: np.ndarray, theta0: np.ndarray,
+                  what: str = "the damped block Hessian") -> tuple[np.ndarray, float]:
+    """The damped Newton target t = θ0 − H̃⁻¹g and the model's drop ½ gᵀH̃⁻¹g (``H`` = H̃, damping
+    included, PD), so that L0 + gᵀΔ + ½ΔᵀH̃Δ = (L0 − drop) + ½ (w − t)ᵀH̃(w − t) with w = θ0 + Δ:
+    the one place a gradient term becomes an :class:`IntegerProblem` target and constant."""
+    Hinv_g = solve_pd(H, g, what)
+    return theta0 - Hinv_g, 0.5 * float(g @ Hinv_g)
+
+
 @dataclass
-class IntegerForm:
+class IntegerForm(WindowShape):
     """How a block's BQM encodes an :class:`IntegerProblem`: variables (m·width) ↔ levels k (m).
 
     k_i = Σ_j d_j x_ij (``kind``'s digits, windows of 2^bits levels starting at 0), and
     bqm.energy(x) = problem.energy(k(x)) (+ the domain-wall penalty, zero on thermometer codes).
-    Built by ``qubo_nn.core.problem.integer_form(model, enc, damping)``; samplers that work in level space
+    Built by ``qubo_nn.core.bqm.integer_form(model, enc, damping)``; samplers that work in level space
     take it as their ``integer_form`` parameter.
     """
 
@@ -107,19 +117,15 @@ class IntegerForm:
 
     def __post_init__(self) -> None:
         self.kind = check_encoding(self.kind)
-        self.bits = check_bits(self.bits)
+        self.bits = int(self.bits)   # checked at the boundary (configs, :meth:`from_arrays`)
 
     @property
     def levels(self) -> int:
         return 2 ** self.bits
 
     @property
-    def width(self) -> int:
-        return int(digit_weights(self.kind, self.levels).size)
-
-    @property
-    def num_variables(self) -> int:
-        return self.problem.m * self.width
+    def m(self) -> int:
+        return self.problem.m
 
     def to_levels(self, x) -> np.ndarray:
         return levels_of(x, np.zeros(self.problem.m, dtype=np.int64), self.kind, self.levels)
@@ -142,7 +148,7 @@ class IntegerForm:
             raise QuboNNError(f"integer form arrays lack {missing}: expected the output of IntegerForm.arrays()")
         p = IntegerProblem(arrs["H"], arrs["target"], arrs["scale"], arrs["kmin"], arrs["kmax"],
                            float(np.asarray(arrs["const"])))
-        return cls(p, str(np.asarray(arrs["kind"])), int(np.asarray(arrs["bits"])))
+        return cls(p, str(np.asarray(arrs["kind"])), check_bits(int(np.asarray(arrs["bits"]))))
 
 
 
@@ -157,25 +163,39 @@ def window_base(p: IntegerProblem, center: np.ndarray, levels: int) -> np.ndarra
 
 def window_qubo(p: IntegerProblem, base: np.ndarray, kind: str, levels: int,
                 penalty: float | None = None) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """Dense QUBO of k = base + Σ_j d_j x_ij (``kind``'s digits, windows of ``levels`` levels).
+    """Dense QUBO of k = base + Σ_j d_j x_ij (``kind``'s digits, windows of ``levels`` levels):
+    :func:`bit_qubo` of E around k = base (gradient H(s∘base − t), offset E(base)).
 
-    Returns (Q upper-free symmetric with zero diagonal (n × n), linear (n,), offset, digits d) with
+    Returns (Q symmetric with zero diagonal (n × n), linear (n,), offset, digits d) with
     energy(x) = Σ lin x + Σ_{i<j} 2·Q_ij x_i x_j + offset = E(base + D x) (+ the domain-wall penalty).
     Levels above kmax inside a window are allowed by the bits; callers clip the window to the box.
     """
     d = digit_weights(kind, levels)
-    w = d.size
-    a = (p.scale[:, None] * d[None, :]).reshape(-1)          # weight change per bit
-    owner = np.repeat(np.arange(p.m), w)
-    r0 = p.residual(base)
-    Hr = p.H @ r0
-    Q = 0.5 * a[:, None] * p.H[np.ix_(owner, owner)] * a[None, :]
-    lin = a * Hr[owner] + np.diag(Q).copy()
+    Q, lin, _ = bit_qubo(p.H, p.H @ p.residual(base), 0.0, p.scale, d, kind, penalty)
+    return Q, lin, p.energy(base), d
+
+
+def bit_qubo(H: np.ndarray, grad: np.ndarray, offset: float, step: np.ndarray, digits: np.ndarray, kind: str,
+             penalty: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """The one QUBO builder: E(Δ) = offset + gradᵀΔ + ½ ΔᵀHΔ over bits, Δ_i = step_i · Σ_j d_j x_ij.
+
+    ``H`` (m × m, damping included), ``grad`` (m,) the gradient at x = 0, ``step`` (m,), ``digits`` d
+    (width,); variable j of weight i is i·width + j. With a = step ⊗ d: Q = ½ a_p H_pq a_q (x² = x puts
+    its diagonal into the linear term), lin = a ∘ grad + diag Q. Returns (Q symmetric with zero
+    diagonal (n × n), lin (n,), offset), energy(x) = Σ lin x + Σ_{i<j} 2·Q_ij x_i x_j + offset, in
+    ``H``'s dtype; for ``domain-wall`` plus P·Σ x_{i,j+1}(1 − x_ij) (:func:`add_domain_wall`, P =
+    ``penalty`` or :func:`domain_wall_penalty` of ``step`` and diag H). Used by the level windows
+    (:func:`window_qubo`) and the head's blocks (:func:`qubo_nn.core.bqm.qubo_arrays`).
+    """
+    m, w = step.shape[0], digits.size
+    a = (step[:, None] * digits.astype(step.dtype)[None, :]).reshape(-1)   # weight change per bit
+    owner = np.repeat(np.arange(m), w)
+    Q = 0.5 * a[:, None] * H[np.ix_(owner, owner)] * a[None, :]
+    lin = a * grad[owner] + np.diag(Q).copy()
     np.fill_diagonal(Q, 0.0)
-    offset = p.energy(base)
     if kind == "domain-wall":
-        add_domain_wall(Q, lin, p.m, w, domain_wall_penalty(p.scale, np.diag(p.H)) if penalty is None else penalty)
-    return Q, lin, offset, d
+        add_domain_wall(Q, lin, m, w, domain_wall_penalty(step, np.diag(H)) if penalty is None else penalty)
+    return Q, lin, offset
 
 
 def domain_wall_penalty(scale: np.ndarray, hdiag: np.ndarray) -> float:

@@ -6,17 +6,17 @@ class c, bias excluded) has its own exact task-loss Hessian block
 H_c = (1/N) Σ_n p_nc (1 − p_nc) f_n f_nᵀ (+ l2·I), computed by :class:`qubo_nn.curvature.head_stats.HeadStats`
 at the fp32 head. :meth:`HeadCE.row_problem` turns it into the core's integer problem
 (:class:`qubo_nn.core.problem.IntegerProblem`) on a per-row grid w = s·k, damped as GPTQ
-(μ = ``damping_rel`` · mean diag H_c):
+(μ = ``damping_rel`` · mean diag H_c, :func:`qubo_nn.core.model.damping_mu`):
 
     E(k) = const + ½ (s·k − t)ᵀ (H_c + μI) (s·k − t),
 
 t = w (``use_grad=False``: the quadratic of the weight change, GPTQ's objective; const = L0) or the
-damped Newton target t = w − H̃⁻¹g (``use_grad=True``: E is the row's whole predicted loss,
+damped Newton target t = w − H̃⁻¹g (:func:`qubo_nn.core.problem.newton_target`) (``use_grad=True``: E is the row's whole predicted loss,
 const = L0 − ½ gᵀH̃⁻¹g). The solvers (:mod:`qubo_nn.core.grid`, :mod:`qubo_nn.execution.row_tasks`) and the
 write-back (:func:`qubo_nn.core.layout.apply_levels` on the head's C × D weight view) are the ones
 the network path uses; only this source is head-specific.
 
-Layout: the head's parameters are θ = [W | b] row by row (C × (D + 1), :func:`quadratic.flat_params`),
+Layout: the head's parameters are θ = [W | b] row by row (C × (D + 1), :func:`qubo_nn.core.layout.flat_params`),
 so row c of W is the flat indices c·(D + 1) … c·(D + 1) + D − 1.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.core.problem import IntegerProblem, solve_pd
+from qubo_nn.core.model import damping_mu
+from qubo_nn.core.problem import IntegerProblem, newton_target
 from qubo_nn.curvature.head_stats import HeadStats
 
 
@@ -57,11 +58,11 @@ class HeadCE:
         """Row c's integer problem on the grid s·k, k ∈ [kmin, kmax] (float64)."""
         model = self.stats.block(self.row_indices(c))
         H = model.H.to(torch.float64).cpu().numpy()
-        Ht = H + damping_rel * float(np.diag(H).mean()) * np.eye(self.dim)
+        Ht = H + damping_mu(np.diag(H), damping_rel) * np.eye(self.dim)
         target = model.theta0.to(torch.float64).cpu().numpy()
         const = float(model.L0)
         if use_grad:
             g = model.g.to(torch.float64).cpu().numpy()
-            Hinv_g = solve_pd(Ht, g, f"the damped Hessian block of row {c}")
-            target, const = target - Hinv_g, const - 0.5 * float(g @ Hinv_g)
+            target, drop = newton_target(Ht, g, target, f"the damped Hessian block of row {c}")
+            const = const - drop
         return IntegerProblem(Ht, target, np.full(self.dim, float(scale)), kmin, kmax, const)

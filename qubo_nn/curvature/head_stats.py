@@ -8,7 +8,7 @@ from qubo_nn.core.layout import flat_params, unflatten
 from qubo_nn.core.model import LocalModel
 from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
-from qubo_nn.runtime import resolve_device, resolve_dtype, torch_generator
+from qubo_nn.runtime import calibration_indices, resolve_device, resolve_dtype, torch_generator
 
 BLOCK_KINDS = ("rows", "columns", "topk", "random")
 
@@ -45,8 +45,7 @@ class HeadStats:
         if subsample is not None:
             if not 1 <= subsample <= self.N:
                 raise QuboNNError(f"subsample must be in [1, N={self.N}], got {subsample}")
-            g = torch_generator(seed)
-            self.hess_rows = torch.randperm(self.N, generator=g)[:subsample].sort().values.to(self.device)
+            self.hess_rows = calibration_indices(self.N, subsample, seed).to(self.device)
         else:
             self.hess_rows = None
         self._refresh()

@@ -22,6 +22,7 @@ import torch
 
 from qubo_nn.errors import QuboNNError
 from qubo_nn.core.layout import BlockPlan
+from qubo_nn.core.model import damping_mu
 
 
 @dataclass
@@ -64,7 +65,7 @@ def sequential_groups(H: torch.Tensor, plan: BlockPlan, damping_rel: float = 0.0
     H = H.to(torch.float64).clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
-    mu = float(damping_rel * torch.diagonal(H).mean())
+    mu = damping_mu(torch.diagonal(H), damping_rel)
     H += mu * torch.eye(H.shape[0], dtype=H.dtype)
     order = torch.as_tensor(plan.order, dtype=torch.long)
     Hp = H[order][:, order].to(dtype)

@@ -1,6 +1,6 @@
 """Row rounding as tasks that can run on any executor (threads here, Ray workers elsewhere).
 
-``quantize`` of a head and ``quantize --scope network`` both solve many independent integer
+Head quantization and network quantization both solve many independent integer
 problems (:class:`IntegerProblem`: a row, or a row's column group, of a weight matrix).
 The driver builds each problem (the Hessian block needs the data and torch) and hands it to
 :func:`qubo_nn.execution.executors.map_unordered` as a plain dict; the functions here solve it and return
@@ -24,7 +24,7 @@ from qubo_nn.samplers.level_solvers import solve_levels
 
 
 def head_row_task(task: dict[str, Any]) -> dict[str, Any]:
-    """All methods of one head row (``quantize.quantize_head``).
+    """All methods of one head row (:func:`qubo_nn.workflows.head_quantize.quantize_head`).
 
     ``task``: ``{"problem": IntegerProblem, "rtn": (m,) levels, "qubo": None or solve_levels
     keyword arguments (encoding, sampler, seed, params, levels, refine_span)}``.
@@ -57,7 +57,7 @@ def head_row_task(task: dict[str, Any]) -> dict[str, Any]:
 
 def group_row_task(task: dict[str, Any]) -> dict[str, Any] | None:
     """One (row, column group) of a network layer re-solved by ``cd`` or ``qubo``
-    (``tasks.network_quantize``), or None when the run's deadline has passed before it started.
+    (:func:`qubo_nn.workflows.network_quantize.round_layer`), or None when the run's deadline has passed before it started.
 
     ``task``: ``{"problem": IntegerProblem, "method": "cd"|"qubo", "incumbent": (m,) GPTQ levels,
     "kwargs": solve_levels keyword arguments (seed, encoding, sampler, params),

@@ -11,7 +11,7 @@ import dimod
 import numpy as np
 
 from qubo_nn.errors import QuboNNError
-from qubo_nn.runtime import SEED_BOUND
+from qubo_nn.runtime import SEED_BOUND, to_jsonable
 
 #: Seeds are drawn from and checked against [0, 2**31): the narrowest range any wrapped
 #: sampler accepts (dwave-neal refuses 2**31 and above).
@@ -122,18 +122,5 @@ def rescore(sampleset: dimod.SampleSet, bqm: dimod.BinaryQuadraticModel) -> tupl
     return out, error
 
 
-def jsonable(obj: Any) -> Any:
-    """``obj`` with NumPy scalars/arrays, tuples and odd keys turned into plain JSON types."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if callable(obj):
-        return getattr(obj, "__name__", type(obj).__name__)
-    return str(obj)
+#: sampler info and parameters as plain JSON types: the project's one sanitizer (NaN/±Inf -> None)
+jsonable = to_jsonable

@@ -1,15 +1,15 @@
 """``gptq`` and ``cd``: the strongest classical roundings, as dimod samplers over a block's levels.
 
 Both work on the block's integer form (:class:`qubo_nn.core.problem.IntegerForm`, from
-``qubo_nn.core.problem.integer_form(model, enc, damping)``), passed as the ``integer_form`` parameter: a
+``qubo_nn.core.bqm.integer_form(model, enc, damping)``), passed as the ``integer_form`` parameter: a
 bare BQM does not say which integer problem its bits encode, so without it they refuse with a
 :class:`QuboNNError` naming what is missing. The answer is returned as the BQM's bits (in the
 encoding the form names), one sample, scored by the BQM like every other sampler.
 
-- ``gptq``: GPTQ's sequential rounding with error feedback (:func:`levels.gptq`), in act-order
+- ``gptq``: GPTQ's sequential rounding with error feedback (:func:`qubo_nn.core.kernels.gptq`, the one GPTQ kernel), in act-order
   (decreasing diag H, the default in GPTQ's own code; ``act_order=False``: index order).
 - ``cd``: greedy coordinate descent over integer levels with single and pair moves
-  (:func:`levels.coordinate_descent`, the CDQuant idea), from GPTQ act-order (``start``) .
+  (:func:`qubo_nn.core.kernels.coordinate_descent`, the CDQuant idea), from GPTQ act-order (``start``) .
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def require_form(name: str, bqm: dimod.BinaryQuadraticModel, form: Any) -> Integ
     """The ``integer_form`` a level-space sampler was given, checked against ``bqm``."""
     if form is None:
         raise QuboNNError(f"sampler {name!r} needs the block's integer form: expected "
-                          "integer_form=qubo_nn.core.problem.integer_form(model, enc, damping), got a bare BQM without it "
+                          "integer_form=qubo_nn.core.bqm.integer_form(model, enc, damping), got a bare BQM without it "
                           "(a .bqm file alone does not carry it; solve a build folder with its sidecars)")
     if not isinstance(form, IntegerForm):
         raise QuboNNError(f"sampler {name!r}: expected integer_form to be a levels.IntegerForm, "

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from qubo_nn.core.bqm import _NP_DTYPES, DEFAULT_MAX_QUBO_BYTES, build_bqm, check_fits
 from qubo_nn.core.encoding import Encoding, optimize_encoding
-from qubo_nn.core.grid import check_bits, check_encoding
+from qubo_nn.core.grid import check_bits, check_encoding, variables_per_weight
 from qubo_nn.core.head import Head
-from qubo_nn.core.model import LocalModel
+from qubo_nn.core.model import LocalModel, damping_mu
 from qubo_nn.curvature.head_stats import HeadStats, select_blocks
 from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
@@ -129,7 +129,7 @@ class BlockQUBO:
 
 
 def damping_for(model: LocalModel, cfg: BuildConfig) -> float:
-    return float(cfg.damping_abs + cfg.damping_rel * float(model.H.diagonal().mean()))
+    return damping_mu(model.H.diagonal(), cfg.damping_rel, cfg.damping_abs)
 
 
 def make_block_qubo(stats: HeadStats, idx: torch.Tensor, cfg: BuildConfig, block_id: int = 0) -> BlockQUBO:
@@ -154,7 +154,7 @@ def plan_blocks(stats: HeadStats, cfg: BuildConfig) -> list[torch.Tensor]:
                            diag=stats.hessian_diag() if need_diag else None,
                            saliency=cfg.saliency, seed=cfg.seed)
     itemsize = np.dtype(_NP_DTYPES.get(cfg.bqm_dtype, np.float64)).itemsize
-    per = cfg.bits if cfg.encoding == "binary" else 2 ** cfg.bits - 1
+    per = variables_per_weight(cfg.encoding, cfg.bits)
     check_fits(max(b.numel() for b in blocks) * per, itemsize, cfg.max_qubo_bytes)
     return blocks
 
@@ -183,11 +183,6 @@ def build_files(out_dir: str | os.PathLike) -> list[Path]:
         return []
     return sorted(p for p in out.iterdir()
                   if p.is_file() and (p.name in (MANIFEST_NAME, HEAD_NAME) or _BUILD_FILE.fullmatch(p.name)))
-
-
-def variables_per_weight(encoding: str, bits: int) -> int:
-    """Binary variables per weight: ``bits`` (binary), 2^bits − 1 (unary, domain-wall: one per step)."""
-    return int(bits) if encoding == "binary" else 2 ** int(bits) - 1
 
 
 def block_sizes(num_classes: int, dim: int, cfg: BuildConfig) -> list[int]:

@@ -1,13 +1,8 @@
 """Low-bit FC heads: per-row b-bit grids, round-to-nearest, GPTQ-style greedy and QUBO rounding.
 
 Grid. Every class row c of W gets its own scale s_c; a quantized weight is W[c, d] = s_c · q with
-an integer q ∈ [qmin, qmax] = [−2^(b−1), 2^(b−1) − 1] (all 2^b codes of a signed b-bit integer,
-no zero point: the grid is symmetric about 0 up to the one extra negative level). Scale rules:
-
-- ``maxabs``: s_c = 2·max_d |W[c, d]| / (2^b − 1) (as torch's symmetric observers and GPTQ's
-  ``sym`` quantizer): the clipping error at the positive end equals the worst rounding error.
-- ``mse``: s_c = r·s_c^maxabs with the clipping ratio r ∈ [``mse_min_ratio``, 1] (``mse_grid``
-  values) that minimises Σ_d (W[c, d] − s·clamp(round(W[c, d]/s)))², per row.
+an integer q ∈ [qmin, qmax] = [−2^(b−1), 2^(b−1) − 1] (:mod:`qubo_nn.core.scales`: ``qrange``,
+``grid_scale`` with the ``maxabs`` and ``mse`` rules, ``round_to_grid``; re-exported here).
 
 The bias stays in full precision (common practice: it is C numbers against C·D weights, and its
 quantization error is not reduced by any rounding choice), so the block of row c is its D
@@ -15,14 +10,15 @@ weights only; ``refit_bias`` re-fits it afterwards with the weights frozen (conv
 
 Objective. All methods round the same thing: the local model of the row's loss at the fp32 head,
 from :class:`curvature.head_ce.HeadCE` (the exact task-loss Hessian block H of the class row), damped as in
-GPTQ by μ = ``damping_rel`` · mean(diag H):
+GPTQ by μ = ``damping_rel`` · mean(diag H) (:func:`qubo_nn.core.model.damping_mu`):
 
     E(Δ) = L0 + γ·gᵀΔ + ½ Δᵀ (H + μI) Δ,      Δ = w_quantized − w_fp32,
 
 with γ = 0 (``use_grad=False``, default: GPTQ's objective, the quadratic of the weight change
 only; the energy is then L0 + ½ΔᵀH̃Δ, the predicted loss of a head at a stationary point) or γ = 1
 (``use_grad=True``: E is the row's full predicted loss). For γ = 1, E(Δ) = const + ½ (w − w*)ᵀ H̃ (w − w*)
-with the damped Newton target w* = w_fp32 − H̃⁻¹g, so GPTQ's update applied to w* minimises E; for
+with the damped Newton target w* = w_fp32 − H̃⁻¹g (:func:`qubo_nn.core.problem.newton_target`), so
+GPTQ's update applied to w* minimises E; for
 γ = 0, w* = w_fp32 and it is classic GPTQ.
 
 Why no gradient by default (measured on the old SGD head, before the reference heads; that
@@ -45,13 +41,13 @@ k ∈ [qmin, qmax]; every method is scored on that same E, ``energy`` = Σ_rows 
 predicted loss with all rows changed, cross-row terms ignored):
 
 - ``rtn``: q = clamp(round(w/s), qmin, qmax).
-- ``gptq-natural``: GPTQ/OBQ sequential rounding in index order (:func:`gptq`): with U the
+- ``gptq-natural``: GPTQ/OBQ sequential rounding in index order (:func:`qubo_nn.core.kernels.gptq`): with U the
   upper Cholesky factor of H̃⁻¹, q_d = clamp(round(w_d/s)), e = (w_d − s q_d)/U_dd,
   w_{d+1:} −= e·U_{d, d+1:} (starting from w*).
 - ``gptq``: the same in act-order (decreasing diag H, GPTQ's own default).
 - ``cd``: coordinate descent with single and pair moves over the levels from ``gptq`` (CDQuant;
   its time includes the GPTQ start).
-- ``qubo``: the default pipeline (:func:`solve_levels` method ``qubo``): the best classical
+- ``qubo``: the default pipeline (:func:`qubo_nn.samplers.level_solvers.solve_levels` method ``qubo``): the best classical
   answer, then annealed windows of 2^``window_bits`` + 1 levels around the incumbent in
   ``encoding``'s bits with ``sampler`` (started at the incumbent; ``refine_span``), each sample
   polished by CD. Never above the classical start; ``info["rows_improved"]`` counts the rows where
@@ -68,153 +64,21 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from qubo_nn.core.encoding import Encoding, quantize_encoding
-from qubo_nn.core.grid import check_grid
+from qubo_nn.core.head import Head, check_compatible, evaluate
+from qubo_nn.core.layout import apply_levels
+from qubo_nn.core.scales import SCALE_RULES, check_grid_config, grid_scale, qrange, round_to_grid
+from qubo_nn.curvature.head_ce import HeadCE
+from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import ExecutorConfig, check_available, map_unordered
-from qubo_nn.data.featureset import FeatureSet
-from qubo_nn.core.head import Head, check_compatible, evaluate
-from qubo_nn.curvature.head_ce import HeadCE
-from qubo_nn.core.problem import IntegerProblem
-from qubo_nn.core.layout import apply_levels
-from qubo_nn.core.model import LocalModel
 from qubo_nn.execution.row_tasks import head_row_task
-from qubo_nn.runtime import resolve_device, resolve_dtype
-from qubo_nn.samplers import child_seed, get_sampler
-from qubo_nn.core.grid import check_bits as check_level_bits
-from qubo_nn.core.kernels import gptq
-from qubo_nn.samplers.level_solvers import solve_levels
+from qubo_nn.runtime import child_seed, resolve_device, resolve_dtype
+from qubo_nn.samplers import get_sampler
+
+__all__ = ["METHODS", "SCALE_RULES", "MethodResult", "QuantizeConfig", "QuantizeResult", "check_head", "grid_scale",
+           "metrics", "qrange", "quantize_head", "refit_bias", "round_to_grid"]
 
 METHODS = ("rtn", "gptq-natural", "gptq", "cd", "qubo")
-SCALE_RULES = ("maxabs", "mse")
-MIN_BITS, MAX_BITS = 1, 8
-
-
-# ---------------------------------------------------------------- grids
-
-def check_bits(bits: int) -> int:
-    """``bits`` as an int in [1, 8] (a grid of int8 codes), else QuboNNError: :func:`check_bits`
-    with this module's limit."""
-    return check_level_bits(bits, max_bits=MAX_BITS, what="bits")
-
-
-def qrange(bits: int) -> tuple[int, int]:
-    """(qmin, qmax) = (−2^(b−1), 2^(b−1) − 1): the integer codes of a signed b-bit grid."""
-    b = check_bits(bits)
-    return -(2 ** (b - 1)), 2 ** (b - 1) - 1
-
-
-def round_to_grid(W: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes q = clamp(round(W/s), qmin, qmax) (same shape as W; ``scale`` (C,) per row)."""
-    qmin, qmax = qrange(bits)
-    return torch.clamp(torch.round(W / scale[:, None]), qmin, qmax)
-
-
-def grid_scale(W: torch.Tensor, bits: int, rule: str = "mse", mse_grid: int = 81,
-               mse_min_ratio: float = 0.2) -> torch.Tensor:
-    """Per-row scale s (C,) of W (C × D) for a b-bit grid; see the module docstring for the rules.
-
-    Rows that are all zero get s = 1 (every code 0 reproduces them exactly).
-    """
-    bits = check_bits(bits)
-    if rule not in SCALE_RULES:
-        raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {rule!r}")
-    if W.ndim != 2:
-        raise QuboNNError(f"weights must be a C × D matrix, got shape {tuple(W.shape)}")
-    maxabs = W.abs().amax(1)
-    base = torch.where(maxabs > 0, 2 * maxabs / (2 ** bits - 1), torch.ones_like(maxabs))
-    if rule == "maxabs":
-        return base
-    if not 0 < mse_min_ratio <= 1 or mse_grid < 1:
-        raise QuboNNError(f"mse search needs 0 < mse_min_ratio <= 1 and mse_grid >= 1, "
-                          f"got {mse_min_ratio} and {mse_grid}")
-    ratios = torch.linspace(1.0, mse_min_ratio, mse_grid, dtype=W.dtype, device=W.device)
-    qmin, qmax = qrange(bits)
-    best_err = torch.full_like(maxabs, math.inf)
-    best = base.clone()
-    for r in ratios:  # one (C × D) pass per ratio: memory stays O(C·D)
-        s = r * base
-        err = ((W - s[:, None] * torch.clamp(torch.round(W / s[:, None]), qmin, qmax)) ** 2).sum(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better, s, best)
-    return best
-
-
-# ---------------------------------------------------------------- the row objective and GPTQ
-
-def newton_target(w: torch.Tensor, g: torch.Tensor | None, H: torch.Tensor, damping: float) -> torch.Tensor:
-    """w* = w − (H + μI)⁻¹ g (w when ``g`` is None): the minimiser of gᵀΔ + ½ΔᵀH̃Δ over real Δ."""
-    if g is None:
-        return w.clone()
-    Ht = H.to(torch.float64) + damping * torch.eye(H.shape[0], dtype=torch.float64, device=H.device)
-    L = _cholesky(Ht)
-    return (w.to(torch.float64) - torch.cholesky_solve(g.to(torch.float64)[:, None], L)[:, 0]).to(w.dtype)
-
-
-def gptq_row(w: torch.Tensor, H: torch.Tensor, scale: float, bits: int, damping: float = 0.0,
-             g: torch.Tensor | None = None, act_order: bool = False) -> torch.Tensor:
-    """GPTQ rounding of one row w (D,) against H (D × D): integer codes q (D,) (:func:`gptq`).
-
-    Minimises, greedily in index order (decreasing diag H with ``act_order``), E(Δ) = gᵀΔ + ½ Δᵀ(H + μI)Δ with Δ = s·q − w (``g`` None:
-    the quadratic of the weight change only, as GPTQ). Computed in float64.
-    """
-    bits = check_bits(bits)
-    qmin, qmax = qrange(bits)
-    if not damping >= 0:
-        raise QuboNNError(f"damping must be >= 0, got {damping}")
-    D = w.numel()
-    if H.shape != (D, D):
-        raise QuboNNError(f"Hessian must be {D} × {D}, got {tuple(H.shape)}")
-    H64 = H.to(torch.float64) + damping * torch.eye(D, dtype=torch.float64, device=H.device)
-    t = newton_target(w.to(torch.float64), None if g is None else g.to(torch.float64), H64, 0.0)
-    prob = IntegerProblem(H64.cpu().numpy(), t.cpu().numpy(), np.full(D, float(scale)), qmin, qmax)
-    q = gptq(prob, act_order=act_order)
-    return torch.from_numpy(q.astype(np.float64)).to(device=w.device, dtype=w.dtype)
-
-
-def _cholesky(A: torch.Tensor, upper: bool = False) -> torch.Tensor:
-    L, bad = torch.linalg.cholesky_ex(A, upper=upper)
-    if int(bad):
-        raise QuboNNError("Hessian block is not positive definite even after damping: "
-                          "raise damping_rel (expected a PD matrix, Cholesky failed at pivot "
-                          f"{int(bad)})")
-    return L
-
-
-# ---------------------------------------------------------------- QUBO window
-
-def window_encoding(model: LocalModel, scale: float, bits: int, window_bits: int,
-                    must_hold: torch.Tensor | None = None) -> Encoding:
-    """:func:`quantize_encoding` window of 2^window_bits levels around w/s, shifted weight by
-    weight (minimally) so that the integer codes ``must_hold`` (m,) lie inside it."""
-    qmin, qmax = qrange(bits)
-    if not 1 <= window_bits <= bits:
-        raise QuboNNError(f"window_bits must be in [1, bits={bits}], got {window_bits}")
-    s = torch.full_like(model.theta0, float(scale))
-    enc = quantize_encoding(model, s, qmin, qmax, bits=window_bits)
-    if must_hold is None:
-        return enc
-    span = 2 ** window_bits - 1
-    base = -enc.offset  # zero = 0, offset = −base
-    need = must_hold.to(base)
-    base = torch.minimum(torch.maximum(base, need - span), need).clamp(qmin, qmax - span)
-    return Encoding(idx=enc.idx, theta0=enc.theta0, ref=enc.ref, step=enc.step, offset=-base,
-                    bits=window_bits, mode="quantize", info={**enc.info, "shifted": int((base != -enc.offset).sum())})
-
-
-def codes_in_window(enc: Encoding, q: torch.Tensor) -> torch.Tensor:
-    """Boolean (m,): which integer codes q lie inside the encoding's window."""
-    base = -enc.offset
-    q = q.to(base)
-    return (q >= base) & (q <= base + 2 ** enc.bits - 1)
-
-
-def codes_to_bits(enc: Encoding, q: torch.Tensor) -> np.ndarray:
-    """Bits (n,) of integer codes q (m,) that lie in the window (k = q − base)."""
-    k = (q.to(enc.offset) + enc.offset).long()
-    bits = (k[:, None] >> torch.arange(enc.bits, device=k.device)) & 1
-    return bits.reshape(-1).cpu().numpy().astype(np.int8)
 
 
 # ---------------------------------------------------------------- the whole head
@@ -242,6 +106,7 @@ class QuantizeConfig:
     """
 
     bits: int = 4
+    grid: str = "signed"
     method: str = "qubo"
     scale: str = "mse"
     sampler: str = "neal"
@@ -265,21 +130,16 @@ class QuantizeConfig:
     executor: str = "threads"
     workers: int = 1
     ray_address: str | None = None
-    grid: str = "signed"
 
     def executor_config(self) -> ExecutorConfig:
         """Where the row tasks run (``executor``, ``workers``, ``ray_address``; see :mod:`qubo_nn.execution.executors`)."""
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
-        if check_grid(self.grid) != "signed":
-            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
-        check_bits(self.bits)
+        check_grid_config(self.grid, self.bits, self.scale)
         self.executor_config().validate()
         if self.method not in METHODS:
             raise QuboNNError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.scale not in SCALE_RULES:
-            raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {self.scale!r}")
         if isinstance(self.window_bits, bool) or not isinstance(self.window_bits, int) \
                 or not 1 <= self.window_bits <= self.bits:
             raise QuboNNError(f"window_bits must be an integer in [1, bits={self.bits}], got {self.window_bits!r}")
@@ -414,29 +274,54 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     params = _sampler_params(cfg) if cfg.method == "qubo" else {}  # an unknown sampler fails here
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype)
-    C, D = head.num_classes, head.dim
-    bits = cfg.bits
     head_d = head.to(device, dtype)
     ref = metrics(head_d, train, test, cfg.l2)
-
     W = head_d.W.to(torch.float64)
     # the scale is rounded to the head's dtype first, so the checkpoint holds exactly the scale used
-    scale = grid_scale(W, bits, cfg.scale, cfg.mse_grid, cfg.mse_min_ratio).to(dtype).to(torch.float64)
+    scale = grid_scale(W, cfg.bits, cfg.scale, cfg.mse_grid, cfg.mse_min_ratio).to(dtype).to(torch.float64)
     methods = ["rtn", "gptq-natural", "gptq", "cd"] + (["qubo"] if cfg.method == "qubo" else [])
-    codes = {m: torch.empty(C, D, dtype=torch.float64, device=device) for m in methods}
-    codes["rtn"] = round_to_grid(W, scale, bits)
-
+    rtn_codes = round_to_grid(W, scale, cfg.bits)
     source = HeadCE(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
     timings = {"hessian_s": 0.0}
-    qmin, qmax = qrange(bits)
+    per_row = _solve_rows(source, scale, rtn_codes.cpu().numpy().astype(np.int64), cfg, params, timings, progress)
+    codes, energies, wall, qinfo = _collect_rows(per_row, methods, rtn_codes, cfg)
+    results = {}
+    L0 = source.loss
+    for m in methods:
+        qh = Head(apply_levels(head_d.W, codes[m], scale.to(dtype)), head_d.b.clone())
+        info = {}
+        if cfg.refit_bias:
+            info["before_refit"] = metrics(qh, train, test, cfg.l2)
+            qh, binfo = refit_bias(qh, train)
+            info.update(binfo)
+        if m == "qubo":
+            info.update(qinfo)
+        E = energies[m]
+        results[m] = MethodResult(head=qh, codes=codes[m].to(torch.int64).cpu(),
+                                  metrics=metrics(qh, train, test, cfg.l2), energy=float(sum(E) - (len(E) - 1) * L0),
+                                  row_energies=E, outside_window=0, wall_time_s=wall[m], info=info)
+    timings["total_s"] = time.perf_counter() - t_start
+    reference = {**ref, "loss_at_fp32": L0}
+    if cfg.refit_bias:  # the same refit of the fp32 head: what the refit alone is worth
+        fh, binfo = refit_bias(head_d, train)
+        reference["refit_bias"] = {**metrics(fh, train, test, cfg.l2), **binfo}
+    return QuantizeResult(head=results[cfg.method].head.to("cpu"), scale=scale.to(dtype).cpu(),
+                          methods=results, reference=reference, config=cfg.to_dict(), timings=timings)
+
+
+def _solve_rows(source: HeadCE, scale: torch.Tensor, rtn_codes: np.ndarray, cfg: QuantizeConfig, params: dict,
+                timings: dict, progress: bool) -> list[dict]:
+    """Every class row's methods as tasks on ``cfg``'s executor (:func:`~qubo_nn.execution.row_tasks.head_row_task`),
+    in row order; each row's Hessian block is built lazily (when a slot frees), its time added to
+    ``timings["hessian_s"]``, the elapsed time of the loop put in ``timings["rows_wall_s"]``."""
+    C = source.rows
+    qmin, qmax = qrange(cfg.bits)
     qubo_kw = None
-    if "qubo" in methods:
+    if cfg.method == "qubo":
         qubo_kw = {"encoding": cfg.encoding, "sampler": cfg.sampler, "params": params,
                    "levels": 2 ** cfg.window_bits + 1, "refine_span": cfg.refine_span}
-    rtn_codes = codes["rtn"].cpu().numpy().astype(np.int64)
 
     def row_tasks():
-        """One task per class row, built lazily (the Hessian block is computed when a slot frees)."""
         for c in range(C):
             t = time.perf_counter()
             p = source.row_problem(c, float(scale[c]), qmin, qmax, cfg.damping_rel, cfg.use_grad)
@@ -447,10 +332,18 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     per_row: list[dict | None] = [None] * C
     t_rows = time.perf_counter()
     with contextlib.closing(map_unordered(head_row_task, row_tasks(), cfg.executor_config(), progress=progress,
-                                          desc=f"quantize {bits}-bit rows", total=C)) as done:
+                                          desc=f"quantize {cfg.bits}-bit rows", total=C)) as done:
         for c, res in done:
             per_row[c] = res
     timings["rows_wall_s"] = time.perf_counter() - t_rows
+    return per_row
+
+
+def _collect_rows(per_row: list[dict], methods: list[str], rtn_codes: torch.Tensor, cfg: QuantizeConfig
+                  ) -> tuple[dict, dict, dict, dict]:
+    """(codes C × D per method, row energies per method, summed task time per method, the qubo
+    pipeline's totals) from the rows' task results."""
+    codes = {m: torch.empty_like(rtn_codes) for m in methods}
     energies = {m: [] for m in methods}
     wall = {m: sum(r["wall"][m] for r in per_row) for m in methods}   # summed task time, row order
     qinfo = {"rows_improved": 0, "rows_anneal_stage": 0, "sampler_wall_time_s": 0.0, "encoding": cfg.encoding,
@@ -466,26 +359,4 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
             qinfo["energy_classical"] += info["energy_classical"]
             qinfo["energy_anneal_raw"] += info["energy_anneal_raw"]
             qinfo["sampler_wall_time_s"] += info["wall_time_s"]
-
-    results = {}
-    L0 = source.loss
-    for m in methods:
-        qh = Head(apply_levels(head_d.W, codes[m], scale.to(dtype)), head_d.b.clone())
-        info = {}
-        if cfg.refit_bias:
-            info["before_refit"] = metrics(qh, train, test, cfg.l2)
-            qh, binfo = refit_bias(qh, train)
-            info.update(binfo)
-        if m == "qubo":
-            info.update(qinfo)
-        E = energies[m]
-        results[m] = MethodResult(head=qh, codes=codes[m].to(torch.int64).cpu(),
-                                  metrics=metrics(qh, train, test, cfg.l2), energy=float(sum(E) - (C - 1) * L0),
-                                  row_energies=E, outside_window=0, wall_time_s=wall[m], info=info)
-    timings["total_s"] = time.perf_counter() - t_start
-    reference = {**ref, "loss_at_fp32": L0}
-    if cfg.refit_bias:  # the same refit of the fp32 head: what the refit alone is worth
-        fh, binfo = refit_bias(head_d, train)
-        reference["refit_bias"] = {**metrics(fh, train, test, cfg.l2), **binfo}
-    return QuantizeResult(head=results[cfg.method].head.to("cpu"), scale=scale.to(dtype).cpu(),
-                          methods=results, reference=reference, config=cfg.to_dict(), timings=timings)
+    return codes, energies, wall, qinfo

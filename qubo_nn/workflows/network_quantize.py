@@ -8,7 +8,7 @@ Pipeline (:func:`quantize_network`):
    quantized, and ℓ's inputs are accumulated into its Gram: H = 2 X Xᵀ (D × D,
    :func:`curvature.layer_gram.capture_gram`; im2col for convs; the pass stops at ℓ).
 3. Each output channel r is a row w_r of the C_out × D weight view, quantized to w = s_r · k with
-   k ∈ [−2^(b−1), 2^(b−1) − 1] and the per-row scale s_r of ``quantize.grid_scale`` (``mse``
+   k ∈ [−2^(b−1), 2^(b−1) − 1] and the per-row scale s_r of :func:`qubo_nn.core.scales.grid_scale` (``mse``
    rule by default): the same grid for every method. b = ``bits``, except the first and last
    weight layer, which get ``first_last_bits`` (default 8).
 4. Rounding minimises the row's reconstruction error ½ (s k − w)ᵀ H̃ (s k − w) with H̃ = H + μI
@@ -19,7 +19,8 @@ Pipeline (:func:`quantize_network`):
    energies add up to the row's. Methods:
 
    - ``rtn``: k = clamp(round(w/s)) (no H, no feedback);
-   - ``gptq``: GPTQ with act-order (column by column through U, all rows at once, float64);
+   - ``gptq``: GPTQ with act-order (:func:`qubo_nn.core.kernels.gptq_rows`: column by column
+     through U, all rows at once, float64);
    - ``cd`` / ``qubo``: GPTQ's levels first; then each (row, group) :class:`levels.IntegerProblem`
      is re-solved by ``levels.solve_levels`` (``cd``: coordinate descent with pair moves from
      GPTQ act-order; ``qubo``: the best classical answer, then annealing rounds of a level-window
@@ -46,7 +47,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,17 +55,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qubo_nn.curvature.layer_gram import capture_gram
-from qubo_nn.curvature.sequential import SequentialGroups, sequential_groups
-from qubo_nn.core.grid import check_grid
+from qubo_nn.curvature.sequential import sequential_groups
 from qubo_nn.errors import QuboNNError
 from qubo_nn.execution.executors import Executor, ExecutorConfig, map_unordered, open_executor
 from qubo_nn.nets.bn import fold_batchnorm, unfold_batchnorm
 from qubo_nn.nets.layers import weight_layers
 from qubo_nn.core.layout import apply_levels, column_plan, row_view
-from qubo_nn.workflows.head_quantize import SCALE_RULES, check_bits, grid_scale, qrange
+from qubo_nn.core.grid import MAX_CODE_BITS, check_bits
+from qubo_nn.core.kernels import gptq_rows
+from qubo_nn.core.scales import check_grid_config, grid_scale, qrange, round_to_grid
 from qubo_nn.execution.row_tasks import group_row_task
-from qubo_nn.runtime import (atomic_path, atomic_write_json, resolve_device, resolve_dtype, torch_generator,
-    versions)
+from qubo_nn.runtime import atomic_path, resolve_device, resolve_dtype, versions
+from qubo_nn.runtime import calibration_indices  # noqa: F401  (re-exported: the CLI and experiments draw from here)
 
 NETWORK_METHODS = ("rtn", "gptq", "cd", "qubo")
 
@@ -75,6 +76,7 @@ class NetworkQuantizeConfig:
     """Bits, method and the layer-wise rounding settings (see the module docstring)."""
 
     bits: int = 4
+    grid: str = "signed"
     method: str = "gptq"
     first_last_bits: int = 8
     calib: int = 256
@@ -94,22 +96,17 @@ class NetworkQuantizeConfig:
     workers: int = 1
     ray_address: str | None = None
     bn_correct: bool = False
-    grid: str = "signed"
 
     def executor_config(self) -> ExecutorConfig:
         """Where the (row, group) re-solves of cd/qubo run (see :mod:`qubo_nn.execution.executors`)."""
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
-        if check_grid(self.grid) != "signed":
-            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
-        check_bits(self.bits)
+        check_grid_config(self.grid, self.bits, self.scale)
         self.executor_config().validate()
-        check_bits(self.first_last_bits)
+        check_bits(self.first_last_bits, MAX_CODE_BITS, "first_last_bits")
         if self.method not in NETWORK_METHODS:
             raise QuboNNError(f"method must be one of {NETWORK_METHODS}, got {self.method!r}")
-        if self.scale not in SCALE_RULES:
-            raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {self.scale!r}")
         for name in ("calib", "group_size", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -136,12 +133,6 @@ class NetworkQuantizeResult:
         with atomic_path(path) as tmp:
             torch.save({"state_dict": self.model.state_dict(), "levels": self.levels, "scales": self.scales,
                         "bits": self.bits}, tmp)
-
-
-def calibration_indices(n: int, size: int, seed: int) -> torch.Tensor:
-    """A seeded random subset of ``min(size, n)`` of the indices 0..n−1 (sorted)."""
-    perm = torch.randperm(n, generator=torch_generator(seed))
-    return perm[:min(size, n)].sort().values
 
 
 def quantize_network(model: nn.Module, calib_images: torch.Tensor, test_images: torch.Tensor,
@@ -260,7 +251,7 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     :class:`~qubo_nn.execution.executors.Executor`; None: one is opened from ``cfg`` for this layer)."""
     qmin, qmax = qrange(bits)
     if cfg.method == "rtn":
-        return torch.clamp(torch.round(W / scale[:, None]), qmin, qmax).long(), {"groups": 1}
+        return round_to_grid(W, scale, bits).long(), {"groups": 1}
     plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
     seq = sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype))
     cur = W[:, plan.order].clone()
@@ -273,7 +264,8 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
         for g in range(plan.num_groups):
             a, b = plan.starts[g], plan.starts[g + 1]
             Hg = seq.group_hessian(g).to(torch.float64)
-            k = gptq_rows(cur[:, a:b], seq.U[a:b, a:b].to(torch.float64), scale, qmin, qmax)
+            k = torch.from_numpy(gptq_rows(cur[:, a:b].numpy(), seq.U[a:b, a:b].to(torch.float64).numpy(),
+                                           scale.numpy()[:, None], qmin, qmax))
             if cfg.method in ("cd", "qubo"):
                 t0 = time.perf_counter()
                 left = budget_s * (g + 1) / plan.num_groups - spent
@@ -291,23 +283,6 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
         info.update(stages=stages, rows_solved=solved, rows_total=plan.num_groups * W.shape[0],
                     coverage=solved / max(plan.num_groups * W.shape[0], 1))
     return out, info
-
-
-def gptq_rows(w: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """GPTQ's column loop over one group for all rows at once: levels k (R × m).
-
-    ``w`` R × m (current, fed-back weights of the group, plan order), ``U`` the group's m × m
-    block of the upper Cholesky factor of H̃⁻¹ (so (U_IIᵀU_II)⁻¹ is the group Hessian): for each
-    column i, k_i = clamp(round(w_i/s)), e = (w_i − s k_i)/U_ii, w_{i+1:} −= e U_{i,i+1:}.
-    """
-    x = w.clone()
-    k = torch.empty_like(x, dtype=torch.long)
-    for i in range(x.shape[1]):
-        q = torch.clamp(torch.round(x[:, i] / scale), qmin, qmax)
-        k[:, i] = q.long()
-        err = (x[:, i] - scale * q) / U[i, i]
-        x[:, i + 1:] -= err[:, None] * U[i, i + 1:][None, :]
-    return k
 
 
 def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from qubo_nn.errors import QuboNNError
+from qubo_nn.runtime import to_jsonable
 from qubo_nn.workflows.prune.objective import (ChannelStats, channel_stats, pruning_problem, refit_error,
     refit_weights)
 from qubo_nn.workflows.prune.select import (METHODS, keep_count, select_greedy, select_l1, select_lasso,
@@ -298,7 +299,7 @@ def prune_network(model: nn.Module, calib: torch.Tensor, cfg: PruneConfig, progr
         row = {"layer": pl.consumer, "producer": pl.producer, "n": pl.channels, "k": int(k),
                "mask": np.nonzero(mask)[0].tolist(), "yy": problem.yy,
                "error_before_refit": problem.relative_error(mask), "error_after_refit": after / problem.yy,
-               "stats_s": t_stats, "select_s": info["wall_time_s"], "select": _jsonable(info),
+               "stats_s": t_stats, "select_s": info["wall_time_s"], "select": to_jsonable(info),
                "baselines": {n: {"error_before_refit": b["error"] / problem.yy, "wall_time_s": b["wall_time_s"]}
                              for n, b in base.items()}}
         rows.append(row)
@@ -306,17 +307,6 @@ def prune_network(model: nn.Module, calib: torch.Tensor, cfg: PruneConfig, progr
     report = {"config": asdict(cfg), "layers": rows, "bn_reestimated": bn_count,
               "calibration_images": int(calib.shape[0]), "wall_time_s": time.perf_counter() - t_all}
     return pruned, report
-
-
-def _jsonable(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, (np.floating, np.integer, np.bool_)):
-            v = v.item()
-        out[k] = v
-    return out
 
 
 def stats_for(model: nn.Module, pl: PrunableLayer, calib: torch.Tensor, batch_size: int = 64, chunk: int = 16

@@ -55,13 +55,13 @@ def load_data(dataset: str, image_size: int, calib: int, seed: int
     """(calibration images drawn from train by ``seed``, test images, test labels)."""
     from qubo_nn.data import datasets as data
     from qubo_nn.train.pretrain import materialize
-    from qubo_nn.runtime import torch_generator
+    from qubo_nn.runtime import calibration_indices
 
     train = data.load_dataset(dataset, "train", image_size, seed=0)
     test = data.load_dataset(dataset, "test", image_size, seed=0)
     if not 1 <= calib <= len(train):
         raise QuboNNError(f"expected calib in [1, {len(train)}] (the train split's size), got {calib}")
-    idx = torch.randperm(len(train), generator=torch_generator(seed))[:calib]
+    idx = calibration_indices(len(train), calib, seed)
     X_cal, _ = materialize(train, idx.tolist())
     X_test, y_test = materialize(test)
     return X_cal, X_test, y_test
