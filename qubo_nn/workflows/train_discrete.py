@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from qubo_nn.core.head import Head, evaluate
+from qubo_nn.core.model import damping_mu
 from qubo_nn.core.problem import IntegerProblem, solve_pd
 from qubo_nn.curvature.head_stats import HeadStats
 from qubo_nn.data.featureset import FeatureSet
@@ -246,7 +247,7 @@ def ptq(head: Head, train: FeatureSet, cfg: DiscreteConfig, l2: float = 0.0) -> 
     for c in range(C):
         model = stats.block(torch.arange(c * (D + 1), c * (D + 1) + D))
         H = model.H.to(torch.float64).cpu().numpy()
-        H = H + cfg.damping_rel * float(np.diag(H).mean()) * np.eye(D)
+        H = H + damping_mu(np.diag(H), cfg.damping_rel) * np.eye(D)
         w = model.theta0.to(torch.float64).cpu().numpy()
         codes[c], alphas[c], _ = round_row(H, w, cfg.grid, codes0[c].numpy(), float(alpha0[c]), cfg.alt_rounds)
     dh = DiscreteHead(torch.from_numpy(codes), torch.from_numpy(alphas), head.b.to(torch.float64).clone(), cfg.grid)
@@ -272,7 +273,7 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
     idx = _flat_idx(rows, D)
     model = stats.block(idx)
     H = model.H.to(torch.float64).cpu().numpy()
-    H = H + cfg.damping_rel * float(np.diag(H).mean()) * np.eye(H.shape[0])
+    H = H + damping_mu(np.diag(H), cfg.damping_rel) * np.eye(H.shape[0])
     g = model.g.to(torch.float64).cpu().numpy()
     w = model.theta0.to(torch.float64).cpu().numpy()
     hinv_g = solve_pd(H, g, f"the damped Hessian block of rows {rows}")

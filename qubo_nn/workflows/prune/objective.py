@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from qubo_nn.curvature.layer_gram import layer_columns
+from qubo_nn.core.model import damping_mu
 from qubo_nn.errors import QuboNNError
 
 PENALTY_MODES = ("penalty", "cqm")
@@ -238,7 +239,7 @@ def refit_weights(stats: ChannelStats, weight: torch.Tensor, mask: np.ndarray | 
     new = torch.zeros(Wm.shape, dtype=torch.float64, device=stats.H.device)
     if bool(mask.any()):
         Hk = stats.H[rows][:, rows]
-        d = float(damping) * float(Hk.diagonal().mean().clamp_min(1e-300))
+        d = damping_mu(Hk.diagonal().clamp_min(1e-300), float(damping))
         Hk = Hk + d * torch.eye(Hk.shape[0], dtype=torch.float64, device=Hk.device)
         sol = torch.linalg.solve(Hk, stats.R[rows])               # (kK, C_out)
         new[:, rows] = sol.T
