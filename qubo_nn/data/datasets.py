@@ -15,7 +15,8 @@ trained with, and ``label`` an int in [0, C).
   ``DIR/train/<class>/*.png`` and ``DIR/val/<class>/*`` (or ``DIR/test/``). With only one
   folder (``DIR/train/`` alone, or class folders directly in ``DIR``) the test split is a
   stratified 20 % drawn with the fixed ``random_state`` 0 (recorded in :func:`dataset_identity`).
-  Each image is read as RGB, converted to a tensor in [0, 1], then resized (bilinear, antialias)
+  Items come in a fixed shuffled order (``random_state`` 0), so ``--limit N`` keeps a mix of
+  classes. Each image is read as RGB, converted to a tensor in [0, 1], then resized (bilinear, antialias)
   and normalized exactly as the ``digits`` images are, so a digits ImageFolder gives the digits
   features up to the 8-bit rounding of the PNG files.
 """
@@ -295,6 +296,9 @@ def _imagefolder_layout(data_root) -> dict:
                  "random_state": IMAGEFOLDER_SPLIT_STATE, "folder": "train" if train_dir is not None else "."}
     files = {s: [(os.path.relpath(p, root).replace(os.sep, "/"), os.path.getsize(p)) for p, _ in samples[s]]
              for s in SPLITS}
+    # serve each split in a fixed shuffled order (not class by class), so that --limit N keeps a mix of classes
+    rng = np.random.default_rng(IMAGEFOLDER_SPLIT_STATE)
+    samples = {s: [samples[s][i] for i in rng.permutation(len(samples[s]))] for s in SPLITS}
     return {"classes": classes, "split": split, "files": files, "samples": samples}
 
 

@@ -48,6 +48,7 @@ from qubo_nn.runtime import (atomic_path, atomic_write_json, resolve_device, sha
     versions)
 
 CHECKPOINT_FORMAT = 1
+IN_MEMORY_BYTES = 1 << 30    # an imagefolder whose decoded train split fits in 1 GiB is decoded once, not per epoch
 
 
 @dataclass
@@ -196,7 +197,9 @@ def _train(cfg: PretrainConfig, settings: dict[str, Any], progress: bool) -> dic
     train_ds, test_ds = load_split(cfg, "train"), load_split(cfg, "test")
     C = data.num_classes(cfg.dataset, cfg.data_root)
     X_test, y_test = materialize(test_ds)
-    in_memory = isinstance(getattr(train_ds, "dataset", train_ds), data.LowResImages)
+    base = getattr(train_ds, "dataset", train_ds)
+    in_memory = isinstance(base, data.LowResImages) or (
+        cfg.dataset == "imagefolder" and len(train_ds) * 3 * cfg.image_size ** 2 * 4 <= IN_MEMORY_BYTES)
     X_train, y_train = materialize(train_ds) if in_memory else (None, None)
     model = build_model(cfg.arch, cfg.weights, num_classes=C, seed=cfg.seed, progress=progress)
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -263,3 +266,74 @@ def _cached(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     if info.get("settings") != json.loads(json.dumps(settings)) or sha256_file(path) != info.get("sha256"):
         return None
     return info
+
+
+@dataclass
+class EvalConfig:
+    """Which checkpoint to evaluate on which test split (:func:`evaluate_checkpoint`)."""
+
+    arch: str = "resnet18"
+    weights: str = "none"
+    dataset: str = "digits"
+    image_size: int = 64
+    data_root: str | None = None
+    download: bool = False
+    limit: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.dataset not in data.DATASETS:
+            raise QuboNNError(f"dataset must be one of {data.DATASETS}, got {self.dataset!r}")
+        check_arch(self.arch)
+        data.check_image_size(self.image_size)
+        for name in ("batch_size",) + (("limit",) if self.limit is not None else ()):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise QuboNNError(f"{name} must be a positive integer, got {v!r}")
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
+    """Test loss (mean cross-entropy) and accuracy (%) of ``cfg.weights`` (a ``.pt`` state dict or a
+    packed ``.safetensors`` network; 'imagenet'/'none' too) as ``cfg.arch`` on ``cfg.dataset``'s test
+    split. The head keeps the checkpoint's class count; it must equal the dataset's. Also returns the
+    file's bytes and sha256 and, for a packed file, its stored bits per weight."""
+    from qubo_nn.nets.backbones import head_name, weights_kind
+
+    t0 = time.perf_counter()
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    C = data.num_classes(cfg.dataset, cfg.data_root)
+    model = build_model(cfg.arch, cfg.weights, num_classes=C, seed=cfg.seed)
+    hname = head_name(model)
+    out: dict[str, Any] = {"arch": cfg.arch, "dataset": cfg.dataset, "image_size": cfg.image_size,
+                           "num_classes": C, "weights": str(cfg.weights)}
+    if weights_kind(cfg.weights) == "path":
+        from qubo_nn.nets.backbones import load_checkpoint
+
+        p = Path(cfg.weights).expanduser()
+        state = load_checkpoint(p)
+        if f"{hname}.weight" in state and int(state[f"{hname}.weight"].shape[0]) != C:
+            raise QuboNNError(f"expected a checkpoint with {C} classes for {cfg.dataset}, got "
+                              f"{int(state[f'{hname}.weight'].shape[0])} in {hname}.weight")
+        if f"{hname}.weight" not in state:
+            raise QuboNNError(f"expected a whole-model checkpoint (with {hname}.weight) to evaluate, got a "
+                              "backbone-only one")
+        out.update(bytes=p.stat().st_size, sha256=sha256_file(p), weights_identity=f"sha256:{sha256_file(p)}")
+        if p.suffix == ".safetensors":
+            from qubo_nn.io.packed import read_header
+
+            h = read_header(p)
+            out["packed"] = {"float_bytes": h["float_bytes"], "quantized_weights": h["quantized_weights"],
+                             "code_bits_per_weight": 8.0 * h["code_bytes"] / max(h["quantized_weights"], 1),
+                             "stored_bits_per_weight": 8.0 * (h["code_bytes"] + h["scale_bytes"])
+                             / max(h["quantized_weights"], 1),
+                             "bits": sorted({L["bits"] for L in h["layers"].values()})}
+    pcfg = PretrainConfig(dataset=cfg.dataset, arch=cfg.arch, image_size=cfg.image_size, data_root=cfg.data_root,
+                          download=cfg.download, limit=cfg.limit, seed=cfg.seed)
+    X, y = materialize(load_split(pcfg, "test"))
+    loss, acc = evaluate_model(model.to(device), X, y, batch_size=cfg.batch_size, device=device)
+    out.update(test_loss=loss, test_acc=acc, n_test=int(len(y)), device=str(device),
+               seconds=time.perf_counter() - t0)
+    return out
