@@ -43,15 +43,15 @@ def run_network_quantize(*, bits: int, method: str, sampler: str, scale_rule: st
     checkpoint = opts.get("checkpoint")
     if checkpoint is None:
         checkpoint = str(pretrain(pcfg, progress=progress).path)
-    model = build_model(pcfg.arch, checkpoint, num_classes=data.num_classes(pcfg.dataset))
+    model = build_model(pcfg.arch, checkpoint, num_classes=data.num_classes(pcfg.dataset, pcfg.data_root))
     train_ds, test_ds = load_split(pcfg, "train"), load_split(pcfg, "test")
     calib, _ = materialize(train_ds, calibration_indices(len(train_ds), cfg.calib, seed))
     X_test, y_test = materialize(test_ds)
     res = quantize_network(model, calib, X_test, y_test, cfg, progress=progress)
     if out == "head-quantized.pt":
         out = "network-quantized.pt"
-    res.save(out)
-    rec = {**res.record, "checkpoint": portable_path(checkpoint), "dataset": pcfg.dataset, "arch": pcfg.arch,
+    exported = res.save(out)     # a .safetensors --out: packed codes + scales, returns bytes and bits per weight
+    rec = {**res.record, **({"export": exported} if exported else {}), "checkpoint": portable_path(checkpoint), "dataset": pcfg.dataset, "arch": pcfg.arch,
            "image_size": pcfg.image_size, "out": portable_path(out), "seconds_total": time.perf_counter() - t0}
     record_path = Path(record) if record else Path(out).with_suffix(".json")
     atomic_write_json(record_path, rec)
