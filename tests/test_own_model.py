@@ -26,10 +26,10 @@ from qubo_nn.nets.backbones import build_backbone, build_model, check_arch, feat
 PNG_TOL = 0.5 / 255 / min(data.IMAGENET_STD) + 1e-6
 
 
-def write_digits(root, single_folder=False):
+def write_digits(root, single_folder=False, per_split=None):
     for split, folder in (("train", "train"), ("test", "val")):
         images, labels = data._digits(split)
-        for i, (img, label) in enumerate(zip(images, labels)):
+        for i, (img, label) in enumerate(zip(images[:per_split], labels[:per_split])):
             sub = root / f"d{int(label)}" if single_folder else root / folder / f"d{int(label)}"
             sub.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.round(img[0].numpy() * 255).astype(np.uint8), mode="L").save(sub / f"{split}{i:04d}.png")
@@ -77,23 +77,26 @@ def test_imagefolder_gives_the_digits_images_features_and_accuracy(digits_dir, c
     assert abs(acc_own - acc_ref) <= 100 * 2 / 360, (acc_own, acc_ref)   # at most 2 of 360 test images
 
 
-def test_cache_identity_is_a_digest_of_the_file_list_not_the_path(digits_dir, tmp_path):
+def test_cache_identity_is_a_digest_of_the_file_list_not_the_path(tmp_path):
+    first = write_digits(tmp_path / "first", per_split=60)
     moved = tmp_path / "moved"
-    shutil.copytree(digits_dir, moved)
-    ident = data.dataset_identity("imagefolder", data_root=digits_dir)
+    shutil.copytree(first, moved)
+    ident = data.dataset_identity("imagefolder", data_root=first)
     assert data.dataset_identity("imagefolder", data_root=moved) == ident
-    assert str(digits_dir) not in str(cache_settings(FeatureConfig(dataset="imagefolder", data_root=str(digits_dir))))
-    extra = moved / "train" / "d3" / "extra.png"
-    Image.new("L", (8, 8)).save(extra)
+    assert str(first) not in str(cache_settings(FeatureConfig(dataset="imagefolder", data_root=str(first))))
+    Image.new("L", (8, 8)).save(moved / "train" / "d3" / "extra.png")
     changed = data.dataset_identity("imagefolder", data_root=moved)
-    assert changed["files_sha256"] != ident["files_sha256"] and changed["n_files"]["train"] == 1438
+    assert changed["files_sha256"] != ident["files_sha256"] and changed["n_files"]["train"] == 61
+    grown = moved / "val" / "d1" / next(iter(sorted(os.listdir(moved / "val" / "d1"))))
+    grown.write_bytes(grown.read_bytes() + b"\0")        # same names, one size changed
+    assert data.dataset_identity("imagefolder", data_root=moved)["files_sha256"] != changed["files_sha256"]
 
 
 def test_one_folder_gets_a_seeded_recorded_stratified_split(tmp_path):
-    root = write_digits(tmp_path / "one", single_folder=True)
+    root = write_digits(tmp_path / "one", single_folder=True, per_split=100)
     train = data.load_dataset("imagefolder", "train", 8, root)
     test = data.load_dataset("imagefolder", "test", 8, root)
-    assert (len(train), len(test)) == (1437, 360)
+    assert (len(train), len(test)) == (160, 40)
     assert not {p for p, _ in train.samples} & {p for p, _ in test.samples}
     counts = np.bincount(test.targets, minlength=10)
     full = np.bincount(train.targets, minlength=10) + counts
@@ -205,7 +208,7 @@ def test_grouped_conv_gram_is_the_autograd_hessian_per_group(cin, cout, groups):
         y = torch.nn.functional.conv2d(x, flat.reshape(w0.shape), stride=2, padding=1, groups=groups)
         return ((y - y0) ** 2).sum()
 
-    full = torch.autograd.functional.hessian(loss, w0.reshape(-1))          # (C_out·D) × (C_out·D)
+    full = torch.func.hessian(loss)(w0.reshape(-1))                        # (C_out·D) × (C_out·D)
     per = cout // groups
     for r in range(cout):
         for r2 in range(cout):
