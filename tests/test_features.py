@@ -132,7 +132,7 @@ def test_synthetic_features_need_no_backbone():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(dataset="imagenet"), r"dataset must be one of \('digits', 'cifar100', 'synthetic', "
+    (dict(dataset="imagenet"), r"dataset must be one of \('digits', 'cifar100', 'synthetic', 'imagefolder', "
                                r"'synthetic-features', 'synthetic-separable'\), got 'imagenet'"),
     (dict(arch="vit"), r"arch must be a torchvision classification model name .*got 'vit'"),
     (dict(batch_size=0), r"batch_size must be a positive integer, got 0"),
