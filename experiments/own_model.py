@@ -48,7 +48,7 @@ def write_digits_imagefolder(root: Path) -> Path:
             f = root / folder / f"digit{int(label)}" / f"{i:04d}.png"
             if not f.exists():
                 f.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.round(img[0].numpy() * 255).astype(np.uint8), mode="L").save(f)
+                Image.fromarray(np.round(img[0].numpy() * 255).astype(np.uint8)).save(f)
     return root
 
 

@@ -32,7 +32,7 @@ def write_digits(root, single_folder=False, per_split=None):
         for i, (img, label) in enumerate(zip(images[:per_split], labels[:per_split])):
             sub = root / f"d{int(label)}" if single_folder else root / folder / f"d{int(label)}"
             sub.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.round(img[0].numpy() * 255).astype(np.uint8), mode="L").save(sub / f"{split}{i:04d}.png")
+            Image.fromarray(np.round(img[0].numpy() * 255).astype(np.uint8)).save(sub / f"{split}{i:04d}.png")
     return root
 
 

@@ -1,6 +1,6 @@
-"""Train (or fine-tune) a whole ResNet on a dataset's training split; cached checkpoints.
+"""Train (or fine-tune) a whole torchvision classifier on a dataset's training split; cached checkpoints.
 
-:func:`pretrain` trains every parameter of a torchvision ResNet (:func:`backbones.build_model`)
+:func:`pretrain` trains every parameter of a torchvision classifier (:func:`backbones.build_model`)
 with mini-batch SGD (Nesterov momentum, weight decay, a one-cycle learning rate per step:
 ``torch.optim.lr_scheduler.OneCycleLR``) and cross-entropy on the ``train`` split, with a
 light augmentation: each image is shifted by a random integer offset in
