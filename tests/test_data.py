@@ -214,7 +214,7 @@ def test_default_data_root_follows_environment(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"name": "mnist", "split": "train"}, r"dataset must be one of \('digits', 'cifar100', 'synthetic'\), got 'mnist'"),
+    ({"name": "mnist", "split": "train"}, r"dataset must be one of \('digits', 'cifar100', 'synthetic', 'imagefolder'\), got 'mnist'"),
     ({"name": "digits", "split": "val"}, r"split must be one of \('train', 'test'\), got 'val'"),
     ({"name": "digits", "split": "train", "image_size": 4}, r"image_size must be an integer in \[8, 1024\], got 4"),
 ])

@@ -132,9 +132,9 @@ def test_synthetic_features_need_no_backbone():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(dataset="imagenet"), r"dataset must be one of \('digits', 'cifar100', 'synthetic', "
+    (dict(dataset="imagenet"), r"dataset must be one of \('digits', 'cifar100', 'synthetic', 'imagefolder', "
                                r"'synthetic-features', 'synthetic-separable'\), got 'imagenet'"),
-    (dict(arch="vit"), r"arch must be one of \('resnet18', 'resnet34', 'resnet50'\), got 'vit'"),
+    (dict(arch="vit"), r"arch must be a torchvision classification model name .*got 'vit'"),
     (dict(batch_size=0), r"batch_size must be a positive integer, got 0"),
     (dict(limit=0), r"limit must be a positive integer or None, got 0"),
     (dict(image_size=2), r"image_size must be an integer in \[8, 1024\], got 2"),

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from qubo_nn.data import datasets as data
-from qubo_nn.nets.backbones import ARCHS, build_backbone, build_model
+from qubo_nn.nets.backbones import build_backbone, build_model
 from qubo_nn.cli import pretrain_cmd
 from qubo_nn.cli.main import main
 from qubo_nn.errors import QuboNNError
@@ -100,7 +100,9 @@ def test_config_validation(tmp_path, field, value, match):
 
 
 def test_cli_literals_match_the_library():
-    assert pretrain_cmd._DATASETS == data.DATASETS and pretrain_cmd._ARCHS == ARCHS
+    from qubo_nn.cli import eval_cmd
+
+    assert pretrain_cmd._DATASETS == data.DATASETS == eval_cmd._DATASETS
 
 
 def test_cli_pretrain_json_and_bad_weights(tmp_path, one_thread):
@@ -115,3 +117,15 @@ def test_cli_pretrain_json_and_bad_weights(tmp_path, one_thread):
     assert again["hit"] and again["path"] == rec["path"]
     bad = runner.invoke(main, args[:-1] + ["--weights", str(tmp_path / "missing.pt")])
     assert bad.exit_code == 2 and "weights must be 'imagenet', 'none' or a path" in bad.output
+
+
+def test_cpu_thread_count_is_in_the_key_and_the_record(tmp_path, one_thread):
+    # issue 23 item 17: 1 and 2 threads train to different weights (float summation order): not one entry
+    one = checkpoint_path(_tiny(tmp_path))
+    torch.set_num_threads(2)
+    two = checkpoint_path(_tiny(tmp_path))
+    torch.set_num_threads(1)
+    assert one != two
+    from qubo_nn.train.pretrain import checkpoint_settings
+
+    assert checkpoint_settings(_tiny(tmp_path))["cpu_threads"] == 1

@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 
 # --------------------------------------------------------------------------- vocabulary (checked by tests)
 
-DATASETS = ("digits", "cifar100", "synthetic", "synthetic-features", "synthetic-separable")  # features.FEATURE_DATASETS
+DATASETS = ("digits", "cifar100", "synthetic", "imagefolder", "synthetic-features", "synthetic-separable")  # features.FEATURE_DATASETS
 ARCHS = ("resnet18", "resnet34", "resnet50")                     # backbones.ARCHS
 BLOCK_KINDS = ("rows", "columns", "topk", "random")              # quadratic.BLOCK_KINDS
 SALIENCIES = ("grad", "obd")                                     # quadratic.SALIENCIES
@@ -400,16 +400,16 @@ _FEATURE_OPTIONS = dict(
     dataset=click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
                  help="Images to run the backbone on (digits: bundled with scikit-learn, no download; "
                       "synthetic-features: CIFAR-100-shaped random features, no backbone)."),
-    arch=click.option("--arch", type=click.Choice(ARCHS), default="resnet18", show_default=True,
-                 help="torchvision ResNet used as the frozen backbone."),
+    arch=click.option("--arch", default="resnet18", show_default=True, metavar="NAME",
+                 help="Any torchvision classification model (resnet18, mobilenet_v2, efficientnet_b0, ...)."),
     weights=click.option("--weights", default="none", show_default=True,
                  help="Backbone weights: 'imagenet' (torchvision's, downloaded or from the torch cache), "
                       "'none' (seeded random init) or a checkpoint path."),
     image_size=click.option("--image-size", type=click.IntRange(8, 1024), default=64, show_default=True,
                  help="Images are resized to SIZE × SIZE pixels."),
     data_root=click.option("--data-root", type=click.Path(file_okay=False), default=None,
-                 help="Folder containing the extracted 'cifar-100-python' "
-                      "[default: $QUBO_NN_DATA or ~/.cache/qubo-nn/data]."),
+                 help="imagefolder: DIR with train/ and val/ (or test/) class folders; cifar100: folder "
+                      "containing the extracted 'cifar-100-python' [default: $QUBO_NN_DATA or ~/.cache/qubo-nn/data]."),
     download=click.option("--download", is_flag=True, help="Download CIFAR-100 when it is not under --data-root."),
     cache_dir=click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                  help="Feature cache folder [default: $QUBO_NN_CACHE or ~/.cache/qubo-nn/features]."),

@@ -20,6 +20,7 @@ _COMMANDS = {
     "experiment": ".experiment_cmd:experiment_command",
     "quantize": ".quantize_cmd:quantize_command",
     "pretrain": ".pretrain_cmd:pretrain_command",
+    "eval": ".eval_cmd:eval_command",
     "prune": ".prune_cmd:prune_command",
 }
 

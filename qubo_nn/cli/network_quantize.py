@@ -18,7 +18,7 @@ from qubo_nn.cli.quantize_cmd import (QuantizeCommand, check_outputs, executor, 
 
 # literal copies keep `--help` free of torch imports; tests/test_cli_vocabulary.py checks them
 NETWORK_METHODS = ("rtn", "gptq", "cd", "qubo")             # workflows.network_quantize.NETWORK_METHODS
-PRETRAIN_DATASETS = ("digits", "cifar100", "synthetic")     # data.datasets (what `qubo-nn pretrain` trains on)
+PRETRAIN_DATASETS = ("digits", "cifar100", "synthetic", "imagefolder")  # data.datasets.DATASETS (pretrain's)
 #: NetworkQuantizeConfig's defaults of the network-only options (checked by the vocabulary test)
 NETWORK_DEFAULTS = {"first_last_bits": 8, "calib": 256, "group_size": 64, "solve_budget_s": 1200.0,
                     "bn_correct": False}
@@ -43,8 +43,9 @@ network_options = options(
     click.option("--dataset", type=click.Choice(PRETRAIN_DATASETS), default="digits", show_default=True,
                  help="Images of the calibration set, the test metrics and the default checkpoint (digits: "
                       "bundled with scikit-learn, no download)."),
-    click.option("--arch", type=click.Choice(ARCHS), default="resnet18", show_default=True,
-                 help="torchvision ResNet of the checkpoint."),
+    click.option("--arch", default="resnet18", show_default=True, metavar="NAME",
+                 help="Any torchvision classification model of the checkpoint (resnet18, mobilenet_v2, ...; "
+                      "checked by the library)."),
 )
 
 
@@ -53,7 +54,8 @@ network_options = options(
                 "Rounding of every layer: round-to-nearest, GPTQ (act-order, grouped with error feedback), "
                 "coordinate descent from GPTQ (cd), or QUBO windows annealed from GPTQ (qubo); cd and qubo "
                 "re-solve row groups within --solve-budget.",
-                "network-quantized.pt", "Where to write the quantized checkpoint (loads with --weights PATH).")
+                "network-quantized.pt", "Where to write the quantized network: a .pt float checkpoint, or a .safetensors "
+                "file of packed integer codes + row scales (both load with --weights PATH).")
 @sampler_options_except("polish")
 @network_options
 @executor_options("the row problems are solved (the levels do not depend on it)")
@@ -101,13 +103,13 @@ def run_network(cfg, checkpoint: str | None, opts: dict[str, Any], out: str, rec
                           data_root=opts["data_root"], download=opts["download"], device=opts["device"])
     if checkpoint is None:
         checkpoint = str(pretrain(pcfg, progress=progress).path)
-    model = build_model(pcfg.arch, checkpoint, num_classes=data.num_classes(pcfg.dataset))
+    model = build_model(pcfg.arch, checkpoint, num_classes=data.num_classes(pcfg.dataset, pcfg.data_root))
     train_ds, test_ds = load_split(pcfg, "train"), load_split(pcfg, "test")
     calib, _ = materialize(train_ds, calibration_indices(len(train_ds), cfg.calib, cfg.seed))
     X_test, y_test = materialize(test_ds)
     res = quantize_network(model, calib, X_test, y_test, cfg, progress=progress)
-    res.save(out)
-    rec = {**res.record, "checkpoint": portable_path(checkpoint), "dataset": pcfg.dataset, "arch": pcfg.arch,
+    exported = res.save(out)     # a .safetensors --out: packed codes + scales; returns bytes and bits per weight
+    rec = {**res.record, **({"export": exported} if exported else {}), "checkpoint": portable_path(checkpoint), "dataset": pcfg.dataset, "arch": pcfg.arch,
            "image_size": pcfg.image_size, "out": portable_path(out), "seconds_total": time.perf_counter() - t0}
     atomic_write_json(record_path, rec)
     emit({**rec, "record": str(record_path)}, as_json, _table(rec, cfg, out, record_path))

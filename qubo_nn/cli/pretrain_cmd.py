@@ -1,4 +1,4 @@
-"""``qubo-nn pretrain``: train (or fine-tune) the whole ResNet on a dataset; cached checkpoint."""
+"""``qubo-nn pretrain``: train (or fine-tune) a whole torchvision classifier on a dataset; cached checkpoint."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,14 +8,14 @@ import click
 from qubo_nn.cli.common import device_option, emit, handle_errors, json_option, seed_option
 
 # literal copies keep `qubo-nn --help` free of torch imports; tests check they match the library
-_DATASETS = ("digits", "cifar100", "synthetic")
-_ARCHS = ("resnet18", "resnet34", "resnet50")
+_DATASETS = ("digits", "cifar100", "synthetic", "imagefolder")
 
 
 @click.command()
 @click.option("--dataset", type=click.Choice(_DATASETS), default="digits", show_default=True,
               help="Images to train on (digits: bundled with scikit-learn, no download).")
-@click.option("--arch", type=click.Choice(_ARCHS), default="resnet18", show_default=True, help="torchvision ResNet.")
+@click.option("--arch", default="resnet18", show_default=True, metavar="NAME",
+              help="Any torchvision classification model (resnet18, mobilenet_v2, efficientnet_b0, vgg11_bn, ...).")
 @click.option("--weights", default="none", show_default=True,
               help="Start: 'none' (seeded random init: train from scratch), 'imagenet' or a checkpoint path "
                    "(fine-tune; a new fc when the class count differs).")
@@ -30,21 +30,23 @@ _ARCHS = ("resnet18", "resnet34", "resnet50")
               help="Augmentation: random shift of each image by up to this many pixels (0 = none).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images of each split.")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Folder containing the extracted 'cifar-100-python' [default: $QUBO_NN_DATA or ~/.cache/qubo-nn/data].")
+              help="imagefolder: DIR with train/ and val/ (or test/) class folders; cifar100: folder containing "
+                   "the extracted 'cifar-100-python' [default: $QUBO_NN_DATA or ~/.cache/qubo-nn/data].")
 @click.option("--download", is_flag=True, help="Download CIFAR-100 when it is not under --data-root.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Checkpoint folder [default: $QUBO_NN_CHECKPOINTS or ~/.cache/qubo-nn/checkpoints].")
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes (datasets too large to hold in memory, e.g. cifar100).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads [default: torch's]; 1 is fastest on a CPU other jobs also load.")
+              help="torch CPU threads [default: torch's]; 1 is fastest on a CPU other jobs also load. On CPU the "
+                   "count is part of the checkpoint's key (the result depends on it by float rounding).")
 @device_option
 @seed_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar (stderr).")
 @json_option
 @handle_errors
 def pretrain_command(threads: int | None, progress: bool, as_json: bool, **opts: Any) -> None:
-    """Train the whole ResNet on the train split (or fine-tune with --weights) and store a
+    """Train the whole network on the train split (or fine-tune with --weights) and store a
     checkpoint that --weights PATH accepts everywhere; a second call with the same settings is
     a cache hit.
 

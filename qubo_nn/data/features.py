@@ -9,7 +9,8 @@ splits and stores the features in ``cache_dir`` (default ``$QUBO_NN_CACHE`` or
 
 The entry name ends in a key: a hash of the settings that change the features (dataset
 identity, architecture, weights identity (checkpoint sha256, published file, or seed),
-image size, limit). Device and batch size are not in the key (in eval mode they change
+image size, limit); an ``imagefolder`` is identified by a digest of its file list and file
+sizes (:func:`datasets.dataset_identity`), never by its path. Device and batch size are not in the key (in eval mode they change
 features only by float rounding); package versions are stored, not keyed. A ``.pt`` whose
 sha256 does not match its sidecar (truncated, altered) is never used: it is rebuilt.
 
@@ -33,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from qubo_nn.data import datasets as data
-from qubo_nn.nets.backbones import ARCHS, FEATURE_DIMS, build_backbone, weights_identity
+from qubo_nn.nets.backbones import build_backbone, check_arch, feature_dim, weights_identity
 from qubo_nn.errors import QuboNNError
 from qubo_nn.data.featureset import SYNTHETIC_GENERATORS, FeatureSet, synthetic_by_name
 from qubo_nn.runtime import atomic_path, atomic_write_json, resolve_device, sha256_file, versions
@@ -69,8 +70,7 @@ class FeatureConfig:
     def validate(self) -> None:
         if self.dataset not in FEATURE_DATASETS:
             raise QuboNNError(f"dataset must be one of {FEATURE_DATASETS}, got {self.dataset!r}")
-        if self.arch not in ARCHS:
-            raise QuboNNError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        check_arch(self.arch)
         data.check_image_size(self.image_size)
         for name in ("batch_size", "n_train", "n_test"):
             if _not_positive_int(getattr(self, name)):
@@ -105,7 +105,7 @@ def cache_settings(cfg: FeatureConfig) -> dict[str, Any]:
     """The settings that change the features (hashed into the cache key)."""
     return {
         "format": CACHE_FORMAT,
-        "data": data.dataset_identity(cfg.dataset, cfg.seed),
+        "data": data.dataset_identity(cfg.dataset, cfg.seed, cfg.data_root),
         "arch": cfg.arch,
         "weights": weights_identity(cfg.arch, cfg.weights, cfg.seed),
         "image_size": cfg.image_size,
@@ -129,7 +129,7 @@ def get_features(cfg: FeatureConfig, progress: bool = False) -> FeatureResult:
     t0 = time.perf_counter()
     cfg.validate()
     if cfg.dataset in SYNTHETIC_GENERATORS:
-        train, test = synthetic_by_name(cfg.dataset, cfg.n_train, cfg.n_test, FEATURE_DIMS[cfg.arch],
+        train, test = synthetic_by_name(cfg.dataset, cfg.n_train, cfg.n_test, feature_dim(cfg.arch),
                                         SYNTHETIC_FEATURE_CLASSES, cfg.seed)
         return FeatureResult(train, test, None, False, time.perf_counter() - t0, meta=dict(train.meta))
     settings = cache_settings(cfg)
@@ -173,7 +173,7 @@ def _extract(cfg: FeatureConfig, settings: dict[str, Any], progress: bool):
               for s in data.SPLITS}
     model, _ = build_backbone(cfg.arch, cfg.weights, seed=cfg.seed, progress=progress)
     model = model.to(device).eval()
-    C = data.num_classes(cfg.dataset)
+    C = data.num_classes(cfg.dataset, cfg.data_root)
     meta = {"dataset": cfg.dataset, "arch": cfg.arch, "weights": str(cfg.weights),
             "weights_identity": settings["weights"], "image_size": cfg.image_size, "num_classes": C,
             "seed": cfg.seed, "limit": cfg.limit, "key": _key(settings), "device": str(device),

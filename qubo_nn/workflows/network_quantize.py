@@ -128,8 +128,15 @@ class NetworkQuantizeResult:
     bits: dict[str, int]
     record: dict[str, Any]
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Checkpoint ``{"state_dict", "levels", "scales", "bits"}`` (atomic): ``--weights PATH`` loads it."""
+    def save(self, path: str | os.PathLike) -> dict[str, Any] | None:
+        """Checkpoint ``{"state_dict", "levels", "scales", "bits"}`` (atomic): ``--weights PATH`` loads it.
+
+        A ``.safetensors`` path gets the compact export instead (packed codes + row scales,
+        :func:`qubo_nn.io.packed.save_packed`; returns its record: bytes before/after, bits per weight)."""
+        if Path(path).suffix == ".safetensors":
+            from qubo_nn.io.packed import save_packed
+
+            return save_packed(path, self.model.state_dict(), self.levels, self.scales, self.bits)
         with atomic_path(path) as tmp:
             torch.save({"state_dict": self.model.state_dict(), "levels": self.levels, "scales": self.scales,
                         "bits": self.bits}, tmp)
@@ -217,19 +224,104 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
     scale = grid_scale(W, bits, cfg.scale)
     budget = cfg.solve_budget_s * W.numel() / total_weights
     t1 = time.perf_counter()
-    k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i,
-                          executor=executor)
+    if acc.grouped:     # grouped/depthwise conv: the rows of each group against that group's Hessian
+        k, info = round_grouped_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget, i, executor)
+    else:
+        k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i,
+                              executor=executor)
     t_solve = time.perf_counter() - t1
     written = apply_levels(layer.weight.detach().cpu(), k, scale.float())
     with torch.no_grad():
         layer.weight.copy_(written.to(device))
     G = acc.gram.cpu()
     dW = row_view(written).to(torch.float64) - W      # the error of the weights the network holds
-    rel = float(torch.einsum("rd,de,re->", dW, G, dW) / torch.einsum("rd,de,re->", W, G, W))
+    if acc.grouped:
+        Gw, Gd = (t.reshape(G.shape[0], -1, t.shape[1]) for t in (W, dW))
+        rel = float(torch.einsum("grd,gde,gre->", Gd, G, Gd) / torch.einsum("grd,gde,gre->", Gw, G, Gw))
+    else:
+        rel = float(torch.einsum("rd,de,re->", dW, G, dW) / torch.einsum("rd,de,re->", W, G, W))
     levels[name], scales[name], bits_of[name] = k.to(torch.int8), scale.float(), bits
     return {"layer": name, "shape": list(layer.weight.shape), "rows": W.shape[0], "dim": W.shape[1],
             "bits": bits, "rel_error": rel, "capture_s": t_capture, "solve_s": t_solve,
             "calib_columns": acc.count, **info}
+
+
+def round_grouped_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int,
+                        cfg: NetworkQuantizeConfig, budget_s: float, layer_seed: int, executor: Any
+                        ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """:func:`round_layer` per group of a grouped conv: rows g·R/G … (g+1)·R/G − 1 of W (R × D)
+    against H[g] (H: G × D × D), with a share of ``budget_s`` by row count and the seed key
+    ``child_seed(layer_seed, g)``. Energies, rows and stages are summed over the groups."""
+    from qubo_nn.runtime import child_seed
+
+    if cfg.method == "rtn":      # no Hessian involved
+        return round_layer(W, H[0], scale, bits, cfg)
+    if cfg.method == "gptq":     # all groups at once (a depthwise layer has hundreds of one-row groups)
+        return gptq_grouped(W, H, scale, bits, cfg)
+    G = H.shape[0]
+    per = W.shape[0] // G
+    ks, info = [], {"conv_groups": G, "groups": 0, "energy": 0.0}
+    for g in range(G):
+        rows = slice(g * per, (g + 1) * per)
+        k, inf = round_layer(W[rows], H[g], scale[rows], bits, cfg, budget_s=budget_s * per / W.shape[0],
+                             layer_seed=child_seed(layer_seed, g), executor=executor)
+        ks.append(k)
+        info["groups"] += inf["groups"]
+        info["energy"] += inf.get("energy", 0.0)
+        for key in ("rows_solved", "rows_total"):
+            if key in inf:
+                info[key] = info.get(key, 0) + inf[key]
+        for st, n in inf.get("stages", {}).items():
+            info.setdefault("stages", {})[st] = info.get("stages", {}).get(st, 0) + n
+    if "rows_total" in info:
+        info["coverage"] = info["rows_solved"] / max(info["rows_total"], 1)
+    return torch.cat(ks), info
+
+
+def gptq_grouped(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """GPTQ (act-order per group when ``cfg.act_order``) of the rows of a grouped conv, all groups
+    batched: rows g·R/G … of W (R × D) against H[g] (H: G × D × D), damped and factored exactly as
+    :func:`curvature.sequential.sequential_groups` does for one Hessian (dead inputs get 1 on the
+    diagonal, μ_g = damping · mean diag, U_g = P L_g⁻¹ P in ``cfg.factor_dtype``), then GPTQ's column
+    loop over all D columns (the column groups of :func:`round_layer` give the same answer up to
+    float rounding: its feedback is GPTQ's lazy batch update). Levels R × D (int64); info: energy
+    ½ Σ_r (s_r k_r − w_r)ᵀ H̃_g (s_r k_r − w_r)."""
+    qmin, qmax = qrange(bits)
+    G, D = H.shape[0], H.shape[1]
+    per = W.shape[0] // G
+    Hd = H.to(torch.float64).clone()
+    idx = torch.arange(D)
+    diag0 = Hd[:, idx, idx].clone()
+    Hd[:, idx, idx] = torch.where(diag0 == 0, torch.ones_like(diag0), diag0)
+    mu = cfg.damping * Hd[:, idx, idx].mean(1)
+    Hd[:, idx, idx] += mu[:, None]
+    if cfg.act_order:
+        order = torch.stack([torch.argsort(-d, stable=True) for d in diag0])        # G × D
+    else:
+        order = idx.expand(G, D)
+    Hp = torch.gather(torch.gather(Hd, 1, order[:, :, None].expand(G, D, D)), 2, order[:, None, :].expand(G, D, D))
+    L, bad = torch.linalg.cholesky_ex(Hp.to(resolve_dtype(cfg.factor_dtype)).flip(-2, -1))
+    if bool((bad != 0).any()):
+        raise QuboNNError(f"expected positive definite damped Hessians, got a singular one (raise the damping "
+                          f"above {cfg.damping})")
+    eye = torch.eye(D, dtype=L.dtype).expand(G, D, D)
+    U = torch.linalg.solve_triangular(L, eye, upper=False).flip(-2, -1).to(torch.float64)
+    w = W.reshape(G, per, D)
+    s = scale.to(torch.float64).reshape(G, per)
+    x = torch.gather(w, 2, order[:, None, :].expand(G, per, D)).clone()
+    k = torch.empty_like(x, dtype=torch.long)
+    for i in range(D):
+        q = torch.clamp(torch.round(x[:, :, i] / s), qmin, qmax)
+        k[:, :, i] = q.long()
+        err = (x[:, :, i] - s * q) / U[:, i, i][:, None]
+        x[:, :, i + 1:] -= err[:, :, None] * U[:, None, i, i + 1:]
+    out = torch.empty_like(k)
+    out.scatter_(2, order[:, None, :].expand(G, per, D), k)
+    delta = s[:, :, None] * out.to(torch.float64) - w
+    energy = 0.5 * float(torch.einsum("gri,gij,grj->", delta, Hd, delta))
+    return out.reshape(W.shape[0], D), {"conv_groups": G, "groups": G, "energy": energy,
+                                        "damping_mu": float(mu.mean())}
 
 
 def _solver_executor(cfg: NetworkQuantizeConfig, executor: Executor | None = None):

@@ -63,7 +63,9 @@ def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
             out.append(PrunableLayer(pre + "conv3", pre + "conv2", pre + "bn2", pre + "bn3", mod.conv3.in_channels))
     if not out:
         raise QuboNNError(f"expected a torchvision ResNet (BasicBlock/Bottleneck blocks), got {type(model).__name__} "
-                          "with none")
+                          "with none: pruning supports only the pattern it can prove safe, conv → BN → ReLU → conv "
+                          "private to a ResNet block; other patterns (inverted residuals with depthwise convs, "
+                          "squeeze-excitation, plain VGG stacks, grouped convs) are refused")
     return out
 
 
