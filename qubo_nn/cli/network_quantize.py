@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from qubo_nn.cli.common import (ARCHS, emit, executor_options, feature_options_except, handle_errors, options,
+from qubo_nn.cli.common import (emit, executor_options, feature_options_except, handle_errors, options,
     pretrain_note, sampler_options_except)
 from qubo_nn.cli.quantize_cmd import (QuantizeCommand, check_outputs, executor, shared_options,
     split_sampler_options)
