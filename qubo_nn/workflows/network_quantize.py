@@ -45,6 +45,7 @@ import contextlib
 import copy
 import math
 import os
+from pathlib import Path
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
