@@ -37,7 +37,7 @@ import torch
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import resolve_device
 
-__all__ = ["anneal_batch", "uniforms", "chain_keys", "beta_range_levels", "beta_range_bqm", "geometric_betas",
+__all__ = ["anneal_batch", "uniforms", "chain_keys", "beta_range_levels", "beta_range_start", "beta_range_excess", "beta_range_bqm", "geometric_betas",
            "problem_arrays", "BatchAnnealSampler"]
 
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
@@ -96,6 +96,42 @@ def beta_range_levels(A: torch.Tensor, span: float = 30.0) -> torch.Tensor:
     d = torch.where(torch.isfinite(d) & (d > 0), d, torch.ones_like(d))
     cold = math.log(100.0) / d
     return torch.stack([cold / span, cold], dim=1)
+
+
+def beta_range_excess(excess: torch.Tensor, hot: float = 0.3, span: float = 30.0) -> torch.Tensor:
+    """(B × 2) [β_hot, β_cold] for a refinement around a start whose energy lies ``excess`` (B,) above the
+    problem's relaxed minimum: at β_hot an uphill move of ``hot``·excess is accepted with probability ½,
+    β_cold = ``span``·β_hot. Measured on W2 layer groups (bench_annealer): a curvature scale (½A_ii) or
+    the start's cheapest move costs anneal far too hot (chains end 5–12× above the start); this scale
+    keeps the chains near the start's basin (≈ 2× its excess) where polished states beat it."""
+    x = torch.where(excess > 0, excess, torch.ones_like(excess))
+    b = math.log(2.0) / (hot * x)
+    return torch.stack([b, span * b], dim=1)
+
+
+def beta_range_start(A: torch.Tensor, g: torch.Tensor, k0: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor,
+                     hot_quantile: float = 0.5) -> torch.Tensor:
+    """(B × 2) [β_hot, β_cold] from the single-move costs at the start k0 (B × m; a good state, e.g.
+    CD's answer): c_i = the cheaper feasible ±1 move of variable i, δf_i + ½A_ii. At β_hot the
+    ``hot_quantile`` cost is accepted with probability ½, at β_cold the smallest positive cost with
+    probability 1 %. The energy scale is the problem's own landscape around its start, not the
+    curvature ½A_ii alone (on correlated layer Grams a unit step costs far more than the whole
+    remaining energy, so a curvature scale anneals far too hot)."""
+    k = k0.to(A.dtype)
+    f = g + torch.einsum("bij,bj->bi", A, k)
+    half = 0.5 * torch.diagonal(A, dim1=1, dim2=2)
+    inf = torch.full_like(f, math.inf)
+    up = torch.where(k < kmax, f + half, inf)
+    dn = torch.where(k > kmin, -f + half, inf)
+    c = torch.minimum(up, dn).abs()
+    c = torch.where(torch.isfinite(c) & (c > 0), c, torch.full_like(c, math.nan))
+    lo = c.nan_to_num(math.inf).amin(dim=1)
+    mid = c.nanquantile(hot_quantile, dim=1)
+    ok = torch.isfinite(lo) & torch.isfinite(mid)
+    lo, mid = torch.where(ok, lo, torch.ones_like(lo)), torch.where(ok, mid, torch.ones_like(mid))
+    cold = math.log(100.0) / lo
+    hot = torch.minimum(math.log(2.0) / mid, cold)
+    return torch.stack([hot, cold], dim=1)
 
 
 def beta_range_bqm(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -188,17 +188,18 @@ def classical_start(p: IntegerProblem, kind: str = "best") -> tuple[np.ndarray, 
 
 
 def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_start: Any = "best",
-                       num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, rounds: int = 1,
+                       num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3, rounds: int = 1,
                        device: str = "cpu", time_budget_s: float | None = None, polish: bool = True
                        ) -> list[tuple[np.ndarray, dict]]:
     """Levels of many problems at once: classical start → batched anneal around it → CD polish, best kept.
 
     For each problem: the start (``k_start``: "best", "cd", "gptq" (see :func:`classical_start`) or
     a list of (m,) level arrays), then up to ``rounds`` rounds of ``num_reads`` chains × ``num_sweeps``
-    Metropolis sweeps over its levels (:func:`qubo_nn.samplers.batch_anneal.anneal_batch`, β from
-    [β_cold/``span``, β_cold], β_cold from the problem's own curvature), all problems of one size m in
-    one tensor batch; the lowest raw state is polished by coordinate descent (``polish``), and the
-    lowest of start / raw / polished kept. A later round re-anneals only the problems the last one
+    Metropolis sweeps over its levels (:func:`qubo_nn.samplers.batch_anneal.anneal_batch`, geometric β
+    from β_hot to ``span``·β_hot, β_hot from the problem's own scale: an uphill move of ``hot`` times
+    the start's excess E(k_start) − const is accepted with probability ½), all problems of one size m
+    in one tensor batch; every chain's final state and the lowest raw state are polished by coordinate
+    descent (``polish``), and the lowest of start / raw / polished kept. A later round re-anneals only the problems the last one
     improved; ``time_budget_s`` stops starting rounds. Problem j's chains draw from ``seeds[j]``
     only, so its answer does not depend on the rest of the batch (nor on its order).
 
@@ -209,7 +210,7 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     """
     import torch
 
-    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_levels, chain_keys, geometric_betas, problem_arrays
+    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas, problem_arrays
 
     t0 = time.perf_counter()
     n = len(problems)
@@ -243,10 +244,13 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
             k0 = k0[:, None, :].expand(-1, num_reads, -1).contiguous()
             seed_t = torch.as_tensor([child_seed(int(seeds[j]), r) for j in idx], dtype=torch.int64,
                                      device=arr["A"].device)
+            excess = torch.as_tensor([es[j] - problems[j].const for j in idx], dtype=torch.float64,
+                                     device=arr["A"].device)
             out = anneal_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0,
-                               geometric_betas(beta_range_levels(arr["A"], span), num_sweeps),
+                               geometric_betas(beta_range_excess(excess, hot, span), num_sweeps),
                                chain_keys(seed_t, num_reads))
             K = out["k_best"].cpu().numpy()
+            KF = out["k"].cpu().numpy()
             anneal_s += time.perf_counter() - ta
             for a, j in enumerate(idx):
                 p, info = problems[j], infos[j]
@@ -258,11 +262,12 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
                 tol = 1e-12 * max(1.0, abs(e))
                 if E[b] < e - tol:
                     ks[j], es[j], stage = K[a, b].copy(), float(E[b]), "anneal"
-                if polish:
-                    kp, _ = coordinate_descent(p, K[a, b])
-                    ep = float(p.energy(kp))
-                    if ep < es[j] - tol:
-                        ks[j], es[j], stage = kp, ep, stage or "polish"
+                if polish:      # every chain's final state (and the raw best), as the neal pipeline polishes every sample
+                    for row in np.unique(np.concatenate([KF[a], K[a, b:b + 1]]), axis=0):
+                        kp, _ = coordinate_descent(p, row)
+                        ep = float(p.energy(kp))
+                        if ep < es[j] - tol:
+                            ks[j], es[j], stage = kp, ep, stage or "polish"
                 if stage is not None:
                     info["anneal_improved_rounds"] += 1
                     info["stage"] = "anneal" if "anneal" in (info["stage"], stage) else "polish"

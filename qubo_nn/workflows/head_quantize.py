@@ -244,7 +244,7 @@ class QuantizeConfig:
     bits: int = 4
     method: str = "qubo"
     scale: str = "mse"
-    sampler: str = "neal"
+    sampler: str = "batch-anneal"
     sampler_params: dict = field(default_factory=dict)
     encoding: str = "binary"
     num_reads: int = 4
