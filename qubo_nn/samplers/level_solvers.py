@@ -292,4 +292,4 @@ def batch_task(task: dict[str, Any]) -> dict[str, Any] | None:
             return None
         kwargs["time_budget_s"] = left
     res = solve_levels_batch(task["problems"], task["seeds"], **kwargs)
-    return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": [i["stage"] for i in res]}
+    return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": [i["stage"] for _, i in res]}

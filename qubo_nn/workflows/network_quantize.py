@@ -374,7 +374,7 @@ def _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, 
                 continue
             for r, kr, st in zip(res["keys"], res["levels"], res["stages"]):
                 if probs[r].energy(kr) <= probs[r].energy(k[r].numpy()):
-                    k[r] = torch.from_numpy(np.asarray(kr, dtype=np.int64))
+                    k[r] = torch.from_numpy(np.array(kr, dtype=np.int64))
                 stages[st] = stages.get(st, 0) + 1
                 solved += 1
     return solved
