@@ -21,8 +21,9 @@ the integer hashing is exact; only the float64 ``exp`` of the acceptance test ma
 the CPU's by an ulp, so a move decision can differ where u lands within ~1e-16 of exp(−βΔE).
 
 β schedules are geometric, one per problem, from the problem's own energy scale
-(:func:`beta_range_levels` for a refinement around a given start, :func:`beta_range_bqm` for
-random starts, like neal's default).
+(:func:`beta_range_excess` for a refinement around a good start: the start's excess over the
+relaxed minimum; :func:`beta_range_levels` from the curvature, for starts far from the optimum;
+:func:`beta_range_bqm` for random starts on bits, like neal's default).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import resolve_device
 
-__all__ = ["anneal_batch", "uniforms", "chain_keys", "beta_range_levels", "beta_range_start", "beta_range_excess", "beta_range_bqm", "geometric_betas",
+__all__ = ["anneal_batch", "uniforms", "chain_keys", "beta_range_levels", "beta_range_excess", "beta_range_bqm", "geometric_betas",
            "problem_arrays", "BatchAnnealSampler"]
 
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
@@ -107,31 +108,6 @@ def beta_range_excess(excess: torch.Tensor, hot: float = 0.3, span: float = 30.0
     x = torch.where(excess > 0, excess, torch.ones_like(excess))
     b = math.log(2.0) / (hot * x)
     return torch.stack([b, span * b], dim=1)
-
-
-def beta_range_start(A: torch.Tensor, g: torch.Tensor, k0: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor,
-                     hot_quantile: float = 0.5) -> torch.Tensor:
-    """(B × 2) [β_hot, β_cold] from the single-move costs at the start k0 (B × m; a good state, e.g.
-    CD's answer): c_i = the cheaper feasible ±1 move of variable i, δf_i + ½A_ii. At β_hot the
-    ``hot_quantile`` cost is accepted with probability ½, at β_cold the smallest positive cost with
-    probability 1 %. The energy scale is the problem's own landscape around its start, not the
-    curvature ½A_ii alone (on correlated layer Grams a unit step costs far more than the whole
-    remaining energy, so a curvature scale anneals far too hot)."""
-    k = k0.to(A.dtype)
-    f = g + torch.einsum("bij,bj->bi", A, k)
-    half = 0.5 * torch.diagonal(A, dim1=1, dim2=2)
-    inf = torch.full_like(f, math.inf)
-    up = torch.where(k < kmax, f + half, inf)
-    dn = torch.where(k > kmin, -f + half, inf)
-    c = torch.minimum(up, dn).abs()
-    c = torch.where(torch.isfinite(c) & (c > 0), c, torch.full_like(c, math.nan))
-    lo = c.nan_to_num(math.inf).amin(dim=1)
-    mid = c.nanquantile(hot_quantile, dim=1)
-    ok = torch.isfinite(lo) & torch.isfinite(mid)
-    lo, mid = torch.where(ok, lo, torch.ones_like(lo)), torch.where(ok, mid, torch.ones_like(mid))
-    cold = math.log(100.0) / lo
-    hot = torch.minimum(math.log(2.0) / mid, cold)
-    return torch.stack([hot, cold], dim=1)
 
 
 def beta_range_bqm(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
