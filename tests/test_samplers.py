@@ -107,7 +107,7 @@ def test_polish_composite_api():
 
 def test_registry_lists_every_sampler():
     assert list(S.SAMPLERS) == ["neal", "tabu", "steepest", "exact", "sb", "random", "dwave",
-                                "gptq", "cd", "pipeline", "decompose"]
+                                "gptq", "cd", "pipeline", "decompose", "batch-anneal"]
     rows = {r["name"]: r for r in S.describe()}
     assert all(rows[n]["available"] for n in S.SAMPLERS if n != "dwave")
     assert "time_limit" in rows["neal"]["parameters"] and "num_sweeps" in rows["neal"]["parameters"]

@@ -307,7 +307,7 @@ def test_cli_samplers_lists_registry():
     assert res.exit_code == 0
     rows = {r["name"]: r for r in json.loads(res.output)["samplers"]}
     assert list(rows) == ["neal", "tabu", "steepest", "exact", "sb", "random", "dwave", "gptq", "cd", "pipeline",
-                          "decompose"]
+                          "decompose", "batch-anneal"]
     assert rows["dwave"]["available"] is False and rows["neal"]["available"] is True
     text = CliRunner().invoke(main, ["samplers"]).output
     assert "neal      available" in text and "dwave     unavailable" in text

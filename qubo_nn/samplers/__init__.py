@@ -14,6 +14,7 @@ gptq       GPTQ sequential rounding of the block's levels (act-order default); n
 cd         coordinate descent with pair moves over the levels (CDQuant); needs integer_form
 pipeline   best classical start → annealed unary windows → level-space polish; needs integer_form
 decompose  dwave-hybrid: EnergyImpactDecomposer | neal/tabu sub-problems | SplatComposer, looped
+batch-anneal batched Metropolis over levels/bits in torch (any BQM, dense); the level pipeline's default stage
 =========  ===============================================================================
 
 ``integer_form`` (a :class:`qubo_nn.core.problem.IntegerForm`, from ``qubo_nn.core.problem.integer_form(model,
@@ -42,14 +43,15 @@ __all__ = ["SAMPLERS", "DEFAULT_SAMPLER", "get_sampler", "sampler_class", "sampl
            "check_param_types", "PARAM_TYPES", "child_seed", "draw_seed", *sorted(
                ["PolishComposite", "NealSampler", "TabuSampler", "SteepestDescentSolver", "ExactSampler", "SBSampler",
                 "RandomSampler", "DWaveLeapSampler", "GPTQSampler", "CDSampler", "PipelineSampler",
-                "DecomposeSampler", "vectorized_beta_range", "MAX_EXACT_VARIABLES"])]
+                "DecomposeSampler", "BatchAnnealSampler", "vectorized_beta_range", "MAX_EXACT_VARIABLES"])]
 
 #: names this package gives on first use (PEP 562), so that importing it loads no sampler module
 _LAZY = {"NealSampler": "anneal", "vectorized_beta_range": "anneal", "TabuSampler": "tabu_search",
          "SteepestDescentSolver": "steepest", "ExactSampler": "exact", "MAX_EXACT_VARIABLES": "exact",
          "SBSampler": "bifurcation", "RandomSampler": "random_baseline", "DWaveLeapSampler": "dwave_leap",
          "GPTQSampler": "classical", "CDSampler": "classical", "PipelineSampler": "pipeline",
-         "DecomposeSampler": "decompose", "PolishComposite": "polish"}
+         "DecomposeSampler": "decompose", "PolishComposite": "polish",
+         "BatchAnnealSampler": "batch_anneal"}
 
 
 def __getattr__(name: str):

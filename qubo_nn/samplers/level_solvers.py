@@ -1,4 +1,6 @@
-"""Level solvers that anneal: windows of an IntegerProblem as QUBOs, and the solve_levels pipeline."""
+"""Level solvers that anneal: the batched level-space annealer over many IntegerProblems
+(:func:`solve_levels_batch`, the default annealing stage), windows of an IntegerProblem as QUBOs for
+any dimod sampler (:func:`anneal_window`), and the solve_levels pipeline."""
 from __future__ import annotations
 
 import math
@@ -11,8 +13,15 @@ from qubo_nn.core.grid import bits_of, check_encoding, digit_weights, levels_of
 from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
 from qubo_nn.core.problem import IntegerProblem, window_base, window_qubo
 from qubo_nn.errors import QuboNNError
+from qubo_nn.runtime import child_seed
 
 LEVEL_METHODS = ("rtn", "gptq", "gptq-natural", "cd", "qubo")
+
+#: the default annealing stage of the ``qubo`` pipeline (level space, no BQM); any registered
+#: dimod sampler name ("neal", "tabu", ...) anneals BQM windows instead (:func:`anneal_window`).
+BATCH_SAMPLER = "batch-anneal"
+#: parameters of the batched stage: chains per problem, sweeps per round, device
+BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu"}
 
 
 def _best_classical(p: IntegerProblem, pairs: bool = True) -> tuple[np.ndarray, dict]:
@@ -77,7 +86,7 @@ def anneal_window(p: IntegerProblem, k_start: np.ndarray, *, encoding: str = "un
                "beta_range": ss.info.get("params", {}).get("beta_range")}
 
 
-def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str = "unary", sampler: str = "neal",
+def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str = "unary", sampler: str = BATCH_SAMPLER,
                  seed: int = 0, params: dict | None = None, time_budget_s: float | None = None,
                  levels: int = 3, rounds: int = 4, refine_span: float | None = 30.0) -> tuple[np.ndarray, dict]:
     """Levels k (m,) int64 minimising ``problem`` by ``method`` and info {"method", "energy", "stage",
@@ -93,6 +102,9 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
       incumbent before any polish) or ``"polish"`` (only the polished samples did). ``info`` also
       holds ``energy_classical``, ``energy_anneal_raw`` (the annealer's own best sample) and
       ``anneal_improved_rounds``. ``time_budget_s`` stops starting new rounds after that many seconds.
+      With ``sampler="batch-anneal"`` (the default) the annealing stage is :func:`solve_levels_batch`
+      on this one problem (level space, no window, ``params``: num_reads, num_sweeps, device; ``refine_span``
+      is its β span); ``encoding`` and ``levels`` then play no part.
     """
     if method not in LEVEL_METHODS:
         raise QuboNNError(f"method must be one of {LEVEL_METHODS}, got {method!r}")
@@ -107,6 +119,11 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
     elif method == "cd":
         k, cinfo = coordinate_descent(p, gptq(p, True))
         info.update(cinfo)
+    elif sampler == BATCH_SAMPLER:
+        (k, binfo), = solve_levels_batch([p], [seed], time_budget_s=time_budget_s, rounds=rounds,
+                                         span=30.0 if refine_span is None else refine_span, **_batch_params(params))
+        info.update(binfo)
+        info["method"] = method
     else:
         k, cinfo = _best_classical(p)
         e = cinfo["energy"]
@@ -140,3 +157,139 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
     info["energy"] = float(p.energy(k))
     info["wall_time_s"] = time.perf_counter() - t0
     return np.asarray(k, dtype=np.int64), info
+
+
+def _batch_params(params: dict | None) -> dict:
+    """``params`` of the batched stage checked against :data:`BATCH_PARAMS` (QuboNNError otherwise)."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(BATCH_PARAMS))
+    if unknown:
+        raise QuboNNError(f"sampler {BATCH_SAMPLER!r} does not accept parameter(s) {', '.join(unknown)}; "
+                          f"expected some of {', '.join(BATCH_PARAMS)}")
+    out = {**BATCH_PARAMS, **params}
+    for key in ("num_reads", "num_sweeps"):
+        v = out[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise QuboNNError(f"{key} must be a positive integer, got {v!r}")
+    return out
+
+
+def classical_start(p: IntegerProblem, kind: str = "best") -> tuple[np.ndarray, str]:
+    """The start of the anneal: ``best`` (the best of CD from GPTQ act-order / natural / RTN, as the
+    neal pipeline), ``cd`` (CD from GPTQ act-order, the ``cd`` method's answer) or ``gptq``."""
+    if kind == "best":
+        k, info = _best_classical(p)
+        return k, info["start"]
+    if kind == "cd":
+        return coordinate_descent(p, gptq(p, True))[0], "cd<-gptq"
+    if kind == "gptq":
+        return gptq(p, True), "gptq"
+    raise QuboNNError(f"k_start must be 'best', 'cd', 'gptq' or a list of level arrays, got {kind!r}")
+
+
+def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_start: Any = "best",
+                       num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3, rounds: int = 1,
+                       device: str = "cpu", time_budget_s: float | None = None, polish: bool = True
+                       ) -> list[tuple[np.ndarray, dict]]:
+    """Levels of many problems at once: classical start → batched anneal around it → CD polish, best kept.
+
+    For each problem: the start (``k_start``: "best", "cd", "gptq" (see :func:`classical_start`) or
+    a list of (m,) level arrays), then up to ``rounds`` rounds of ``num_reads`` chains × ``num_sweeps``
+    Metropolis sweeps over its levels (:func:`qubo_nn.samplers.batch_anneal.anneal_batch`, geometric β
+    from β_hot to ``span``·β_hot, β_hot from the problem's own scale: an uphill move of ``hot`` times
+    the start's excess E(k_start) − const is accepted with probability ½), all problems of one size m
+    in one tensor batch; every chain's final state and the lowest raw state are polished by coordinate
+    descent (``polish``), and the lowest of start / raw / polished kept. A later round re-anneals only the problems the last one
+    improved; ``time_budget_s`` stops starting rounds. Problem j's chains draw from ``seeds[j]``
+    only, so its answer does not depend on the rest of the batch (nor on its order).
+
+    Returns [(k (m,) int64, info)] in the order of ``problems``; info as :func:`solve_levels`'s
+    ``qubo`` (energy, energy_classical, classical_start, stage, energy_anneal_raw,
+    anneal_improved_rounds, rounds_run) plus sampler, num_reads, num_sweeps and the batch's
+    anneal_wall_time_s.
+    """
+    import torch
+
+    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas, problem_arrays
+
+    t0 = time.perf_counter()
+    n = len(problems)
+    if len(seeds) != n:
+        raise QuboNNError(f"expected one seed per problem ({n}), got {len(seeds)}")
+    if isinstance(k_start, str):
+        starts = [classical_start(p, k_start) for p in problems]
+    else:
+        if len(k_start) != n:
+            raise QuboNNError(f"expected one start per problem ({n}), got {len(k_start)}")
+        starts = [(p.clip(k), "given") for p, k in zip(problems, k_start)]
+    ks = [np.asarray(k, dtype=np.int64) for k, _ in starts]
+    es = [float(p.energy(k)) for p, k in zip(problems, ks)]
+    infos = [{"method": "qubo", "sampler": BATCH_SAMPLER, "energy_classical": e, "classical_start": name,
+              "classical_wall_time_s": time.perf_counter() - t0, "num_reads": num_reads, "num_sweeps": num_sweeps,
+              "stage": "classical", "energy_anneal_raw": math.inf, "anneal_improved_rounds": 0, "rounds_run": 0}
+             for e, (_, name) in zip(es, starts)]
+    anneal_s = 0.0
+    todo = list(range(n))
+    for r in range(max(int(rounds), 0)):
+        if not todo or (time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s):
+            break
+        improved = []
+        by_m: dict[int, list[int]] = {}
+        for j in todo:
+            by_m.setdefault(problems[j].m, []).append(j)
+        for idx in by_m.values():
+            ta = time.perf_counter()
+            arr = problem_arrays([problems[j] for j in idx], device)
+            k0 = torch.as_tensor(np.stack([ks[j] for j in idx]), device=arr["A"].device)
+            k0 = k0[:, None, :].expand(-1, num_reads, -1).contiguous()
+            seed_t = torch.as_tensor([child_seed(int(seeds[j]), r) for j in idx], dtype=torch.int64,
+                                     device=arr["A"].device)
+            excess = torch.as_tensor([es[j] - problems[j].const for j in idx], dtype=torch.float64,
+                                     device=arr["A"].device)
+            out = anneal_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0,
+                               geometric_betas(beta_range_excess(excess, hot, span), num_sweeps),
+                               chain_keys(seed_t, num_reads))
+            K = out["k_best"].cpu().numpy()
+            KF = out["k"].cpu().numpy()
+            anneal_s += time.perf_counter() - ta
+            for a, j in enumerate(idx):
+                p, info = problems[j], infos[j]
+                E = p.energy(K[a])
+                b = int(np.argmin(E))
+                info["energy_anneal_raw"] = min(info["energy_anneal_raw"], float(E[b]))
+                info["rounds_run"] = r + 1
+                e, stage = es[j], None
+                tol = 1e-12 * max(1.0, abs(e))
+                if E[b] < e - tol:
+                    ks[j], es[j], stage = K[a, b].copy(), float(E[b]), "anneal"
+                if polish:      # every chain's final state (and the raw best), as the neal pipeline polishes every sample
+                    for row in np.unique(np.concatenate([KF[a], K[a, b:b + 1]]), axis=0):
+                        kp, _ = coordinate_descent(p, row)
+                        ep = float(p.energy(kp))
+                        if ep < es[j] - tol:
+                            ks[j], es[j], stage = kp, ep, stage or "polish"
+                if stage is not None:
+                    info["anneal_improved_rounds"] += 1
+                    info["stage"] = "anneal" if "anneal" in (info["stage"], stage) else "polish"
+                    improved.append(j)
+        todo = improved
+    wall = time.perf_counter() - t0
+    for j in range(n):
+        infos[j].update(energy=es[j], anneal_wall_time_s=anneal_s, wall_time_s=wall)
+    return [(ks[j], infos[j]) for j in range(n)]
+
+
+def batch_task(task: dict[str, Any]) -> dict[str, Any] | None:
+    """A batch of problems as one executor task (threads or Ray): ``task`` = {"problems", "seeds",
+    "kwargs": solve_levels_batch keyword arguments, "keys": anything handed back, "deadline":
+    time.time() after which it does not start (None: no deadline)}. Returns {"keys", "levels",
+    "stages"} or None when started after the deadline; the time left is its budget."""
+    kwargs = dict(task.get("kwargs") or {})
+    deadline = task.get("deadline")
+    if deadline is not None:
+        left = deadline - time.time()
+        if left <= 0:
+            return None
+        kwargs["time_budget_s"] = left
+    res = solve_levels_batch(task["problems"], task["seeds"], **kwargs)
+    return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": [i["stage"] for _, i in res]}

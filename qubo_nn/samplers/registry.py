@@ -32,6 +32,7 @@ SAMPLERS: dict[str, str] = {
     "cd": "classical:CDSampler",
     "pipeline": "pipeline:PipelineSampler",
     "decompose": "decompose:DecomposeSampler",
+    "batch-anneal": "batch_anneal:BatchAnnealSampler",
 }
 DEFAULT_SAMPLER = "neal"
 
@@ -51,6 +52,7 @@ PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "max_iter": (int,), "convergence": (int,), "size": (int,), "rounds": (int,), "window_levels": (int,),
     "time_limit": (int, float), "time_budget_s": (int, float), "max_time": (int, float),
     "act_order": (bool,), "pairs": (bool,), "encoding": (str,), "subsampler": (str,), "start": (str,),
+    "device": (str,),
 }
 _OPTIONAL = {"time_limit", "time_budget_s", "max_time", "timeout", "num_reads"}
 

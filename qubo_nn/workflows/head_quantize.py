@@ -109,7 +109,7 @@ class QuantizeConfig:
     grid: str = "signed"
     method: str = "qubo"
     scale: str = "mse"
-    sampler: str = "neal"
+    sampler: str = "batch-anneal"
     sampler_params: dict = field(default_factory=dict)
     encoding: str = "binary"
     num_reads: int = 4

@@ -86,7 +86,7 @@ class NetworkQuantizeConfig:
     damping: float = 0.01
     scale: str = "mse"
     encoding: str = "unary"
-    sampler: str = "neal"
+    sampler: str = "batch-anneal"
     sampler_params: dict = field(default_factory=dict)
     solve_budget_s: float = 1200.0
     batch_size: int = 64
@@ -397,6 +397,9 @@ def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: in
     if cfg.method == "qubo":
         extra = {"encoding": cfg.encoding, "sampler": cfg.sampler, "params": cfg.sampler_params or None}
 
+    if cfg.method == "qubo" and cfg.sampler == "batch-anneal":
+        return _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, executor)
+
     def tasks():
         for r in range(w.shape[0]):
             if time.time() >= deadline:
@@ -413,6 +416,35 @@ def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: in
             k[r] = torch.from_numpy(np.array(res["levels"], dtype=np.int64))
             stages[res["stage"]] = stages.get(res["stage"], 0) + 1
             solved += 1
+    return solved
+
+
+def _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, executor) -> int:
+    """The rows of one group by the batched annealer (:func:`level_solvers.solve_levels_batch`): all
+    rows in one batch, split into one chunk per executor slot; each row keeps GPTQ's levels ``k``
+    unless its answer is not higher. Seeds as :func:`_solve_rows` (per row, batch-independent)."""
+    from qubo_nn.core.problem import IntegerProblem
+    from qubo_nn.samplers import child_seed
+    from qubo_nn.samplers.level_solvers import _batch_params, batch_task
+
+    m, R = w.shape[1], w.shape[0]
+    probs = [IntegerProblem(H=H, target=w[r].numpy(), scale=np.full(m, float(scale[r])), kmin=kmin, kmax=kmax)
+             for r in range(R)]
+    seeds = [child_seed(cfg.seed, *key, r) for r in range(R)]
+    chunks = np.array_split(np.arange(R), max(1, min(R, int(getattr(executor, "parallelism", 1) or 1))))
+    kw = _batch_params(cfg.sampler_params or None)
+    tasks = ({"problems": [probs[r] for r in c], "seeds": [seeds[r] for r in c], "keys": c.tolist(),
+              "kwargs": {"k_start": "cd", **kw}, "deadline": deadline} for c in chunks if len(c))
+    solved = 0
+    with contextlib.closing(map_unordered(batch_task, tasks, executor)) as done:
+        for _, res in done:
+            if res is None:      # started after the deadline: keeps GPTQ's levels
+                continue
+            for r, kr, st in zip(res["keys"], res["levels"], res["stages"]):
+                if probs[r].energy(kr) <= probs[r].energy(k[r].numpy()):
+                    k[r] = torch.from_numpy(np.array(kr, dtype=np.int64))
+                stages[st] = stages.get(st, 0) + 1
+                solved += 1
     return solved
 
 
