@@ -21,6 +21,7 @@ _COMMANDS = {
     "quantize": ".quantize_cmd:quantize_command",
     "pretrain": ".pretrain_cmd:pretrain_command",
     "prune": ".prune_cmd:prune_command",
+    "bench": ".bench_cmd:bench_command",
 }
 
 
