@@ -15,6 +15,7 @@ import csv
 import fnmatch
 import importlib
 import io
+import json
 import math
 import os
 import shlex
@@ -283,3 +284,47 @@ def plot_profiles(results: list[dict], path: str | os.PathLike, metrics=("tts99_
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return summary
+
+
+def summary_text(manifest: dict, runs: list[dict], gap_target: float = 0.05) -> str:
+    """A text report: the suite's bound certification (share of instances whose best known is within
+    ``gap_target`` of its certified lower bound, by family) and, per run, the share of instances
+    where the sampler reached the best known and its median excess, by family."""
+    ents = manifest["instances"]
+    fams = sorted({e["family"] for e in ents})
+    lines = [f"# {manifest['suite']}: {len(ents)} instances, "
+             f"{min(e['num_variables'] for e in ents)}..{max(e['num_variables'] for e in ents)} variables", "",
+             f"## Best known vs certified lower bound (gap = (E* − LB)/|E*|, target ≤ {gap_target:.0%})", "",
+             "| family | instances | with a bound | gap ≤ target | median gap | best known found by |", "|---|---|---|---|---|---|"]
+    total_ok = 0
+    for fam in fams:
+        es = [e for e in ents if e["family"] == fam]
+        gaps = [e["meta"]["lower_bound"]["gap"] for e in es if e["meta"].get("lower_bound")]
+        ok = sum(g is not None and g <= gap_target for g in gaps)
+        total_ok += ok
+        by: dict[str, int] = {}
+        for e in es:
+            k = e["meta"].get("best_known", {}).get("found_by", "?")
+            by[k] = by.get(k, 0) + 1
+        med = f"{np.median(gaps):.2%}" if gaps else "-"
+        lines.append(f"| {fam} | {len(es)} | {len(gaps)} | {ok} | {med} | "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(by.items())) + " |")
+    lines += ["", f"Certified within {gap_target:.0%}: {total_ok}/{len(ents)} instances "
+              f"({total_ok / len(ents):.0%}).", ""]
+    if runs:
+        lines += ["## Harness runs: instances where the sampler reached E* in at least one repeat / run, median excess",
+                  "", "| sampler | settings | " + " | ".join(fams) + " | all | wall (s) |",
+                  "|---|---|" + "---|" * (len(fams) + 2)]
+        for r in runs:
+            cells = []
+            rows_all = [x for x in r["instances"] if not x.get("skipped") and x.get("excess") is not None]
+            for fam in fams + [None]:
+                rows = [x for x in rows_all if fam is None or x["family"] == fam]
+                if not rows:
+                    cells.append("skipped")
+                    continue
+                hit = sum(x["success_probability"] > 0 for x in rows)
+                cells.append(f"{hit}/{len(rows)}, {np.median([x['excess'] for x in rows]):.2%}")
+            settings = f"R={r['repeats']}, time_limit={r.get('time_limit')}, {json.dumps(r.get('params', {}))}"
+            lines.append(f"| {r['sampler']} | {settings} | " + " | ".join(cells) + f" | {r['wall_time_s']:.0f} |")
+    return "\n".join(lines) + "\n"
