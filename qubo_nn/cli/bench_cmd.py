@@ -138,16 +138,28 @@ def verify_command(suite_dir: str, regenerate: bool, as_json: bool) -> None:
 @bench_command.command("profile")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG of the performance profiles.")
+@click.option("--summary", type=click.Path(dir_okay=False), default=None,
+              help="Also write a text report (bound certification by family, each run's hits and excess).")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The suite's manifest.json for --summary [default: the committed nnqubo-v1.json].")
 @json_option
 @handle_errors
-def profile_command(results: tuple[str, ...], out: str, as_json: bool) -> None:
+def profile_command(results: tuple[str, ...], out: str, summary: str | None, manifest: str | None,
+                    as_json: bool) -> None:
     """Dolan–Moré performance profiles (TTS99 and excess) of several `bench` result files."""
     import json
 
-    from qubo_nn.suite.harness import plot_profiles
+    from qubo_nn.runtime import atomic_write_text
+    from qubo_nn.suite.generate import COMMITTED_MANIFEST
+    from qubo_nn.suite.harness import plot_profiles, summary_text
 
     runs = [json.loads(Path(p).read_text()) for p in results]
-    summary = plot_profiles(runs, out)
+    prof = plot_profiles(runs, out)
+    if summary:
+        man = json.loads(Path(manifest or COMMITTED_MANIFEST).read_text())
+        atomic_write_text(summary, summary_text(man, runs) + "\n## Dolan–Moré ρ at ratios 1, 2, 10\n\n```\n"
+                          + json.dumps(prof, indent=1) + "\n```\n")
+    summary = prof
     emit({"out": out, "profile": summary}, as_json, f"{out}: " + json.dumps(summary))
 
 
