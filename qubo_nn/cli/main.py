@@ -22,6 +22,7 @@ _COMMANDS = {
     "pretrain": ".pretrain_cmd:pretrain_command",
     "eval": ".eval_cmd:eval_command",
     "prune": ".prune_cmd:prune_command",
+    "bench": ".bench_cmd:bench_command",
 }
 
 
