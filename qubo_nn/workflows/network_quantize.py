@@ -45,7 +45,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,7 @@ class NetworkQuantizeConfig:
         return ExecutorConfig(executor=self.executor, workers=self.workers, ray_address=self.ray_address)
 
     def validate(self) -> None:
-        if check_grid(self.grid) != "signed":
-            raise QuboNNError(f"grid {self.grid!r} is not implemented yet (issue 24); use grid='signed'")
+        check_grid(self.grid)      # binary/ternary inner layers: qubo_nn.workflows.spin_quantize.spin_layer
         check_bits(self.bits)
         self.executor_config().validate()
         check_bits(self.first_last_bits)
@@ -223,11 +222,21 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
     acc = capture_gram(folded, name, batches)
     t_capture = time.perf_counter() - t0
     W = row_view(layer.weight.detach()).to("cpu", torch.float64)
-    scale = grid_scale(W, bits, cfg.scale)
     budget = cfg.solve_budget_s * W.numel() / total_weights
     t1 = time.perf_counter()
-    k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i,
-                          executor=executor)
+    if cfg.grid != "signed" and i not in (0, len(names) - 1):   # issue 24: codes ±1 (0), α per row
+        from qubo_nn.workflows.spin_quantize import spin_layer
+
+        def round_fn(target, s, kr, method):
+            return round_layer(target, acc.hessian().cpu(), s, bits, cfg, budget_s=budget, layer_seed=i,
+                               executor=executor, levels=kr, method=method)[0]
+
+        k, scale, info = spin_layer(W, acc.hessian().cpu(), cfg.grid, cfg.method, cfg.damping, round_fn)
+        bits = 2 if cfg.grid == "ternary" else 1
+    else:
+        scale = grid_scale(W, bits, cfg.scale)
+        k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i,
+                              executor=executor)
     t_solve = time.perf_counter() - t1
     written = apply_levels(layer.weight.detach().cpu(), k, scale.float())
     with torch.no_grad():
@@ -251,14 +260,18 @@ def _solver_executor(cfg: NetworkQuantizeConfig, executor: Executor | None = Non
 
 
 def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig,
-                budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None
+                budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None,
+                levels: tuple[int, int] | None = None, method: str | None = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Integer levels k (R × D, int64) of the rows of W (R × D, float64) on the grid ``scale`` (R,)
     by ``cfg.method`` against the layer Hessian H (D × D); info: groups, energies, stages.
 
     cd/qubo re-solve the rows of each group as tasks on ``executor`` (an open
-    :class:`~qubo_nn.execution.executors.Executor`; None: one is opened from ``cfg`` for this layer)."""
-    qmin, qmax = qrange(bits)
+    :class:`~qubo_nn.execution.executors.Executor`; None: one is opened from ``cfg`` for this layer).
+    ``levels`` (kmin, kmax) replaces the signed b-bit range and ``method`` ``cfg.method`` (spin grids)."""
+    qmin, qmax = qrange(bits) if levels is None else levels
+    if method is not None and method != cfg.method:
+        cfg = replace(cfg, method=method)
     if cfg.method == "rtn":
         return torch.clamp(torch.round(W / scale[:, None]), qmin, qmax).long(), {"groups": 1}
     plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
