@@ -262,3 +262,21 @@ def test_quantize_network_on_a_spin_grid(grid, method, one_thread):
     for name in ("conv1", "fc"):
         assert layers[name]["bits"] == 8 and "grid" not in layers[name]
     assert "bn_correct" in res.record and res.record["quantized"]["test_acc"] >= 0
+
+
+@pytest.mark.parametrize("grid,m", [("binary", 10), ("ternary", 7)])
+def test_bench_spins_row_scores_against_brute_force(load_script, monkeypatch, grid, m):
+    """benchmarks/bench_spins.py's row record: energies are the problem's, the best known is the
+    brute-force optimum on a tiny row, excess ≥ 0 and the certified bound is below it."""
+    bs = load_script("benchmarks/bench_spins.py")
+    monkeypatch.setitem(bs.LONG, "params", {"num_reads": 4, "num_sweeps": 300})     # tiny rows: short runs
+    monkeypatch.setitem(bs.HOT, "params", {"num_reads": 2, "num_sweeps": 300})
+    H, t = _row(m, 7)
+    r = bs.run_row(H, t, 0.05, grid, seed=0, encodings=True)
+    E_all = _direct(H, t, r["alpha"], _codes(grid, m), 0.05)
+    assert r["energy_best_known"] == pytest.approx(float(E_all.min()), abs=1e-12)
+    assert all(x >= -1e-12 for x in r["excess"].values())
+    assert r["bound"]["lower_bound"] <= float(E_all.min()) + 1e-12 and r["bound_gap"] >= 0
+    assert r["info"]["pipeline"]["stage"] in ("classical", "anneal", "polish")
+    summary = bs.summarise([dict(r, dataset="tiny", row=0)])
+    assert summary[grid]["methods"]["pipeline"]["rows_at_best_known"] == 1
