@@ -297,8 +297,6 @@ def run_heads(a) -> int:
              "| grid | method | test acc (%) | test loss | train loss | energy (nats) | time (s) |", "|---|---|---|---|---|---|---|"]
     for grid, t in table.items():
         for m, v in t.items():
-            if m == "qubo":
-                pass
             lines.append(f"| {grid} | {m} | {v['test_acc'][0]:.2f} ± {v['test_acc'][1]:.2f} | {v['test_loss'][0]:.4f} "
                          f"| {v['train_loss'][0]:.4f} | {v['energy'][0]:.4f} | {v['wall_time_s'][0]:.1f} |")
         lines.append(f"| {grid} | qubo rows improved by annealing (all seeds) | {t['qubo']['rows_improved_total']} of "
