@@ -67,15 +67,13 @@ def heads(n: int, quick: bool):
     from qubo_nn.data.features import FeatureConfig, get_features
     from qubo_nn.train.sgd import reference_head
 
-    out = []
-    fr = get_features(FeatureConfig(dataset="digits", device="cpu"))
+    fr = get_features(FeatureConfig(dataset="digits", device="cpu"))      # a generator: rows start early
     h, info = reference_head(fr.train, device="cpu")
-    out.append(("digits", h, fr.train, info.get("l2")))
+    yield "digits", h, fr.train, info.get("l2")
     if not quick:
         tr, _ = realistic_features(n_train=n, n_test=1000, dim=512, num_classes=100, seed=0)
         h, info = reference_head(tr, device="cpu")
-        out.append(("realistic", h, tr, info.get("l2")))
-    return out
+        yield "realistic", h, tr, info.get("l2")
 
 
 def timed(fn):
@@ -309,8 +307,8 @@ def run_heads(a) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=3, help="class rows per head")
-    ap.add_argument("--n", type=int, default=4000, help="realistic synthetic training points (reduced size)")
+    ap.add_argument("--rows", type=int, default=2, help="class rows per head")
+    ap.add_argument("--n", type=int, default=2000, help="realistic synthetic training points (reduced size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grids", default="binary,ternary")
     ap.add_argument("--encoding-rows", type=int, default=1, help="rows per head where both ternary encodings run")
@@ -333,11 +331,18 @@ def main(argv=None) -> int:
                 r = run_row(p0.H, p0.target, p0.const, grid, a.seed, encodings=c < a.encoding_rows)
                 r.update(dataset=ds, row=c, head_l2=l2)
                 rows.append(r)
+                write(a, rows, datasets, t0, load0, final=False)     # a partial record after every row
                 print(f"{ds} row {c} {grid}: " + " ".join(f"{m}={r['excess'][m]:.2e}/{r['time_s'][m]:.2f}s" for m in METHODS)
                       + f" best={r['best_known_by']} gap={r['bound_gap']:.2e} stage={r['info']['pipeline']['stage']}",
                       flush=True)
+    print(write(a, rows, datasets, t0, load0, final=True))
+    return 0
+
+
+def write(a, rows, datasets, t0, load0, final: bool) -> str:
+    """Write the record and its text (atomically); ``complete`` is False while rows are still running."""
     rec = {"benchmark": "spins", "argv": vars(a), "datasets": datasets, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "settings": {"pipeline": HOT, "long": LONG, "ternary_encoding": TERNARY_ENCODING},
+           "complete": final, "settings": {"pipeline": HOT, "long": LONG, "ternary_encoding": TERNARY_ENCODING},
            "loadavg_start": load0, "loadavg_end": os.getloadavg(), "machine": machine_info("cpu"),
            "versions": versions(), "wall_time_s": time.perf_counter() - t0, "rows": rows}
     rec["summary"] = summarise(rows)
@@ -346,10 +351,11 @@ def main(argv=None) -> int:
     name = "bench_spins_quick" if a.quick else "bench_spins"
     atomic_write_json(out / f"{name}.json", to_jsonable(rec))
     text = render(rec)
+    if not final:
+        text = f"PARTIAL RECORD ({len(rows)} rows so far; the run was still going when this was written)\n\n" + text
     with atomic_path(out / f"{name}.txt") as tmp:
         Path(tmp).write_text(text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
