@@ -9,6 +9,9 @@ no zero point: the grid is symmetric about 0 up to the one extra negative level)
 - ``mse``: s_c = r·s_c^maxabs with the clipping ratio r ∈ [``mse_min_ratio``, 1] (``mse_grid``
   values) that minimises Σ_d (W[c, d] − s·clamp(round(W[c, d]/s)))², per row.
 
+``grid`` ``binary``/``ternary`` (issue 24): w = α_c·s, s ∈ {−1, +1} (or {−1, 0, +1}) with a per-row α
+refit by every method in closed form (:mod:`qubo_nn.workflows.spin_quantize`; ``bits`` unused).
+
 The bias stays in full precision (common practice: it is C numbers against C·D weights, and its
 quantization error is not reduced by any rounding choice), so the block of row c is its D
 weights only; ``refit_bias`` re-fits it afterwards with the weights frozen (convex, L-BFGS).

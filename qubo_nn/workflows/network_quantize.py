@@ -10,7 +10,9 @@ Pipeline (:func:`quantize_network`):
 3. Each output channel r is a row w_r of the C_out × D weight view, quantized to w = s_r · k with
    k ∈ [−2^(b−1), 2^(b−1) − 1] and the per-row scale s_r of ``quantize.grid_scale`` (``mse``
    rule by default): the same grid for every method. b = ``bits``, except the first and last
-   weight layer, which get ``first_last_bits`` (default 8).
+   weight layer, which get ``first_last_bits`` (default 8). With ``grid`` ``binary``/``ternary`` the
+   other layers get codes ±1 (or −1/0/+1) and a per-row α alternated with GPTQ's codes
+   (:func:`qubo_nn.workflows.spin_quantize.spin_layer`, issue 24; ``bits`` is then unused).
 4. Rounding minimises the row's reconstruction error ½ (s k − w)ᵀ H̃ (s k − w) with H̃ = H + μI
    (μ = ``damping`` · mean diag H). Columns are permuted by act-order (descending diag H) and cut
    into groups of at most ``group_size``; group by group, each row's integer problem has the
