@@ -25,11 +25,11 @@ SCALE_RULES = ("maxabs", "mse")
 
 
 def check_grid_config(grid: str, bits: int, scale_rule: str) -> None:
-    """The grid settings a quantize config shares (head and network): ``grid`` (only ``signed`` so
-    far), ``bits`` in [1, :data:`~qubo_nn.core.grid.MAX_CODE_BITS`] (int8 codes), ``scale_rule`` of
+    """The grid settings a quantize config shares (head and network): ``grid`` of
+    :data:`~qubo_nn.core.grid.GRIDS` (binary/ternary: :mod:`qubo_nn.core.spins`, ``bits`` unused there),
+    ``bits`` in [1, :data:`~qubo_nn.core.grid.MAX_CODE_BITS`] (int8 codes), ``scale_rule`` of
     :data:`SCALE_RULES`; QuboNNError otherwise."""
-    if check_grid(grid) != "signed":
-        raise QuboNNError(f"grid {grid!r} is not implemented yet (issue 24); use grid='signed'")
+    check_grid(grid)
     check_bits(bits, MAX_CODE_BITS, "bits")
     if scale_rule not in SCALE_RULES:
         raise QuboNNError(f"scale rule must be one of {SCALE_RULES}, got {scale_rule!r}")

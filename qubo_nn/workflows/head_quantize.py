@@ -283,12 +283,29 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     rtn_codes = round_to_grid(W, scale, cfg.bits)
     source = HeadCE(head_d, train, cfg.l2, device, dtype, cfg.chunk, cfg.subsample, cfg.seed)
     timings = {"hessian_s": 0.0}
+    if cfg.grid != "signed":   # binary/ternary rows: codes and a refit α per row and method (issue 24)
+        from qubo_nn.workflows.spin_quantize import spin_head_rows
+
+        t_rows = time.perf_counter()
+        rows = spin_head_rows(source, cfg, methods, params, timings, progress)
+        timings["rows_wall_s"] = time.perf_counter() - t_rows
+        return _finish(head_d, train, test, cfg, methods, rows["codes"], rows["scales"], rows["energies"],
+                       rows["wall"], rows.get("qubo_info", {}), source.loss, ref, timings, t_start)
     per_row = _solve_rows(source, scale, rtn_codes.cpu().numpy().astype(np.int64), cfg, params, timings, progress)
     codes, energies, wall, qinfo = _collect_rows(per_row, methods, rtn_codes, cfg)
+    return _finish(head_d, train, test, cfg, methods, codes, {m: scale for m in methods}, energies, wall, qinfo,
+                   source.loss, ref, timings, t_start)
+
+
+def _finish(head_d: Head, train: FeatureSet, test: FeatureSet | None, cfg: QuantizeConfig, methods: list[str],
+            codes: dict, scales: dict, energies: dict, wall: dict, qinfo: dict, L0: float, ref: dict,
+            timings: dict, t_start: float) -> QuantizeResult:
+    """Every method's head W = scales[m]·codes[m] (per row), its metrics and record."""
+    dtype = head_d.W.dtype
     results = {}
-    L0 = source.loss
     for m in methods:
-        qh = Head(apply_levels(head_d.W, codes[m], scale.to(dtype)), head_d.b.clone())
+        dev = head_d.W.device
+        qh = Head(apply_levels(head_d.W, codes[m].to(dev), scales[m].to(dev, dtype)), head_d.b.clone())
         info = {}
         if cfg.refit_bias:
             info["before_refit"] = metrics(qh, train, test, cfg.l2)
@@ -305,7 +322,7 @@ def quantize_head(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: Q
     if cfg.refit_bias:  # the same refit of the fp32 head: what the refit alone is worth
         fh, binfo = refit_bias(head_d, train)
         reference["refit_bias"] = {**metrics(fh, train, test, cfg.l2), **binfo}
-    return QuantizeResult(head=results[cfg.method].head.to("cpu"), scale=scale.to(dtype).cpu(),
+    return QuantizeResult(head=results[cfg.method].head.to("cpu"), scale=scales[cfg.method].to(dtype).cpu(),
                           methods=results, reference=reference, config=cfg.to_dict(), timings=timings)
 
 

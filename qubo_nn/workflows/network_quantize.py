@@ -10,7 +10,9 @@ Pipeline (:func:`quantize_network`):
 3. Each output channel r is a row w_r of the C_out × D weight view, quantized to w = s_r · k with
    k ∈ [−2^(b−1), 2^(b−1) − 1] and the per-row scale s_r of :func:`qubo_nn.core.scales.grid_scale` (``mse``
    rule by default): the same grid for every method. b = ``bits``, except the first and last
-   weight layer, which get ``first_last_bits`` (default 8).
+   weight layer, which get ``first_last_bits`` (default 8). With ``grid`` ``binary``/``ternary`` the
+   other layers get codes ±1 (or −1/0/+1) and a per-row α alternated with GPTQ's codes
+   (:func:`qubo_nn.workflows.spin_quantize.spin_layer`, issue 24; ``bits`` is then unused).
 4. Rounding minimises the row's reconstruction error ½ (s k − w)ᵀ H̃ (s k − w) with H̃ = H + μI
    (μ = ``damping`` · mean diag H). Columns are permuted by act-order (descending diag H) and cut
    into groups of at most ``group_size``; group by group, each row's integer problem has the
@@ -47,7 +49,7 @@ import math
 import os
 from pathlib import Path
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -222,12 +224,26 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
     acc = capture_gram(folded, name, batches)
     t_capture = time.perf_counter() - t0
     W = row_view(layer.weight.detach()).to("cpu", torch.float64)
-    scale = grid_scale(W, bits, cfg.scale)
     budget = cfg.solve_budget_s * W.numel() / total_weights
     t1 = time.perf_counter()
-    if acc.grouped:     # grouped/depthwise conv: the rows of each group against that group's Hessian
+    spin = cfg.grid != "signed" and i not in (0, len(names) - 1)
+    if spin and acc.grouped:
+        raise QuboNNError(f"grid {cfg.grid!r} on the grouped/depthwise conv {name!r} is not supported yet; "
+                          "use grid='signed' for this network")
+    if spin:   # issue 24: codes ±1 (or −1/0/+1) and a per-row α alternated with the codes
+        from qubo_nn.workflows.spin_quantize import spin_layer
+
+        def round_fn(target, s, kr, method):
+            return round_layer(target, acc.hessian().cpu(), s, bits, cfg, budget_s=budget, layer_seed=i,
+                               executor=executor, levels=kr, method=method)[0]
+
+        k, scale, info = spin_layer(W, acc.hessian().cpu(), cfg.grid, cfg.method, cfg.damping, round_fn)
+        bits = 2 if cfg.grid == "ternary" else 1
+    elif acc.grouped:     # grouped/depthwise conv: the rows of each group against that group's Hessian
+        scale = grid_scale(W, bits, cfg.scale)
         k, info = round_grouped_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget, i, executor)
     else:
+        scale = grid_scale(W, bits, cfg.scale)
         k, info = round_layer(W, acc.hessian().cpu(), scale, bits, cfg, budget_s=budget, layer_seed=i,
                               executor=executor)
     t_solve = time.perf_counter() - t1
@@ -335,14 +351,18 @@ def _solver_executor(cfg: NetworkQuantizeConfig, executor: Executor | None = Non
 
 
 def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig,
-                budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None
+                budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None,
+                levels: tuple[int, int] | None = None, method: str | None = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Integer levels k (R × D, int64) of the rows of W (R × D, float64) on the grid ``scale`` (R,)
     by ``cfg.method`` against the layer Hessian H (D × D); info: groups, energies, stages.
 
     cd/qubo re-solve the rows of each group as tasks on ``executor`` (an open
-    :class:`~qubo_nn.execution.executors.Executor`; None: one is opened from ``cfg`` for this layer)."""
-    qmin, qmax = qrange(bits)
+    :class:`~qubo_nn.execution.executors.Executor`; None: one is opened from ``cfg`` for this layer).
+    ``levels`` (kmin, kmax) replaces the signed b-bit range and ``method`` ``cfg.method`` (spin grids)."""
+    qmin, qmax = qrange(bits) if levels is None else levels
+    if method is not None and method != cfg.method:
+        cfg = replace(cfg, method=method)
     if cfg.method == "rtn":
         return round_to_grid(W, scale, bits).long(), {"groups": 1}
     plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
