@@ -382,9 +382,18 @@ _SAMPLER_OPTIONS = dict(
 sampler_options = options(*_SAMPLER_OPTIONS.values())
 
 
-def sampler_options_except(*names: str) -> Callable:
-    """:data:`sampler_options` without ``names`` (a command whose config has no such setting)."""
-    return options(*(d for k, d in _SAMPLER_OPTIONS.items() if k not in names))
+#: the annealing stage of the level pipeline (quantize head/network): the batched level-space annealer
+LEVEL_SAMPLER = "batch-anneal"
+
+
+def sampler_options_except(*names: str, default: str | None = None) -> Callable:
+    """:data:`sampler_options` without ``names`` (a command whose config has no such setting);
+    ``default`` replaces the default sampler (the quantize commands anneal with :data:`LEVEL_SAMPLER`)."""
+    opts = dict(_SAMPLER_OPTIONS)
+    if default is not None:
+        opts["sampler"] = click.option("--sampler", type=SAMPLER_CHOICE, default=default, show_default=True,
+                                       help=SAMPLER_HELP)
+    return options(*(d for k, d in opts.items() if k not in names))
 
 
 def pretrain_note(dataset: str, arch: str, image_size: int, quiet: bool) -> None:

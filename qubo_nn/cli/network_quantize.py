@@ -11,10 +11,23 @@ from typing import Any
 
 import click
 
-from qubo_nn.cli.common import (emit, executor_options, feature_options_except, handle_errors, options,
-    pretrain_note, sampler_options_except)
-from qubo_nn.cli.quantize_cmd import (QuantizeCommand, check_outputs, executor, shared_options,
-    split_sampler_options)
+from qubo_nn.cli.common import (
+    LEVEL_SAMPLER,
+    emit,
+    executor_options,
+    feature_options_except,
+    handle_errors,
+    options,
+    pretrain_note,
+    sampler_options_except,
+)
+from qubo_nn.cli.quantize_cmd import (
+    QuantizeCommand,
+    check_outputs,
+    executor,
+    shared_options,
+    split_sampler_options,
+)
 
 # literal copies keep `--help` free of torch imports; tests/test_cli_vocabulary.py checks them
 NETWORK_METHODS = ("rtn", "gptq", "cd", "qubo")             # workflows.network_quantize.NETWORK_METHODS
@@ -56,7 +69,7 @@ network_options = options(
                 "re-solve row groups within --solve-budget.",
                 "network-quantized.pt", "Where to write the quantized network: a .pt float checkpoint, or a .safetensors "
                 "file of packed integer codes + row scales (both load with --weights PATH).")
-@sampler_options_except("polish")
+@sampler_options_except("polish", default=LEVEL_SAMPLER)
 @network_options
 @executor_options("the row problems are solved (the levels do not depend on it)")
 @feature_options_except("dataset", "arch", "weights", "cache_dir", "batch_size", "feature_seed", "limit", "n_train",

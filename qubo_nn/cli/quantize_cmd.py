@@ -14,10 +14,30 @@ from typing import Any
 
 import click
 
-from qubo_nn.cli.common import (SCALE_RULES, LazyChoice, QuboGroup, check_distinct_paths, check_writable,
-    damping_option, emit, encoding_option, executor_options, feature_config, feature_options, grid_option,
-    handle_errors, json_option, note, options, progress_option, sampler_options, sampler_params, seed_option,
-    sgd_options)
+from qubo_nn.cli.common import (
+    LEVEL_SAMPLER,
+    SCALE_RULES,
+    LazyChoice,
+    QuboGroup,
+    check_distinct_paths,
+    check_writable,
+    damping_option,
+    emit,
+    encoding_option,
+    executor_options,
+    feature_config,
+    feature_options,
+    grid_option,
+    handle_errors,
+    json_option,
+    note,
+    options,
+    progress_option,
+    sampler_options_except,
+    sampler_params,
+    seed_option,
+    sgd_options,
+)
 
 QUANTIZE_DAMPING = 0.01   # QuantizeConfig.damping_rel (GPTQ's percdamp); checked by tests
 QUANTIZE_NUM_READS = 4    # QuantizeConfig.num_reads
@@ -217,7 +237,7 @@ def fp32_head(head, kind: str, feats, sgd, seed: int, device: str, progress: boo
                 "descent from GPTQ (cd), or the QUBO pipeline (best classical start, annealed level windows, "
                 "CD polish). Every method but qubo is always computed and recorded beside it.",
                 "head-quantized.pt", "Where to write the quantized head (torch state dict: weight, bias, scale, codes).")
-@sampler_options
+@sampler_options_except(default=LEVEL_SAMPLER)
 @encoding_option
 @click.option("--window-bits", type=click.IntRange(min=1), default=1, show_default=True,
               help="QUBO bits per weight: a window of 2^k grid levels (1 = round up or down, AdaRound).")
@@ -256,8 +276,8 @@ def head_command(bits: int, method: str, grid: str, scale_rule: str, damping: fl
     sampler, params, num_reads = split_sampler_options(opts, keep_num_reads=False)
     record_path = check_outputs(out, record, {"--head": head_path})
     from qubo_nn.execution.executors import check_available
-    from qubo_nn.workflows.head_quantize import QuantizeConfig
     from qubo_nn.train.sgd import SGDConfig
+    from qubo_nn.workflows.head_quantize import QuantizeConfig
 
     cfg = QuantizeConfig(bits=bits, method=method, scale=scale_rule, sampler=sampler, sampler_params=params,
                          encoding=encoding, num_reads=num_reads or QUANTIZE_NUM_READS, window_bits=window_bits,
@@ -279,7 +299,13 @@ def run_head(cfg, sgd, head, head_path: str | None, fp32_kind: str, opts: dict[s
     quantized head (``out``) and its record, both written atomically."""
     import torch
 
-    from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, resolve_device, tensor_digest
+    from qubo_nn.runtime import (
+        atomic_path,
+        atomic_write_json,
+        machine_info,
+        resolve_device,
+        tensor_digest,
+    )
     from qubo_nn.workflows.head_quantize import quantize_head
 
     t0 = time.perf_counter()
