@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-train", type=int, default=50_000)
     ap.add_argument("--n-test", type=int, default=10_000)
+    ap.add_argument("--dim", type=int, default=512, help="synthetic-features: feature dimension")
+    ap.add_argument("--num-classes", type=int, default=100, help="synthetic-features: classes")
     ap.add_argument("--subsample", type=int, default=None, help="Hessian blocks from this many training samples")
     ap.add_argument("--sweeps", type=int, default=8)
     ap.add_argument("--rows-per-block", type=int, default=1)
@@ -37,7 +39,7 @@ def main() -> None:
                     step_solver=a.step_solver)
     cfg = DiscreteExperimentConfig(dataset=a.dataset, grid=a.grid, methods=tuple(a.methods.split(",")),
                                    seeds=tuple(int(s) for s in a.seeds.split(",")), n_train=a.n_train,
-                                   n_test=a.n_test, train=train)
+                                   n_test=a.n_test, dim=a.dim, num_classes=a.num_classes, train=train)
     print(format_table(run_discrete_experiment(cfg, a.out, progress=True)))
 
 
