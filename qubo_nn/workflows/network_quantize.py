@@ -66,7 +66,8 @@ from qubo_nn.nets.layers import weight_layers
 from qubo_nn.core.layout import apply_levels, column_plan, row_view
 from qubo_nn.core.grid import MAX_CODE_BITS, check_bits
 from qubo_nn.core.kernels import gptq_rows
-from qubo_nn.core.scales import check_grid_config, grid_scale, qrange, round_to_grid
+from qubo_nn.core.grid import nearest_level
+from qubo_nn.core.scales import check_grid_config, grid_scale, qrange
 from qubo_nn.execution.row_tasks import group_row_task
 from qubo_nn.runtime import atomic_path, resolve_device, resolve_dtype, versions
 from qubo_nn.runtime import calibration_indices  # noqa: F401  (re-exported: the CLI and experiments draw from here)
@@ -364,7 +365,7 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     if method is not None and method != cfg.method:
         cfg = replace(cfg, method=method)
     if cfg.method == "rtn":
-        return round_to_grid(W, scale, bits).long(), {"groups": 1}
+        return nearest_level(W, scale[:, None], qmin, qmax).long(), {"groups": 1}
     plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
     seq = sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype))
     cur = W[:, plan.order].clone()
