@@ -371,7 +371,10 @@ def train_discrete(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: 
         if cfg.method == "qubo":
             def on_sweep(sweep: int, cur: DiscreteHead) -> None:
                 history.append(_point(cur, train, test, time.perf_counter() - t0, f"sweep {sweep}"))
-            dh, info["qubo"] = qubo_train(dh, fit, val, cfg, on_sweep, l2=info["refit"]["l2"])
+            # the sweeps and their validation stopping start from (α, b) fitted on the fit split only: the
+            # refit on all of train saw the validation samples and would make every sweep look worse
+            start, _ = refit_scales(dh, fit, info["refit"]["l2"])
+            dh, info["qubo"] = qubo_train(start, fit, val, cfg, on_sweep, l2=info["refit"]["l2"])
             dh, info["final_refit"] = refit_scales(dh, train, info["refit"]["l2"])
             history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
     final = _point(dh, train, test, time.perf_counter() - t0, "final")
