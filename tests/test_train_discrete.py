@@ -15,6 +15,8 @@ from qubo_nn.data.featureset import FeatureSet, realistic_features
 from qubo_nn.errors import QuboNNError
 from qubo_nn.train.sgd import convex_optimum
 from qubo_nn.train.ste import quantize_rows, ste_weights, tune_ste
+from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.core.spins import alpha_floor, codes_of_levels, levels_of_codes, refit_alpha, row_energy, spin_problem
 from qubo_nn.workflows import train_discrete as td
 
 
@@ -64,18 +66,19 @@ def test_flip_step_model_is_exact_to_second_order_with_the_stated_remainder(rows
 
 
 @pytest.mark.parametrize("grid", td.DISCRETE_GRIDS)
-def test_row_problem_energy_is_the_row_quadratic_for_every_code_vector(grid):
+def test_block_problem_with_one_alpha_per_row_is_the_block_quadratic_for_every_code_vector(grid):
+    """A block of two rows carries each row's α (spin_problem with a per-variable α)."""
     rng = np.random.default_rng(1)
-    m = 5
+    m = 6
     A = rng.standard_normal((m, m + 2))
-    H, t, alpha = A @ A.T + 0.1 * np.eye(m), rng.standard_normal(m), 0.7
-    p = td.row_problem(H, t, alpha, grid, const=0.3)
+    H, t, alpha = A @ A.T + 0.1 * np.eye(m), rng.standard_normal(m), np.repeat([0.7, 0.4], m // 2)
+    p = spin_problem(H, t, alpha, grid, const=0.3)
     values = (-1, 1) if grid == "binary" else (-1, 0, 1)
     for codes in itertools.product(values, repeat=m):
         c = np.array(codes)
         r = alpha * c - t
-        assert p.energy(td.levels_of(c, grid)) == pytest.approx(0.3 + 0.5 * r @ H @ r, rel=1e-12, abs=1e-12)
-        assert np.array_equal(td.codes_of(td.levels_of(c, grid), grid), c)
+        assert p.energy(levels_of_codes(c, grid)) == pytest.approx(0.3 + 0.5 * r @ H @ r, rel=1e-12, abs=1e-12)
+        assert np.array_equal(codes_of_levels(levels_of_codes(c, grid), grid), c)
 
 
 @pytest.mark.parametrize("grid", td.DISCRETE_GRIDS)
@@ -86,19 +89,19 @@ def test_best_alpha_matches_a_numeric_minimiser_and_round_row_is_near_brute_forc
     H, t = A @ A.T / m + 0.05 * np.eye(m), rng.standard_normal(m)
     c = np.sign(t)
     c[0] = -c[0]
-    a = td.best_alpha(H, t, c)
-    assert td.best_alpha(H, t, -np.sign(t)) == 1e-8          # a negative optimum is clipped at the floor
+    a = refit_alpha(H, t, c)
+    assert refit_alpha(H, t, -np.sign(t)) == alpha_floor(t)   # a negative optimum is clipped at the floor
     num = scipy.optimize.minimize_scalar(lambda x: 0.5 * (x * c - t) @ H @ (x * c - t), bounds=(1e-8, 10),
                                          method="bounded", options={"xatol": 1e-10})
     assert a == pytest.approx(num.x, rel=1e-6)
     values = (-1, 1) if grid == "binary" else (-1, 0, 1)
-    best = min(td._row_energy(H, t, np.array(cc), td.best_alpha(H, t, np.array(cc)))
+    best = min(row_energy(H, t, refit_alpha(H, t, np.array(cc)), np.array(cc))
                for cc in itertools.product(values, repeat=m))
     codes0, alpha0 = td.threshold_codes(torch.from_numpy(t)[None], grid)
     codes, alpha, energy = td.round_row(H, t, grid, codes0[0].numpy(), float(alpha0[0]), rounds=10)
     assert energy >= best - 1e-12
-    assert energy == pytest.approx(td._row_energy(H, t, codes, alpha), rel=1e-12)
-    start = td._row_energy(H, t, codes0[0].numpy(), float(alpha0[0]))
+    assert energy == pytest.approx(row_energy(H, t, alpha, codes), rel=1e-12)
+    start = row_energy(H, t, float(alpha0[0]), codes0[0].numpy())
     assert energy <= start + 1e-15                 # the alternation never ends above its start
     assert (energy - best) <= 0.25 * (start - best) + 1e-12   # and closes most of the gap here
 
@@ -124,10 +127,10 @@ def test_a_step_is_kept_only_if_the_true_loss_falls(monkeypatch):
     before_codes, before_loss = dh.codes.clone(), stats.loss
     # a solver that proposes the flip of every code of the row: predicted gain faked, true loss rises
     def bad(p, method="qubo", **kw):
-        k = 1 - td.levels_of(dh.codes[0].numpy(), "binary")
+        k = 1 - levels_of_codes(dh.codes[0].numpy(), "binary")
         return k, {"stage": "fake", "energy": -1e9}
     monkeypatch.setattr(td, "solve_levels", bad)
-    monkeypatch.setattr(td.IntegerProblem, "energy", lambda self, k: -1e9 if np.any(k != td.levels_of(
+    monkeypatch.setattr(IntegerProblem, "energy", lambda self, k: -1e9 if np.any(k != levels_of_codes(
         before_codes[0].numpy(), "binary")) else 0.0)
     rec = td.block_step(stats, dh, [0], cfg, seed=0)
     assert rec["loss_after"] > before_loss and not rec["accepted"]

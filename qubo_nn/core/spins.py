@@ -83,10 +83,10 @@ def spin_problem(H: np.ndarray, t: np.ndarray, alpha: float, grid: str, const: f
     """The row at scale α as an :class:`IntegerProblem` in levels (see the module docstring):
     ``problem.energy(levels_of_codes(c, grid)) == row_energy(H, t, α, c, const)``."""
     t = np.asarray(t, dtype=np.float64)
-    m = t.shape[0]
+    a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), t.shape)   # one α, or one per variable (blocks of rows)
     if check_spin_grid(grid) == "binary":
-        return IntegerProblem(H, t + alpha, np.full(m, 2.0 * alpha), 0, 1, const)
-    return IntegerProblem(H, t, np.full(m, float(alpha)), -1, 1, const)
+        return IntegerProblem(H, t + a, 2.0 * a, 0, 1, const)
+    return IntegerProblem(H, t, a.copy(), -1, 1, const)
 
 
 def codes_of_levels(k: np.ndarray, grid: str) -> np.ndarray:

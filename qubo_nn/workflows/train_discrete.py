@@ -23,8 +23,8 @@ the logits are linear in α and b for fixed codes, so L-BFGS reaches the optimum
 :func:`qubo_nn.steps.policy.try_step`). (α, b) are refit between sweeps; the sweeps stop
   when the validation loss stops falling, and the head of the best validation loss is returned.
 
-A binary code c = 2k − 1 with k ∈ {0, 1} is an IntegerProblem with scale 2α and target t + α
-(w = 2αk − α); a ternary code is k itself with scale α.
+The codes of a block are the core's spin problem (:func:`qubo_nn.core.spins.spin_problem`: a binary code
+c = 2k − 1, k ∈ {0, 1}, is an IntegerProblem with scale 2α and target t + α; a ternary code is k itself).
 """
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ import torch
 
 from qubo_nn.core.head import Head, evaluate
 from qubo_nn.core.model import damping_mu
-from qubo_nn.core.problem import IntegerProblem, solve_pd
+from qubo_nn.core.problem import solve_pd
+from qubo_nn.core.spins import (codes_of_levels, init_alpha, levels_of_codes, refit_alpha, row_energy,
+                                 spin_problem, twn_codes)
 from qubo_nn.curvature.head_stats import HeadStats
 from qubo_nn.data.featureset import FeatureSet
 from qubo_nn.errors import QuboNNError
@@ -124,69 +126,39 @@ class DiscreteHead:
 
 # ---------------------------------------------------------------- codes and scales
 
+
+
+
+
+
 def threshold_codes(W: torch.Tensor, grid: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sign (binary, XNOR-Net α = mean |w|) or TWN (ternary) codes and scales of W (C × D)."""
-    W = W.to(torch.float64)
-    absw = W.abs()
-    if grid == "binary":
-        return torch.where(W >= 0, 1, -1).to(torch.int8), absw.mean(1)
-    thr = 0.7 * absw.mean(1, keepdim=True)
-    mask = absw > thr
-    codes = (torch.sign(W) * mask).to(torch.int8)
-    alpha = (absw * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return codes, torch.where(mask.any(1), alpha, absw.mean(1))
-
-
-def row_problem(H: np.ndarray, target: np.ndarray, alpha: float, grid: str, const: float = 0.0) -> IntegerProblem:
-    """The codes of one block as an IntegerProblem: E = const + ½(w(k) − t)ᵀH(w(k) − t), w = α·code(k).
-
-    ``alpha`` may be a scalar or one value per variable (multi-row blocks)."""
-    a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), target.shape)
-    if grid == "binary":
-        return IntegerProblem(H, target + a, 2 * a, 0, 1, const)
-    return IntegerProblem(H, target, a, -1, 1, const)
-
-
-def codes_of(k: np.ndarray, grid: str) -> np.ndarray:
-    """Codes from a row problem's levels (binary: 2k − 1; ternary: k)."""
-    return 2 * np.asarray(k) - 1 if grid == "binary" else np.asarray(k)
-
-
-def levels_of(codes: np.ndarray, grid: str) -> np.ndarray:
-    return (np.asarray(codes) + 1) // 2 if grid == "binary" else np.asarray(codes)
-
-
-def best_alpha(H: np.ndarray, target: np.ndarray, codes: np.ndarray, floor: float = 1e-8) -> float:
-    """argmin_α ½(αc − t)ᵀH(αc − t) = cᵀHt / cᵀHc, at least ``floor`` (c = 0 keeps ``floor``)."""
-    c = np.asarray(codes, dtype=np.float64)
-    Hc = H @ c
-    den = float(c @ Hc)
-    return max(float(Hc @ target) / den, floor) if den > 0 else floor
+    """Sign / TWN codes and closed-form scales of every row of W (C × D): :func:`qubo_nn.core.spins.twn_codes`
+    and :func:`~qubo_nn.core.spins.init_alpha` row by row."""
+    rows = W.to(torch.float64).cpu().numpy()
+    codes = np.stack([twn_codes(w, grid) for w in rows]).astype(np.int8)
+    return torch.from_numpy(codes), torch.tensor([init_alpha(w, grid) for w in rows], dtype=torch.float64)
 
 
 def round_row(H: np.ndarray, target: np.ndarray, grid: str, codes0: np.ndarray, alpha0: float,
               rounds: int) -> tuple[np.ndarray, float, float]:
-    """Alternate codes (CD from GPTQ act-order, and from the current codes) and the closed-form α until
-    the row energy ½(αc − t)ᵀH(αc − t) stops falling. Returns (codes, α, energy)."""
+    """Alternate codes (CD from GPTQ act-order, or the current codes where they are lower) and the
+    closed-form α (:func:`qubo_nn.core.spins.refit_alpha`) until the row energy ½(αc − t)ᵀH(αc − t) stops
+    falling. Returns (codes, α, energy)."""
     codes, alpha = np.asarray(codes0), float(alpha0)
-    energy = _row_energy(H, target, codes, alpha)
+    energy = row_energy(H, target, alpha, codes)
     for _ in range(rounds):
-        p = row_problem(H, target, alpha, grid)
+        p = spin_problem(H, target, alpha, grid)
         k, _ = solve_levels(p, "cd")
-        new = codes_of(k, grid)
-        if p.energy(levels_of(codes, grid)) < p.energy(k):
+        new = codes_of_levels(k, grid)
+        if p.energy(levels_of_codes(codes, grid)) < p.energy(k):
             new = codes
-        a = best_alpha(H, target, new)
-        e = _row_energy(H, target, new, a)
+        a = refit_alpha(H, target, new, alpha)
+        e = row_energy(H, target, a, new)
         if not e < energy - 1e-15 * max(1.0, abs(energy)):
             break
         codes, alpha, energy = new, a, e
     return codes, alpha, energy
 
-
-def _row_energy(H: np.ndarray, t: np.ndarray, codes: np.ndarray, alpha: float) -> float:
-    r = alpha * np.asarray(codes, dtype=np.float64) - t
-    return 0.5 * float(r @ H @ r)
 
 
 def refit_scales(dh: DiscreteHead, feats: FeatureSet, l2: float = 0.0, max_iter: int = 200
@@ -278,8 +250,8 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
     w = model.theta0.to(torch.float64).cpu().numpy()
     hinv_g = solve_pd(H, g, f"the damped Hessian block of rows {rows}")
     alpha = np.repeat(dh.alpha[rows].numpy(), D)
-    p = row_problem(H, w - hinv_g, alpha, cfg.grid, float(model.L0) - 0.5 * float(g @ hinv_g))
-    k_now = levels_of(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
+    p = spin_problem(H, w - hinv_g, alpha, cfg.grid, float(model.L0) - 0.5 * float(g @ hinv_g))
+    k_now = levels_of_codes(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
     if cfg.step_solver == "qubo":
         k, info = solve_levels(p, "qubo", sampler=cfg.sampler, seed=seed, params=dict(cfg.sampler_params))
     else:
@@ -289,7 +261,7 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
            "loss_before": stats.loss, "accepted": False}
     if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
         return rec
-    new_codes = codes_of(k, cfg.grid)
+    new_codes = codes_of_levels(k, cfg.grid)
     new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
     accepted, rec["loss_after"], _ = try_step(stats, idx, new_w, stats.loss, cfg.accept_tol)
     if accepted:
