@@ -202,6 +202,8 @@ def test_train_cli_refuses_options_of_the_other_grid(tmp_path):
     assert r.exit_code == 2 and "--epochs applies to --grid fp32 (SGD) only, not to --grid binary" in r.output
     r = CliRunner().invoke(main, ["train", "--method", "ste", "--out", str(tmp_path / "h.pt")])
     assert r.exit_code == 2 and "--method applies to --grid binary/ternary only, not to --grid fp32" in r.output
+    r = CliRunner().invoke(main, ["train", "--grid", "binary", "--out", str(tmp_path / "h.json")])
+    assert r.exit_code == 2 and "would be the same file" in r.output
     assert not list(tmp_path.iterdir())
 
 
@@ -214,6 +216,9 @@ def test_experiment_grid_refuses_options_of_the_fp32_comparison_and_runs_tiny(tm
 
     r = CliRunner().invoke(main, ["experiment", "--grid", "binary", "--epochs", "3", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--epochs: not an option of experiment --grid binary" in r.output
+    r = CliRunner().invoke(main, ["experiment", "--grid", "binary", "--n-train", "100", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "--n-train: only for --dataset synthetic-features" in r.output
+    assert not (tmp_path / "y").exists()
     r = CliRunner().invoke(main, ["experiment", "--grid", "ternary", "--dataset", "synthetic-features",
                                   "--n-train", "200", "--n-test", "60", "--feature-dim", "6", "--num-classes", "3",
                                   "--seeds", "1", "--sweeps", "1", "--out", str(tmp_path / "d"), "--json"])

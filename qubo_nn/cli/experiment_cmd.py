@@ -175,6 +175,10 @@ def _discrete(grid: str, as_json: bool, progress: bool, o: dict[str, Any]) -> No
                                f"--num-classes, --seeds, --sweeps, --subsample, --threads, --out)")
     if o["dataset"] not in ("digits", "synthetic-features"):
         raise QuboNNError(f"experiment --grid {grid} runs on digits or synthetic-features, got {o['dataset']!r}")
+    synthetic_only = sorted({"n_train", "n_test", "feature_dim", "num_classes"} & set(given))
+    if o["dataset"] == "digits" and synthetic_only:
+        raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in synthetic_only)}: only for "
+                               f"--dataset synthetic-features (digits is the embedded set as it is)")
     seeds = parse_seeds(o["seeds"])
     from dataclasses import replace
 

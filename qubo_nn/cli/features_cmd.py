@@ -171,6 +171,9 @@ def _train_discrete(grid: str, method: str, step_solver: str | None, sweeps: int
         cfg.sweeps = sweeps
     cfg.validate()
     record = Path(out).with_suffix(".json")
+    if record.resolve() == Path(out).resolve():
+        raise click.UsageError(f"--out {out!r}: the head and its .json record would be the same file; "
+                               "expected a head path such as head-bin.pt")
     check_writable(record, "--out (its .json record)", kind="file")
     res = get_features(feature_config(opts), progress=progress)
     if not as_json:
