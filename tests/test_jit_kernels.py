@@ -116,7 +116,7 @@ def test_restarts_use_the_budget_and_never_lose():
 
     ps = random_problems(5, 24, 6)
     once = solve_levels_batch(ps, list(range(5)), k_start="cd", num_reads=2, num_sweeps=20, rounds=1)
-    more = solve_levels_batch(ps, list(range(5)), k_start="cd", num_reads=2, num_sweeps=20, restarts=True,
+    more = solve_levels_batch(ps, list(range(5)), k_start="cd", num_reads=2, num_sweeps=20, restarts=True, rounds=10**6,
                               time_budget_s=1.5)
     assert min(i["rounds_run"] for _, i in more) > 1
     for (k1, _), (k2, _), p in zip(once, more, ps):
