@@ -21,7 +21,7 @@ LEVEL_METHODS = ("rtn", "gptq", "gptq-natural", "cd", "qubo")
 #: dimod sampler name ("neal", "tabu", ...) anneals BQM windows instead (:func:`anneal_window`).
 BATCH_SAMPLER = "batch-anneal"
 #: parameters of the batched stage: chains per problem, sweeps per round, device
-BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu", "restarts": False}
+BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu", "restarts": False, "schedule": "anneal"}
 
 
 def _best_classical(p: IntegerProblem, pairs: bool = True) -> tuple[np.ndarray, dict]:
@@ -168,6 +168,8 @@ def _batch_params(params: dict | None) -> dict:
         raise QuboNNError(f"sampler {BATCH_SAMPLER!r} does not accept parameter(s) {', '.join(unknown)}; "
                           f"expected some of {', '.join(BATCH_PARAMS)}")
     out = {**BATCH_PARAMS, **params}
+    if out.get("schedule") not in ("anneal", "tempering"):
+        raise QuboNNError(f"schedule must be 'anneal' or 'tempering', got {out.get('schedule')!r}")
     for key in ("num_reads", "num_sweeps", "rounds"):
         if key not in out:
             continue
@@ -243,7 +245,7 @@ def classical_starts(problems: list[IntegerProblem], kind: str = "best", jit: bo
 def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_start: Any = "best",
                        num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3, rounds: int = 1,
                        device: str = "cpu", time_budget_s: float | None = None, polish: bool = True,
-                       restarts: bool = False) -> list[tuple[np.ndarray, dict]]:
+                       restarts: bool = False, schedule: str = "anneal") -> list[tuple[np.ndarray, dict]]:
     """Levels of many problems at once: classical start → batched anneal around it → CD polish, best kept.
 
     For each problem: the start (``k_start``: "best", "cd", "gptq" (see :func:`classical_start`) or
@@ -254,7 +256,10 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     in one tensor batch; every chain's final state and the lowest raw state are polished by coordinate
     descent (``polish``), and the lowest of start / raw / polished kept. A later round re-anneals only
     the problems the last one improved; with ``restarts`` every round re-anneals every problem from its
-    incumbent (fresh chains), up to ``rounds`` rounds while ``time_budget_s`` lasts.
+    incumbent (fresh chains), up to ``rounds`` rounds while ``time_budget_s`` lasts. ``schedule``
+    "tempering" runs parallel tempering instead of annealing: the ``num_reads`` chains sit at fixed β
+    on a geometric ladder from β_hot to β_cold and swap states between sweeps
+    (:func:`~qubo_nn.samplers.batch_anneal.temper_batch`).
     ``time_budget_s`` stops starting rounds (a round is not started when the last one took longer than
     the time left). Problem j's chains draw from ``seeds[j]`` only, so its answer does not depend on
     the rest of the batch (nor on its order).
@@ -271,6 +276,8 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     n = len(problems)
     if len(seeds) != n:
         raise QuboNNError(f"expected one seed per problem ({n}), got {len(seeds)}")
+    if schedule not in ("anneal", "tempering"):
+        raise QuboNNError(f"schedule must be 'anneal' or 'tempering', got {schedule!r}")
     jit = _use_jit(device)
     by_m: dict[int, list[int]] = {}
     for j, p in enumerate(problems):
@@ -322,7 +329,7 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
             K, KF = _anneal_round(sub, np.stack([ks[j] for j in idx]),
                                   es_arr[idx] - np.array([problems[j].const for j in idx]),
                                   [child_seed(int(seeds[j]), r) for j in idx], num_reads, num_sweeps, hot, span,
-                                  device, jit)
+                                  device, jit, schedule)
             anneal_s += time.perf_counter() - ta
             E = general_energy(sub, K)                              # B × R
             b = np.argmin(E, axis=1)
@@ -371,19 +378,34 @@ def general_energy(arr: dict[str, np.ndarray], K: np.ndarray) -> np.ndarray:
 
 
 def _anneal_round(arr: dict[str, np.ndarray], ks: np.ndarray, excess: np.ndarray, seeds: list[int],
-                  num_reads: int, num_sweeps: int, hot: float, span: float, device: str, jit: bool
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  num_reads: int, num_sweeps: int, hot: float, span: float, device: str, jit: bool,
+                  schedule: str = "anneal") -> tuple[np.ndarray, np.ndarray]:
     """One round of ``num_reads`` chains per problem (general forms ``arr``, one size m) from its incumbent
     ``ks`` (B × m; ``excess``: E(ks) − const, which sets β, see :func:`beta_range_excess`): (best raw states, final states), each B × R × m int64 (the compiled
     kernel on the CPU, else the torch kernel on ``device``)."""
     import torch
 
     from qubo_nn.runtime import resolve_device
-    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas
+    from qubo_nn.samplers.batch_anneal import (anneal_batch, beta_range_excess, chain_keys, geometric_betas,
+                                               temper_batch)
 
-    betas = geometric_betas(beta_range_excess(torch.as_tensor(excess, dtype=torch.float64), hot, span), num_sweeps)
+    br = beta_range_excess(torch.as_tensor(excess, dtype=torch.float64), hot, span)
     keys = chain_keys(torch.as_tensor(seeds, dtype=torch.int64), num_reads)
     k0 = np.ascontiguousarray(np.broadcast_to(ks[:, None, :], (ks.shape[0], num_reads, ks.shape[1])))
+    if schedule == "tempering":
+        ladder = geometric_betas(br, num_reads)
+        if jit:
+            from qubo_nn.samplers.jit_kernels import temper_levels
+
+            out = temper_levels(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0, ladder.numpy(), num_sweeps,
+                                keys.numpy())
+            return out["k_best"], out["k"]
+        dev = resolve_device(device)
+        t = {key: torch.as_tensor(arr[key], device=dev) for key in ("A", "g", "kmin", "kmax")}
+        out = temper_batch(t["A"], t["g"], t["kmin"], t["kmax"], torch.as_tensor(k0, device=dev), ladder.to(dev),
+                           num_sweeps, keys.to(dev))
+        return out["k_best"].cpu().numpy(), out["k"].cpu().numpy()
+    betas = geometric_betas(br, num_sweeps)
     if jit:
         from qubo_nn.samplers.jit_kernels import anneal_levels
 
