@@ -260,16 +260,19 @@ def anneal_levels(A, g, kmin, kmax, k0, betas, keys) -> dict[str, np.ndarray]:
     """:func:`~qubo_nn.samplers.batch_anneal.anneal_batch` compiled, on NumPy arrays of the same shapes
     (A B×m×m, g B×m, kmin/kmax B×m, k0 B×R×m, betas B×T, keys B×R int64). Returns {"k", "k_best",
     "e_best", "accepted"} as that function (no "field")."""
+    k0, out = _chain_outputs(k0)
+    _anneal(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(betas), _i64(keys), *out.values())
+    return out
+
+
+def _chain_outputs(k0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """k0 as int64 and the kernels' output arrays {"k", "k_best", "e_best", "accepted"} (B × R [× m])."""
     if not AVAILABLE:  # pragma: no cover
         raise RuntimeError("numba is not installed")
     k0 = _i64(k0)
     B, R, m = k0.shape
-    k_out = np.empty((B, R, m), dtype=np.int64)
-    kbest = np.empty((B, R, m), dtype=np.int64)
-    ebest = np.empty((B, R))
-    acc = np.empty((B, R), dtype=np.int64)
-    _anneal(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(betas), _i64(keys), k_out, kbest, ebest, acc)
-    return {"k": k_out, "k_best": kbest, "e_best": ebest, "accepted": acc}
+    return k0, {"k": np.empty((B, R, m), dtype=np.int64), "k_best": np.empty((B, R, m), dtype=np.int64),
+                "e_best": np.empty((B, R)), "accepted": np.empty((B, R), dtype=np.int64)}
 
 
 def temper_levels(A, g, kmin, kmax, k0, ladder, num_sweeps: int, keys) -> dict[str, np.ndarray]:
@@ -277,17 +280,9 @@ def temper_levels(A, g, kmin, kmax, k0, ladder, num_sweeps: int, keys) -> dict[s
     ``num_sweeps`` sweeps, swaps of neighbouring slots between sweeps (see ``_temper``); the moves within
     a sweep are :func:`anneal_levels`'s. Returns {"k", "k_best", "e_best" (relative to the slot's start),
     "accepted"} per slot."""
-    if not AVAILABLE:  # pragma: no cover
-        raise RuntimeError("numba is not installed")
-    k0 = _i64(k0)
-    B, R, m = k0.shape
-    k_out = np.empty((B, R, m), dtype=np.int64)
-    kbest = np.empty((B, R, m), dtype=np.int64)
-    ebest = np.empty((B, R))
-    acc = np.empty((B, R), dtype=np.int64)
-    _temper(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(ladder), int(num_sweeps), _i64(keys), k_out, kbest,
-            ebest, acc)
-    return {"k": k_out, "k_best": kbest, "e_best": ebest, "accepted": acc}
+    k0, out = _chain_outputs(k0)
+    _temper(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(ladder), int(num_sweeps), _i64(keys), *out.values())
+    return out
 
 
 def coordinate_descent_batch(A, g, kmin, kmax, K, owner=None, pairs: bool = True, max_steps: int | None = None
