@@ -99,8 +99,10 @@ def _ms(vals: list[float]) -> tuple[float, float]:
 
 def _run_stats(r: dict) -> dict:
     layers = r["layers"]
-    solved = sum(L.get("rows_solved", 0) for L in layers)
-    total = sum(L.get("rows_total", 0) for L in layers)
+    # spin layers recorded their coverage only from this round on: none when a middle layer lacks it
+    recorded = all("rows_total" in L for L in layers) if r["config"]["method"] in ("cd", "qubo") else False
+    solved = sum(L.get("rows_solved", 0) for L in layers) if recorded else 0
+    total = sum(L.get("rows_total", 0) for L in layers) if recorded else 0
     stages: dict[str, int] = {}
     for L in layers:
         for k, v in (L.get("stages") or {}).items():

@@ -241,10 +241,15 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
             if not factor and method != "rtn":
                 plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
                 factor.append(sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype)))
-            return round_layer(target, H, s, bits, cfg, budget_s=budget, layer_seed=i,
-                               executor=executor, levels=kr, method=method, seq=factor[0] if factor else None)[0]
+            k, inf = round_layer(target, H, s, bits, cfg, budget_s=budget, layer_seed=i,
+                                 executor=executor, levels=kr, method=method, seq=factor[0] if factor else None)
+            if method in ("cd", "qubo"):    # the one cd/qubo solve of the layer: its coverage and stages
+                solved.update({x: inf[x] for x in ("stages", "rows_solved", "rows_total", "coverage") if x in inf})
+            return k
 
-        k, scale, info = spin_layer(W, acc.hessian().cpu(), cfg.grid, cfg.method, cfg.damping, round_fn)
+        solved: dict[str, Any] = {}
+        k, scale, info = spin_layer(W, H, cfg.grid, cfg.method, cfg.damping, round_fn)
+        info.update(solved)
         bits = 2 if cfg.grid == "ternary" else 1
     elif acc.grouped:     # grouped/depthwise conv: the rows of each group against that group's Hessian
         scale = grid_scale(W, bits, cfg.scale)
