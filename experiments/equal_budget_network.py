@@ -133,7 +133,8 @@ def summarize(out: Path) -> None:
             "grid": grid, "method": method, "seeds": [r["config"]["seed"] for r in rs],
             **{key: _ms([s[key] for s in st]) for key in ("acc", "loss", "acc_bn", "loss_bn", "layer_err",
                                                           "solve_s", "seconds")},
-            "per_seed": {r["config"]["seed"]: {k: s[k] for k in ("acc", "loss", "acc_bn", "loss_bn", "layer_err")}
+            "per_seed": {r["config"]["seed"]: {k: s[k] for k in ("acc", "loss", "acc_bn", "loss_bn", "layer_err",
+                                                                  "stages", "coverage")}
                          for r, s in zip(rs, st)},
             "coverage": None if st[0]["coverage"] is None else min(s["coverage"] for s in st),
             "stages": stages, "load_max": max(s["load"] for s in st),
@@ -153,17 +154,18 @@ def summarize(out: Path) -> None:
                      f"| {s['loss_bn'][0]:.4f} ± {s['loss_bn'][1]:.4f} | {s['layer_err'][0]:.4e} | {cov} "
                      f"| {s['solve_s'][0]:.0f} | {s['seconds'][0]:.0f} |")
     lines += ["", "## qubo against cd, seed by seed", "",
-              "| grid | seed | Δacc (qubo − cd) | Δacc + BN | Δloss + BN | Δ mean layer error | qubo stages |",
-              "|---|---|---|---|---|---|---|"]
+              "| grid | seed | Δacc (qubo − cd) | Δloss | Δacc + BN | Δloss + BN | Δ mean layer error "
+              "| coverage cd / qubo | qubo answers by stage |", "|---|---|---|---|---|---|---|---|---|"]
     for grid in GRIDS:
         q, c = summary.get(f"{grid}/qubo"), summary.get(f"{grid}/cd")
         if not q or not c:
             continue
         for seed in sorted(set(q["per_seed"]) & set(c["per_seed"])):
             a, b = q["per_seed"][seed], c["per_seed"][seed]
-            lines.append(f"| {grid} | {seed} | {a['acc'] - b['acc']:+.2f} | {a['acc_bn'] - b['acc_bn']:+.2f} "
-                         f"| {a['loss_bn'] - b['loss_bn']:+.4f} | {a['layer_err'] - b['layer_err']:+.3e} "
-                         f"| {q['stages']} |")
+            cov = " / ".join("—" if x["coverage"] is None else f"{100 * x['coverage']:.1f} %" for x in (b, a))
+            lines.append(f"| {grid} | {seed} | {a['acc'] - b['acc']:+.2f} | {a['loss'] - b['loss']:+.4f} "
+                         f"| {a['acc_bn'] - b['acc_bn']:+.2f} | {a['loss_bn'] - b['loss_bn']:+.4f} "
+                         f"| {a['layer_err'] - b['layer_err']:+.3e} | {cov} | {a['stages']} |")
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     plot(summary, out)
 
