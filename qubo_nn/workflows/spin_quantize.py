@@ -144,29 +144,31 @@ def spin_row_task(task: dict[str, Any]) -> dict[str, Any]:
     return {"codes": codes, "alpha": alpha, "energy": energy, "wall": wall, "iterations": iters, "qubo_info": qinfo}
 
 
-def _cd_alternation(H, t, grid, alpha, const, k_start, max_iter, gq=gptq):
-    """CD ↔ α alternation whose first code solve starts (also) from the levels ``k_start``."""
+def _cd_alternation(H, t, grid, alpha, const, k_start, max_iter):
+    """CD ↔ α alternation from the levels ``k_start`` (each code solve: CD from the previous codes)."""
     first = [k_start]
 
     def step(p, k_prev):
         if k_prev is None and first[0] is not None:
             k_prev, first[0] = first[0], None
-        return _cd(p, k_prev, gq)
+        return coordinate_descent(p, k_prev)[0]
 
     return alternate(H, t, grid, step, alpha, const, max_iter)
 
 
 def anneal_spin_rows(rows: list[dict], grid: str, codes0: list[np.ndarray], alpha0: list[float], seeds: list[int], *,
                      num_reads: int = 4, num_sweeps: int = 100, rounds: int = 1, span: float = 30.0, hot: float = 0.3,
-                     device: str = "cpu", alternations: int = 3, max_iter: int = 20) -> list[dict]:
+                     device: str = "cpu", alternations: int = 3, max_iter: int = 5) -> list[dict]:
     """The batched annealing stage of ``qubo`` on many spin rows at once (the rows of a head).
 
     ``rows``: [{"H" (m × m), "t" (m,), "const"}]; ``codes0``/``alpha0``: each row's start (cd's codes and α).
     One alternation: every active row's :func:`spin_problem` at its α, all annealed together by
     :func:`solve_levels_batch` (``num_reads`` chains × ``num_sweeps`` sweeps from the start's levels, CD polish,
     ≤ ``rounds`` rounds; row j draws from ``child_seed(seeds[j], alternation)`` only, so its answer does not
-    depend on the other rows), then for each row whose annealed codes are lower: α refit and the CD ↔ α
-    alternation from them (:func:`core.spins.alternate`); a row's result is kept only if E fell. The next
+    depend on the other rows), then for each row whose annealed codes are lower: α refit and ≤ ``max_iter``
+    steps of the CD ↔ α alternation from them (:func:`core.spins.alternate`, CD from the previous codes:
+    the restart from GPTQ at every α that ``cd`` makes is what made this stage cost 12 s per improved
+    digits row); a row's result is kept only if E fell. The next
     alternation re-anneals only the rows that improved (at their new α), up to ``alternations``.
 
     Returns per row {"codes", "alpha", "energy", "stage" ("classical": nothing beat the start; else the
@@ -203,8 +205,7 @@ def anneal_spin_rows(rows: list[dict], grid: str, codes0: list[np.ndarray], alph
             r = rows[j]
             c = codes_of_levels(k, grid)
             a = refit_alpha(r["H"], r["t"], c, o["alpha"])
-            c2, a2, _ = _cd_alternation(r["H"], r["t"], grid, a, r["const"], levels_of_codes(c, grid), max_iter,
-                                        RowGptq(r["H"]))
+            c2, a2, _ = _cd_alternation(r["H"], r["t"], grid, a, r["const"], levels_of_codes(c, grid), max_iter)
             e2 = row_energy(r["H"], r["t"], a2, c2, r["const"])
             if e2 < o["energy"] - 1e-12 * max(1.0, abs(o["energy"])):
                 o.update(codes=c2, alpha=a2, energy=e2, stage=info["stage"], improved=o["improved"] + 1)
@@ -216,7 +217,7 @@ def anneal_spin_rows(rows: list[dict], grid: str, codes0: list[np.ndarray], alph
 
 
 def spin_head_rows(source, cfg, methods: list[str], params: dict, timings: dict, progress: bool = False,
-                   classical: dict | None = None) -> dict:
+                   classical: dict | None = None, keep_rows: bool = False) -> dict:
     """Every class row of a head on ``cfg.grid`` by every method, as tasks on ``cfg``'s executor.
 
     ``source``: a :class:`curvature.head_ce.HeadCE` (the rows' damped Hessian blocks and targets, as
@@ -226,7 +227,8 @@ def spin_head_rows(source, cfg, methods: list[str], params: dict, timings: dict,
     With ``cfg.sampler == "batch-anneal"`` the per-row tasks run rtn … cd and :func:`anneal_spin_rows`
     anneals every row at once afterwards (``params``: num_reads, num_sweeps, device). ``classical``:
     an earlier return of this function on the same head and grid (the methods before qubo do not depend
-    on the seed): only the annealing stage is run again, with ``cfg.seed``.
+    on the seed; it must hold "rows": ``keep_rows`` or the batched stage): only the annealing stage is
+    run again, with ``cfg.seed``.
     """
     from qubo_nn.execution.executors import map_unordered
     from qubo_nn.samplers import child_seed
@@ -250,7 +252,7 @@ def spin_head_rows(source, cfg, methods: list[str], params: dict, timings: dict,
                 t0 = time.perf_counter()
                 p = source.row_problem(c, 1.0, -1, 1, cfg.damping_rel, cfg.use_grad)
                 timings["hessian_s"] = timings.get("hessian_s", 0.0) + time.perf_counter() - t0
-                if batched:
+                if batched or keep_rows:
                     rows_kept[c] = {"H": p.H, "t": np.asarray(p.target, dtype=np.float64), "const": float(p.const)}
                 yield {"H": p.H, "t": p.target, "const": p.const, "grid": cfg.grid, "methods": row_methods,
                        "qubo": None if qubo_kw is None else {**qubo_kw, "seed": child_seed(cfg.seed, c)}}
@@ -274,7 +276,7 @@ def spin_head_rows(source, cfg, methods: list[str], params: dict, timings: dict,
                                 "energy_classical": float(sum(i["energy_classical"] for i in infos)),
                                 "energy_anneal_raw": float(sum(i["energy_anneal_raw"] for i in infos)),
                                 "sampler_wall_time_s": float(sum(i["wall_time_s"] for i in infos))}
-        if batched:
+        if batched or keep_rows:
             out["rows"] = rows_kept
     if batched:
         t0 = time.perf_counter()
