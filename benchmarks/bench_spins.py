@@ -1,38 +1,29 @@
-"""Binary and ternary head rows (issue 24): every method on the same spin-grid objective, against the best known.
+"""Binary and ternary rows (issue 24): every method on the same spin-grid objective, against the best known;
+and (``--heads``) whole heads quantized by every method, beside fp32 and a QAT (STE) reference.
 
-Rows: class rows 0..rows−1 of the L2 reference heads (``train.reference_head``) on the digits features
-(``features.get_features(FeatureConfig())``: digits through a random ResNet-18, 512-d, 10 classes) and on
-the realistic synthetic features (``featureset.realistic_features``, 512-d, 100 classes, ``--n`` training
-points: a reduced size, stated in the output). H̃ = the row's exact loss Hessian block + μI, μ = 0.01·mean
-diag H (as ``quantize``), t the fp32 row (``curvature.head_ce.HeadCE.row_problem``). Each row becomes, for
-grid ∈ {binary, ternary}, the fixed-scale problem (``core.spins.spin_problem``)
+Rows (``--datasets digits,realistic,network``, ``--rows`` each, :func:`instances`): class rows of the
+fp32 heads of the heads runs (digits: results/quantize/heads/digits.pt on the digits features; realistic:
+results/spins/heads/realistic-50k.pt on ``realistic_features`` at full size, 50,000 × 512, 100 classes),
+H̃ = the row's exact CE Hessian block + μI (μ = 0.01·mean diag H, as ``quantize``), t the fp32 row, L0 the
+loss at the fp32 head; and (row, group-of-64) problems of a network layer (``bench_annealer.network_problems``).
+Each row becomes, for grid ∈ {binary, ternary}, the fixed-scale problem (``core.spins.spin_problem``)
 
     E(c) = L0 + ½(α c − t)ᵀH̃(α c − t),   c ∈ {−1, +1}ᵐ (binary) or {−1, 0, +1}ᵐ (ternary),
 
-with α the scale that quantize's ``cd`` alternation converges to on that row (codes ↔ closed-form
-refit from the XNOR/TWN start; ``core.spins.alternate``): the α of the problem every method is then
-asked to solve. Methods, all scored on this E:
+with α the scale that quantize's ``cd`` alternation converges to on that row. Methods (:func:`run_group`):
+rtn, gptq (act-order), cd (single + pair flips from gptq; the peer), tabu (random start, the peer's time),
+``pipeline`` (neal on unary windows, hot, from the best of 3 CDs, CD polish), ``batch`` (batch-anneal
+over all rows of a dataset and grid at once, from the same 3-CD start, CD polish; its time split evenly);
+the best-known run (longer batch-anneal, then tabu + CD); ``core.bounds.box_lower_bound`` (certified).
+Times are CPU seconds of this one-thread process (the cores are shared). Reported per grid and per dataset:
+(E − E*)/E* median and worst, the bound's gap (E* − LB)/E*, time per row, rows where a candidate is strictly
+below gptq + cd within 10× their time, and the stage (classical / anneal / polish) of each pipeline and
+batch answer. ``--encodings``: the ternary neal pipeline with domain-wall windows on each group's first row.
 
-- ``rtn`` (binary: sign; ternary: the nearest level, |t| > α/2), ``gptq`` (act-order), ``cd`` (single +
-  pair flips from gptq; the peer, its time includes gptq's);
-- ``tabu``: dwave-tabu on the spin BQM (``core.spins.spin_bqm``: binary one spin per weight, ternary
-  two) from a random state, time limit = the row's gptq + cd time;
-- ``pipeline``: ``solve_levels(p, "qubo")`` hot (neal's full β range, 4 reads × 1000 sweeps, ≤ 4 rounds,
-  no new round after 6× gptq + cd; ternary windows in ``core.spins.TERNARY_ENCODING``) — the best classical
-  start (best of 3 CDs), annealed windows, CD polish; ``stage`` says which stage produced the answer;
-- ``long``: the best-known run: the same pipeline with 4 reads × 2000 sweeps, ≤ 4 rounds, seed + 1, no
-  budget, then tabu from its answer for 10× gptq + cd.
-- ``bound``: ``core.bounds.box_lower_bound`` (convex box relaxation with the eigenvalue diagonal shift on
-  binary rows, certified by its first-order gap).
-
-Best known E* = min over all methods and the long run. Reported per grid: (E − E*)/E* (E includes L0,
-the loss at the fp32 head: the energy is the predicted loss) median and worst, the bound's gap
-(E* − LB)/E*, time per row, rows where the pipeline (or tabu) is strictly below gptq + cd within 10×
-their time, and the stage of each pipeline answer. ``--encodings``: the ternary pipeline with unary and
-domain-wall windows on the first rows of each dataset (the choice of ``TERNARY_ENCODING``).
-
-Usage: python benchmarks/bench_spins.py [--rows 5] [--n 4000] [--seed 0] [--out results] [--quick]
-Writes results/bench_spins.json and .txt atomically (``--quick``: *_quick); records os.getloadavg().
+Usage: python benchmarks/bench_spins.py [--rows 10] [--datasets digits,realistic,network] [--seed 0] [--out results]
+       python benchmarks/bench_spins.py --heads --dataset digits|realistic [--seeds 5] [--qat-seeds 5] ...
+Writes results/bench_spins.json and .txt atomically after every (dataset, grid) (``--quick``: *_quick);
+the heads: results/spins/heads_<dataset>.{json,md,png} after every seed. Records os.getloadavg().
 """
 from __future__ import annotations
 
@@ -404,6 +395,22 @@ def run_heads(a) -> int:
     return 0
 
 
+def merge_heads(a) -> int:
+    """``--heads --merge``: one record of the per-grid runs (``--grids binary`` and ``--grids ternary`` run as two
+    processes) from results/spins/heads_<dataset>_<grid>.json."""
+    import json
+
+    out = ROOT / "results" / "spins"
+    recs = [json.loads((out / f"heads_{a.dataset}_{g}.json").read_text()) for g in ("binary", "ternary")
+            if (out / f"heads_{a.dataset}_{g}.json").exists()]
+    a.merge_commands = [r["command"] for r in recs]
+    runs = [run for r in recs for run in r["runs"]]
+    classical = {g: v for r in recs for g, v in r["classical"].items()}
+    t0 = time.perf_counter() - max(r["wall_time_s"] for r in recs)
+    _write_heads(a, runs, recs[0]["fp32"], classical, t0, tuple(recs[0]["loadavg_start"]))
+    return 0
+
+
 def qat(head, tr, te, grid, seed, a) -> dict:
     """The QAT reference: ``train_discrete(method="ste")`` (qubo_nn.workflows.train_discrete), its
     final test accuracy (%, its record holds a fraction) and loss (its (α, b) refit included)."""
@@ -437,15 +444,17 @@ def _write_heads(a, runs, fp32, classical_info, t0, load0) -> None:
         accs = {m: [r["methods"][m]["test_acc"] for r in rs] for m in ("qubo", "cd")}
         table[grid]["qubo_minus_cd_points"] = [float(np.mean(np.subtract(accs["qubo"], accs["cd"]))),
                                                float(np.min(np.subtract(accs["qubo"], accs["cd"])))]
-    cmd = (f"python benchmarks/bench_spins.py --heads --dataset {a.dataset} --seeds {a.seeds} --qat-seeds {a.qat_seeds} "
-           f"--sweeps {a.sweeps} --ste-epochs {a.ste_epochs} --ste-lrs {a.ste_lrs}")
+    cmd = (f"python benchmarks/bench_spins.py --heads --dataset {a.dataset} --grids {a.grids} --seeds {a.seeds} "
+           f"--qat-seeds {a.qat_seeds} --sweeps {a.sweeps} --ste-epochs {a.ste_epochs} --ste-lrs {a.ste_lrs}")
+    if a.merge:
+        cmd = "; ".join(a.merge_commands)
     rec = {"benchmark": "spins-heads", "command": cmd, "dataset": HEAD_DATA[a.dataset],
            "head_file": str(HEAD_FILES[a.dataset].relative_to(ROOT)), "fp32": fp32, "classical": classical_info,
            "runs": runs, "table": table, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
            "wall_time_s": time.perf_counter() - t0, "machine": machine_info("cpu"), "versions": versions()}
     out = ROOT / "results" / "spins"
     out.mkdir(parents=True, exist_ok=True)
-    name = f"heads_{a.dataset}"
+    name = f"heads_{a.dataset}" + ("" if set(a.grids.split(",")) == {"binary", "ternary"} or a.merge else f"_{a.grids}")
     atomic_write_json(out / f"{name}.json", to_jsonable(rec))
     done = {g: sum(r["grid"] == g for r in runs) for g in ("binary", "ternary")}
     lines = [f"# Binary and ternary {a.dataset} heads: every method, mean ± std over seeds", "",
@@ -515,13 +524,14 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", action="store_true", help="the heads comparison (results/spins/heads_<dataset>.*)")
     ap.add_argument("--dataset", choices=sorted(HEAD_FILES), default="digits", help="--heads: which head")
     ap.add_argument("--seeds", type=int, default=5, help="--heads: annealing seeds")
+    ap.add_argument("--merge", action="store_true", help="--heads: merge the per-grid records of --dataset")
     ap.add_argument("--qat-seeds", type=int, default=5, help="--heads: seeds of the QAT (STE) reference")
     ap.add_argument("--sweeps", type=int, default=100, help="--heads: batch-anneal sweeps per alternation")
     ap.add_argument("--ste-epochs", type=int, default=40, help="--heads: STE epochs (tuned on validation)")
     ap.add_argument("--ste-lrs", default="1e-4,3e-4,1e-3,3e-3", help="--heads: STE learning rates tried")
     a = ap.parse_args(argv)
     if a.heads:
-        return run_heads(a)
+        return merge_heads(a) if a.merge else run_heads(a)
     torch.set_num_threads(1)
     t0, load0 = time.perf_counter(), os.getloadavg()
     rows, datasets = [], []

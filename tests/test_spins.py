@@ -337,3 +337,13 @@ def test_batched_anneal_stage_on_rows_against_brute_force(grid, m):
             assert o["alpha"] == pytest.approx(refit_alpha(r["H"], r["t"], o["codes"], o["alpha"]), rel=1e-12)
     alone = anneal_spin_rows(rows[1:2], grid, starts[1:2], alphas[1:2], [2], num_reads=4, num_sweeps=100)[0]
     assert np.array_equal(alone["codes"], res[1]["codes"]) and alone["energy"] == res[1]["energy"]
+
+
+def test_batched_spin_stage_refuses_parameters_it_does_not_take():
+    from qubo_nn.workflows.head_quantize import QuantizeConfig, quantize_head
+
+    head, train = _tiny_head()
+    cfg = QuantizeConfig(grid="binary", method="qubo", device="cpu", dtype="float64",
+                         sampler_params={"beta_range": [0.1, 1.0]})
+    with pytest.raises(QuboNNError, match=r"sampler 'batch-anneal' does not accept parameter\(s\) beta_range"):
+        quantize_head(head, train, None, cfg)

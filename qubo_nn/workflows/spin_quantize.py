@@ -280,7 +280,9 @@ def spin_head_rows(source, cfg, methods: list[str], params: dict, timings: dict,
             out["rows"] = rows_kept
     if batched:
         t0 = time.perf_counter()
-        kw = {k: params[k] for k in ("num_reads", "num_sweeps", "device") if k in params}
+        from qubo_nn.samplers.level_solvers import _batch_params
+
+        kw = _batch_params(params)          # num_reads, num_sweeps, device; anything else is refused
         res = anneal_spin_rows(out["rows"], cfg.grid, [c.numpy().astype(np.int64) for c in out["codes"]["cd"]],
                                out["scales"]["cd"].tolist(), [child_seed(cfg.seed, c) for c in range(C)],
                                span=30.0 if cfg.refine_span is None else float(cfg.refine_span), **kw)
