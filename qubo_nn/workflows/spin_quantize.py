@@ -12,7 +12,7 @@ ended (and so is never above it):
   codes, started at ``gptq``'s final α; its time includes gptq's;
 - ``qubo``: annealing from ``cd``'s final α and codes; its time includes cd's. With the default sampler
   ``batch-anneal`` every row of the head is annealed in ONE tensor batch (:func:`anneal_spin_rows`:
-  :func:`solve_levels_batch` from the cd codes at the cd α, then α refit and CD alternation from the
+  ``anneal_spin_rows``: batch-anneal's kernel from the cd codes at the cd α, best chain polished by CD, then α refit and CD alternation from the
   annealed codes, repeated on the rows that improved); with a dimod sampler (``neal``, ...) each row
   alternates the full :func:`solve_levels` pipeline (best classical start, annealed windows polished
   by CD; binary one spin per weight, ternary :data:`TERNARY_ENCODING` unless a ternary encoding is
@@ -31,7 +31,7 @@ import torch
 from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
 from qubo_nn.core.spins import (TERNARY_ENCODING, TERNARY_ENCODINGS, alpha_floor, alternate, codes_of_levels, init_alpha,
                                 levels_of_codes, refit_alpha, row_energy, spin_problem)
-from qubo_nn.samplers.level_solvers import BATCH_SAMPLER, solve_levels, solve_levels_batch
+from qubo_nn.samplers.level_solvers import BATCH_SAMPLER, solve_levels
 
 SPIN_METHODS = ("rtn", "gptq-natural", "gptq", "cd", "qubo")
 
@@ -156,16 +156,36 @@ def _cd_alternation(H, t, grid, alpha, const, k_start, max_iter):
     return alternate(H, t, grid, step, alpha, const, max_iter)
 
 
+def _anneal_raw(probs, starts, seeds, num_reads, num_sweeps, span, hot, device) -> list[np.ndarray]:
+    """The lowest raw state (levels) of each problem's chains: batch-anneal's kernel as
+    :func:`solve_levels_batch` runs it (β from each start's excess, geometric, one key per problem and
+    read), without its polish of every chain — CD from all 4 chains' final states was 90 % of this stage's
+    time on the digits head (300 s of 306 s per seed, 2 shared cores); here only the best raw chain is polished."""
+    import torch
+
+    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas, problem_arrays
+
+    arr = problem_arrays(probs, device)
+    dev = arr["A"].device
+    k0 = torch.as_tensor(np.stack(starts), device=dev)[:, None, :].expand(-1, num_reads, -1).contiguous()
+    excess = torch.as_tensor([float(p.energy(k)) - p.const for p, k in zip(probs, starts)], dtype=torch.float64, device=dev)
+    res = anneal_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0,
+                       geometric_betas(beta_range_excess(excess, hot, span), num_sweeps),
+                       chain_keys(torch.as_tensor(seeds, dtype=torch.int64, device=dev), num_reads))
+    K = res["k_best"].cpu().numpy()
+    return [K[b, int(np.argmin(p.energy(K[b])))].copy() for b, p in enumerate(probs)]
+
+
 def anneal_spin_rows(rows: list[dict], grid: str, codes0: list[np.ndarray], alpha0: list[float], seeds: list[int], *,
-                     num_reads: int = 4, num_sweeps: int = 100, rounds: int = 1, span: float = 30.0, hot: float = 0.3,
+                     num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3,
                      device: str = "cpu", alternations: int = 3, max_iter: int = 5) -> list[dict]:
     """The batched annealing stage of ``qubo`` on many spin rows at once (the rows of a head).
 
     ``rows``: [{"H" (m × m), "t" (m,), "const"}]; ``codes0``/``alpha0``: each row's start (cd's codes and α).
-    One alternation: every active row's :func:`spin_problem` at its α, all annealed together by
-    :func:`solve_levels_batch` (``num_reads`` chains × ``num_sweeps`` sweeps from the start's levels, CD polish,
-    ≤ ``rounds`` rounds; row j draws from ``child_seed(seeds[j], alternation)`` only, so its answer does not
-    depend on the other rows), then for each row whose annealed codes are lower: α refit and ≤ ``max_iter``
+    One alternation: every active row's :func:`spin_problem` at its α, all annealed together by batch-anneal's
+    kernel (``num_reads`` chains × ``num_sweeps`` sweeps from the start's levels, β as :func:`solve_levels_batch`;
+    row j draws from ``child_seed(seeds[j], alternation)`` only, so its answer does not depend on the other
+    rows); each row's lowest raw chain is polished by CD; for each row where that is lower: α refit and ≤ ``max_iter``
     steps of the CD ↔ α alternation from them (:func:`core.spins.alternate`, CD from the previous codes:
     the restart from GPTQ at every α that ``cd`` makes is what made this stage cost 12 s per improved
     digits row); a row's result is kept only if E fell. The next
@@ -191,24 +211,26 @@ def anneal_spin_rows(rows: list[dict], grid: str, codes0: list[np.ndarray], alph
         probs = [spin_problem(rows[j]["H"], rows[j]["t"], out[j]["alpha"], grid, rows[j]["const"]) for j in todo]
         starts = [levels_of_codes(out[j]["codes"], grid) for j in todo]
         t0 = time.perf_counter()
-        res = solve_levels_batch(probs, [child_seed(int(seeds[j]), it) for j in todo], k_start=starts,
-                                 num_reads=num_reads, num_sweeps=num_sweeps, rounds=rounds, span=span, hot=hot,
-                                 device=device)
+        raw = _anneal_raw(probs, starts, [child_seed(int(seeds[j]), it) for j in todo], num_reads, num_sweeps, span, hot,
+                          device)
         anneal_s += time.perf_counter() - t0
         improved = []
-        for j, p, (k, info) in zip(todo, probs, res):
-            o = out[j]
-            o["energy_anneal_raw"] = min(o["energy_anneal_raw"], float(info["energy_anneal_raw"]))
-            o["stages"].append(info["stage"])
-            if info["stage"] == "classical":
+        for j, p, k0, k_raw in zip(todo, probs, starts, raw):
+            o, r = out[j], rows[j]
+            e0, e_raw = float(p.energy(k0)), float(p.energy(k_raw))
+            o["energy_anneal_raw"] = min(o["energy_anneal_raw"], e_raw)
+            k, _ = coordinate_descent(p, k_raw)            # one polish: the raw best chain only
+            tol = 1e-12 * max(1.0, abs(e0))
+            stage = "anneal" if e_raw < e0 - tol else "polish" if float(p.energy(k)) < e0 - tol else "classical"
+            o["stages"].append(stage)
+            if stage == "classical":
                 continue
-            r = rows[j]
             c = codes_of_levels(k, grid)
             a = refit_alpha(r["H"], r["t"], c, o["alpha"])
             c2, a2, _ = _cd_alternation(r["H"], r["t"], grid, a, r["const"], levels_of_codes(c, grid), max_iter)
             e2 = row_energy(r["H"], r["t"], a2, c2, r["const"])
             if e2 < o["energy"] - 1e-12 * max(1.0, abs(o["energy"])):
-                o.update(codes=c2, alpha=a2, energy=e2, stage=info["stage"], improved=o["improved"] + 1)
+                o.update(codes=c2, alpha=a2, energy=e2, stage=stage, improved=o["improved"] + 1)
                 improved.append(j)
         todo = improved
     for o in out:
