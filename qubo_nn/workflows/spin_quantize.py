@@ -12,8 +12,8 @@ ended (and so is never above it):
   codes, started at ``gptq``'s final α; its time includes gptq's;
 - ``qubo``: annealing from ``cd``'s final α and codes; its time includes cd's. With the default sampler
   ``batch-anneal`` every row of the head is annealed in ONE tensor batch (:func:`anneal_spin_rows`:
-  ``anneal_spin_rows``: batch-anneal's kernel from the cd codes at the cd α, best chain polished by CD, then α refit and CD alternation from the
-  annealed codes, repeated on the rows that improved); with a dimod sampler (``neal``, ...) each row
+  batch-anneal's kernel from the cd codes at the cd α, the best chain polished by CD, then α refit and
+  CD alternation, repeated on the rows that improved); with a dimod sampler (``neal``, ...) each row
   alternates the full :func:`solve_levels` pipeline (best classical start, annealed windows polished
   by CD; binary one spin per weight, ternary :data:`TERNARY_ENCODING` unless a ternary encoding is
   configured) with the α refit — the path measured at 658 s per digits head (10 rows), most of it
