@@ -190,7 +190,7 @@ def run_group(insts, grid, seed, encodings=False) -> list[dict]:
         by = min(cands, key=cands.get)
         e_best = cands[by]
         tol = 1e-12 * max(1.0, abs(e["cd"]))
-        r.update({"energy_long": e_long, "time_long_s": s_l / n + s_t, "energy_best_known": e_best, "best_known_by": by,
+        r.update({"long_settings": dict(LONG), "energy_long": e_long, "time_long_s": s_l / n + s_t, "energy_best_known": e_best, "best_known_by": by,
                   "bound": {**b, "time_s": s_bd}, "excess": {m: (x - e_best) / e_best for m, x in e.items()},
                   "bound_gap": (e_best - b["lower_bound"]) / e_best,
                   "strictly_below_cd": {m: bool(e[m] < e["cd"] - tol) for m in CANDIDATES},
@@ -260,6 +260,9 @@ def render(rec: dict) -> str:
              f"settings: pipeline (neal) {HOT}; batch (batch-anneal, all rows of a dataset and grid in one batch, CPU "
              f"time split evenly) {BATCH}; best-known run (batch-anneal, then tabu from it + CD) {LONG}; ternary "
              f"windows: {TERNARY_ENCODING}",
+             *([f"merged from: " + "; ".join(f"{m['file']} (datasets {m['argv'].get('datasets')}, grids {m['argv'].get('grids')}, "
+                                              f"best-known run {m['settings']['long']}, complete {m['complete']}, wall "
+                                              f"{m['wall_time_s']:.0f} s)" for m in a["merged"])] if a.get("merged") else []),
              "Times are CPU seconds of the benchmark process (one thread), not wall clock. E includes L0 (heads: the "
              "predicted loss of the head with that row changed); α = the scale of the cd ↔ α alternation on the row; "
              "excess = (E − E*)/E*, E* the best known; bound gap = (E* − LB)/E* with LB the certified box/eigenvalue "
@@ -516,6 +519,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=10, help="rows per dataset and grid")
     ap.add_argument("--datasets", default="digits,realistic,network")
+    ap.add_argument("--long-sweeps", type=int, default=LONG["num_sweeps"], help="best-known run: sweeps per round")
+    ap.add_argument("--long-rounds", type=int, default=LONG["rounds"], help="best-known run: rounds")
+    ap.add_argument("--merge-rows", default="", help="comma-separated bench_spins.json files: one record of all their rows")
     ap.add_argument("--encodings", action="store_true", help="also the domain-wall ternary pipeline on each group's first row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grids", default="binary,ternary")
@@ -532,6 +538,18 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.heads:
         return merge_heads(a) if a.merge else run_heads(a)
+    LONG["num_sweeps"], LONG["rounds"] = a.long_sweeps, a.long_rounds
+    if a.merge_rows:
+        import json
+
+        recs = [json.loads(Path(f).read_text()) for f in a.merge_rows.split(",")]
+        rows = [{"long_settings": rec["settings"]["long"], **r} for rec in recs for r in rec["rows"]]
+        datasets = list(dict.fromkeys(d for rec in recs for d in rec["datasets"]))
+        a.merged = [{"file": f, "argv": rec["argv"], "settings": rec["settings"], "complete": rec["complete"],
+                     "wall_time_s": rec["wall_time_s"]} for f, rec in zip(a.merge_rows.split(","), recs)]
+        t0 = time.perf_counter() - sum(rec["wall_time_s"] for rec in recs)
+        print(write(a, rows, datasets, t0, tuple(recs[0]["loadavg_start"]), final=all(rec["complete"] for rec in recs)))
+        return 0
     torch.set_num_threads(1)
     t0, load0 = time.perf_counter(), os.getloadavg()
     rows, datasets = [], []
