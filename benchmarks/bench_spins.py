@@ -408,6 +408,10 @@ def merge_heads(a) -> int:
             if (out / f"heads_{a.dataset}_{g}.json").exists()]
     a.merge_commands = [r["command"] for r in recs]
     runs = [run for r in recs for run in r["runs"]]
+    for run in runs:                        # JSON holds NaN (the QAT head's energy) as null
+        for v in run["methods"].values():
+            for k in ("test_acc", "test_loss", "train_loss", "energy", "wall_time_s"):
+                v[k] = float("nan") if v.get(k) is None else v[k]
     classical = {g: v for r in recs for g, v in r["classical"].items()}
     t0 = time.perf_counter() - max(r["wall_time_s"] for r in recs)
     _write_heads(a, runs, recs[0]["fp32"], classical, t0, tuple(recs[0]["loadavg_start"]))
