@@ -19,8 +19,8 @@ from qubo_nn.core.spins import (TERNARY_ENCODINGS, alternate, binary_ising, code
                                 levels_of_codes, refit_alpha, row_energy, spin_bqm, spin_problem, ternary_from_spins,
                                 ternary_spins, twn_codes)
 from qubo_nn.errors import QuboNNError
-from qubo_nn.samplers.level_solvers import solve_levels
-from qubo_nn.workflows.spin_quantize import spin_row_task
+from qubo_nn.samplers.level_solvers import solve_levels, solve_levels_batch
+from qubo_nn.workflows.spin_quantize import RowGptq, anneal_spin_rows, spin_row_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,8 +131,10 @@ def test_every_method_against_brute_force_at_fixed_scale(grid, m):
     tol = 1e-12
     ks = {"rtn": rtn(p), "gptq": gptq(p, True), "cd": coordinate_descent(p, gptq(p, True))[0],
           "exact": sphere_decode(p)[0],
-          "pipeline": solve_levels(p, "qubo", encoding="unary", levels=3, seed=0, refine_span=None,
-                                   params={"num_reads": 4, "num_sweeps": 500})[0]}
+          "pipeline": solve_levels(p, "qubo", encoding="unary", levels=3, seed=0, refine_span=None, sampler="neal",
+                                   params={"num_reads": 4, "num_sweeps": 500})[0],
+          "batch": solve_levels(p, "qubo", seed=0, params={"num_reads": 4, "num_sweeps": 200})[0],
+          "batch-from-cd": solve_levels_batch([p], [0], k_start="cd", num_reads=4, num_sweeps=200, rounds=2)[0][0]}
     bqm = spin_bqm(H, t, a, grid, 0.1)
     ss = dimod.SampleSet.from_samples_bqm(*_tabu(bqm, seed=0))
     sig = ss.first.sample
@@ -143,7 +145,7 @@ def test_every_method_against_brute_force_at_fixed_scale(grid, m):
         c = codes_of_levels(k, grid)
         assert p.energy(k) == pytest.approx(row_energy(H, t, a, c, 0.1), abs=1e-12), name
         assert p.energy(k) >= e_min - tol, name
-    for name in ("exact", "pipeline", "tabu"):          # these reach the optimum of such small rows
+    for name in ("exact", "pipeline", "batch", "tabu"):          # these reach the optimum of such small rows
         assert p.energy(ks[name]) == pytest.approx(e_min, abs=1e-12), name
     assert p.energy(ks["cd"]) <= p.energy(ks["gptq"]) + tol
     b = box_lower_bound(p)
@@ -214,13 +216,14 @@ def _tiny_head():
     return Head(W, 0.1 * torch.randn(C, generator=g)), FeatureSet(X, y, C)
 
 
-@pytest.mark.parametrize("grid", ["binary", "ternary"])
-def test_quantize_head_on_a_spin_grid(grid):
+@pytest.mark.parametrize("grid,sampler", [("binary", "neal"), ("ternary", "neal"), ("binary", "batch-anneal"),
+                                          ("ternary", "batch-anneal")])
+def test_quantize_head_on_a_spin_grid(grid, sampler):
     from qubo_nn.curvature.head_stats import HeadStats
     from qubo_nn.workflows.head_quantize import QuantizeConfig, quantize_head
 
     head, train = _tiny_head()
-    cfg = QuantizeConfig(grid=grid, method="qubo", sampler="neal", device="cpu", dtype="float64", seed=0,
+    cfg = QuantizeConfig(grid=grid, method="qubo", sampler=sampler, device="cpu", dtype="float64", seed=0,
                          sampler_params={"num_sweeps": 200}, num_reads=2)
     res = quantize_head(head, train, None, cfg)
     stats = HeadStats(head, train, dtype="float64", device="cpu")
@@ -241,6 +244,16 @@ def test_quantize_head_on_a_spin_grid(grid):
         assert E["qubo"] <= E["cd"] + 1e-12 and E["cd"] <= E["gptq"] + 1e-12
     assert torch.equal(res.head.W, res.methods["qubo"].head.W)
     assert res.methods["qubo"].info["grid"] == grid
+    if sampler == "batch-anneal":       # the batched stage again on the same classical answers: same codes
+        from qubo_nn.curvature.head_ce import HeadCE
+        from qubo_nn.workflows.spin_quantize import spin_head_rows
+
+        src = HeadCE(head.to("cpu", torch.float64), train, 0.0, "cpu", "float64", 4096, None, 0)
+        params = {"num_reads": 2, "num_sweeps": 200}
+        first = spin_head_rows(src, cfg, ["rtn", "gptq", "cd"], params, {}, keep_rows=True)
+        again = spin_head_rows(src, cfg, ["rtn", "gptq", "cd", "qubo"], params, {}, classical=first)
+        assert torch.equal(again["codes"]["qubo"], res.methods["qubo"].codes.to(torch.float64))
+        assert "qubo" not in first["codes"] and again["energies"]["cd"] == first["energies"]["cd"]
 
 
 @pytest.mark.parametrize("grid,method", [("binary", "gptq"), ("ternary", "cd"), ("binary", "rtn")])
@@ -269,7 +282,7 @@ def test_bench_spins_row_scores_against_brute_force(load_script, monkeypatch, gr
     """benchmarks/bench_spins.py's row record: energies are the problem's, the best known is the
     brute-force optimum on a tiny row, excess ≥ 0 and the certified bound is below it."""
     bs = load_script("benchmarks/bench_spins.py")
-    monkeypatch.setitem(bs.LONG, "params", {"num_reads": 4, "num_sweeps": 300})     # tiny rows: short runs
+    monkeypatch.setitem(bs.LONG, "num_sweeps", 200)     # tiny rows: short runs
     monkeypatch.setitem(bs.HOT, "params", {"num_reads": 2, "num_sweeps": 300})
     H, t = _row(m, 7)
     r = bs.run_row(H, t, 0.05, grid, seed=0, encodings=True)
@@ -278,5 +291,59 @@ def test_bench_spins_row_scores_against_brute_force(load_script, monkeypatch, gr
     assert all(x >= -1e-12 for x in r["excess"].values())
     assert r["bound"]["lower_bound"] <= float(E_all.min()) + 1e-12 and r["bound_gap"] >= 0
     assert r["info"]["pipeline"]["stage"] in ("classical", "anneal", "polish")
+    assert r["info"]["batch"]["stage"] in ("classical", "anneal", "polish")
+    assert set(r["excess"]) == set(bs.METHODS)
     summary = bs.summarise([dict(r, dataset="tiny", row=0)])
-    assert summary[grid]["methods"]["pipeline"]["rows_at_best_known"] == 1
+    for m in ("pipeline", "batch"):
+        assert summary[grid]["methods"][m]["rows_at_best_known"] == 1
+    assert summary[grid]["by_dataset"]["tiny"]["rows"] == 1
+    assert "batch" in bs.render({"argv": {"rows": 1, "seed": 0}, "datasets": ["tiny"], "loadavg_start": (0, 0, 0),
+                                 "loadavg_end": (0, 0, 0), "wall_time_s": 1.0, "summary": summary,
+                                 "rows": [dict(r, dataset="tiny", row=0)]})
+
+
+@pytest.mark.parametrize("grid", ["binary", "ternary"])
+def test_row_gptq_reuses_its_factor_and_equals_gptq_at_every_scale(grid):
+    H, t = _row(12, 8)
+    g = RowGptq(H)
+    for a in (0.05, 0.2, 0.7):
+        p = spin_problem(H, t, a, grid, 0.3)
+        for act in (True, False):
+            assert np.array_equal(g(p, act), gptq(p, act))
+    assert set(g._factors) == {True, False}
+
+
+@pytest.mark.parametrize("grid,m", [("binary", 9), ("ternary", 6)])
+def test_batched_anneal_stage_on_rows_against_brute_force(grid, m):
+    """anneal_spin_rows on three rows at once: never above its start (cd's codes and α), α refit for the
+    returned codes, and the returned (codes, α) not above the brute-force optimum at the start's α;
+    each row's answer is the same alone as in the batch (one seed per row)."""
+    rows, starts, alphas = [], [], []
+    for j in range(3):
+        H, t = _row(m, 20 + j)
+        rows.append({"H": H, "t": t, "const": 0.01})
+        c, a, _ = alternate(H, t, grid, lambda p, k: coordinate_descent(p, gptq(p, True))[0], None, 0.01)
+        starts.append(c)
+        alphas.append(a)
+    res = anneal_spin_rows(rows, grid, starts, alphas, [1, 2, 3], num_reads=4, num_sweeps=100)
+    C = _codes(grid, m)
+    for r, c0, a0, o in zip(rows, starts, alphas, res):
+        e0 = row_energy(r["H"], r["t"], a0, c0, 0.01)
+        assert o["energy"] <= e0 + 1e-15
+        assert o["energy"] == pytest.approx(row_energy(r["H"], r["t"], o["alpha"], o["codes"], 0.01), abs=1e-15)
+        assert o["energy"] <= float(_direct(r["H"], r["t"], a0, C, 0.01).min()) + 1e-12
+        assert o["stage"] in ("classical", "anneal", "polish")
+        if o["stage"] != "classical":
+            assert o["alpha"] == pytest.approx(refit_alpha(r["H"], r["t"], o["codes"], o["alpha"]), rel=1e-12)
+    alone = anneal_spin_rows(rows[1:2], grid, starts[1:2], alphas[1:2], [2], num_reads=4, num_sweeps=100)[0]
+    assert np.array_equal(alone["codes"], res[1]["codes"]) and alone["energy"] == res[1]["energy"]
+
+
+def test_batched_spin_stage_refuses_parameters_it_does_not_take():
+    from qubo_nn.workflows.head_quantize import QuantizeConfig, quantize_head
+
+    head, train = _tiny_head()
+    cfg = QuantizeConfig(grid="binary", method="qubo", device="cpu", dtype="float64",
+                         sampler_params={"beta_range": [0.1, 1.0]})
+    with pytest.raises(QuboNNError, match=r"sampler 'batch-anneal' does not accept parameter\(s\) beta_range"):
+        quantize_head(head, train, None, cfg)
