@@ -32,6 +32,7 @@ import torch
 from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
 from qubo_nn.core.spins import (TERNARY_ENCODING, TERNARY_ENCODINGS, alpha_floor, alternate, codes_of_levels, init_alpha,
                                 levels_of_codes, refit_alpha, row_energy, spin_problem)
+from qubo_nn.errors import QuboNNError
 from qubo_nn.samplers.level_solvers import BATCH_SAMPLER, solve_levels
 
 SPIN_METHODS = ("rtn", "gptq-natural", "gptq", "cd", "qubo")
@@ -306,6 +307,11 @@ def spin_head_rows(source, cfg, methods: list[str], params: dict, timings: dict,
         from qubo_nn.samplers.level_solvers import _batch_params
 
         kw = _batch_params(params)          # num_reads, num_sweeps, device; anything else is refused
+        extra = sorted(set(params or {}) & {"restarts", "schedule", "rounds"})
+        if extra:
+            raise QuboNNError(f"the spin heads' batched stage does not take {', '.join(extra)}; "
+                              "expected some of num_reads, num_sweeps, device")
+        kw = {key: kw[key] for key in ("num_reads", "num_sweeps", "device")}
         res = anneal_spin_rows(out["rows"], cfg.grid, [c.numpy().astype(np.int64) for c in out["codes"]["cd"]],
                                out["scales"]["cd"].tolist(), [child_seed(cfg.seed, c) for c in range(C)],
                                span=30.0 if cfg.refine_span is None else float(cfg.refine_span), **kw)
