@@ -69,16 +69,11 @@ def load_discrete_features(cfg: DiscreteExperimentConfig):
 
 def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, progress: bool = False) -> dict:
     """Every (method, seed) of ``cfg`` (resuming finished runs); returns the summary."""
-    from qubo_nn.train.sgd import reference_head
-
     cfg.validate()
     out = Path(out)
     (out / "per-seed").mkdir(parents=True, exist_ok=True)
     train, test, finfo = load_discrete_features(cfg)
-    t0 = time.perf_counter()
-    head, rinfo = reference_head(train, seed=0, device="cpu")
-    fp32 = {"train_loss": evaluate(head, train)[0], "test_loss": evaluate(head, test)[0],
-            "test_acc": evaluate(head, test)[1], "l2": rinfo["l2"], "wall_time_s": time.perf_counter() - t0}
+    head, rinfo, fp32 = _fp32_reference(train, test, finfo, out)
     runs: dict[str, list[dict]] = {m: [] for m in cfg.methods}
     for seed in cfg.seeds:
         start = None   # the ptq head of this seed, computed once and shared by the methods (its time counted in each)
@@ -102,6 +97,32 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
         tmp.write_text(format_table(summary))
     plot_discrete(runs, fp32, out / f"discrete_{cfg.grid}.png", f"{cfg.dataset}, {cfg.grid} head")
     return summary
+
+
+def _fp32_reference(train, test, finfo: dict, out: Path):
+    """The fp32 reference head (:func:`qubo_nn.train.sgd.reference_head`, seed 0) and its metrics, kept in
+    ``out/fp32-reference.pt`` for the features' digest, so that the binary and ternary runs of one folder
+    share it (its ``wall_time_s`` is the time it took when computed)."""
+    import torch
+
+    from qubo_nn.core.head import Head
+    from qubo_nn.train.sgd import reference_head
+
+    path = out / "fp32-reference.pt"
+    try:
+        saved = torch.load(path, weights_only=False)
+        if saved.get("features") == finfo["digest"]:
+            return Head(saved["W"], saved["b"]), saved["info"], saved["fp32"]
+    except (OSError, RuntimeError, EOFError, AttributeError, KeyError):
+        pass
+    t0 = time.perf_counter()
+    head, rinfo = reference_head(train, seed=0, device="cpu")
+    fp32 = {"train_loss": evaluate(head, train)[0], "test_loss": evaluate(head, test)[0],
+            "test_acc": evaluate(head, test)[1], "l2": rinfo["l2"], "wall_time_s": time.perf_counter() - t0}
+    with atomic_path(path) as tmp:
+        torch.save({"features": finfo["digest"], "W": head.W, "b": head.b, "info": to_jsonable(rinfo), "fp32": fp32},
+                   tmp)
+    return head, to_jsonable(rinfo), fp32
 
 
 def _digest(obj: dict) -> str:
