@@ -300,15 +300,11 @@ def per_sample_change(stats: HeadStats, idx: torch.Tensor, values: torch.Tensor)
     return torch.log_softmax(stats.logits, 1).gather(1, y)[:, 0] - torch.log_softmax(logits, 1).gather(1, y)[:, 0]
 
 
-def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig, seed: int,
-               prior: PriorStats | None = None, z: float = 0.0) -> dict:
-    """One step on the codes of ``rows``: build the exact local model at the current head, solve it, keep
-    it only if the true loss falls. Moves ``dh`` and ``stats`` in place when accepted.
-
-    ``prior``: the objective is CE + (λ/2)‖W − W_ref‖² (its gradient λ(w − w_ref) and curvature λI join the
-    model; acceptance is on it). ``z`` > 0: a noise-aware gate before the core's rule — the step is tried only
-    if its mean per-sample CE change (+ the prior change) is below −z standard errors of that mean, i.e. its
-    gain is not explained by which training samples were drawn."""
+def block_problem(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig,
+                  prior: PriorStats | None = None):
+    """(problem, α per variable, current levels) of one step on the codes of ``rows``: the exact local model
+    E(k) = L + gᵀΔ + ½Δᵀ(H + μI)Δ at the current head (+ the prior's λ(w − w_ref) and λI) as an
+    IntegerProblem over the codes (its energy is the predicted objective, in nats)."""
     D = dh.codes.shape[1]
     idx = _flat_idx(rows, D)
     model = stats.block(idx)
@@ -325,7 +321,21 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
     hinv_g = solve_pd(H, g, f"the damped Hessian block of rows {rows}")
     alpha = np.repeat(dh.alpha[rows].numpy(), D)
     p = spin_problem(H, w - hinv_g, alpha, cfg.grid, L0 - 0.5 * float(g @ hinv_g))
-    k_now = levels_of_codes(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
+    return p, alpha, levels_of_codes(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
+
+
+def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig, seed: int,
+               prior: PriorStats | None = None, z: float = 0.0) -> dict:
+    """One step on the codes of ``rows``: build the exact local model at the current head, solve it, keep
+    it only if the true loss falls. Moves ``dh`` and ``stats`` in place when accepted.
+
+    ``prior``: the objective is CE + (λ/2)‖W − W_ref‖² (its gradient λ(w − w_ref) and curvature λI join the
+    model; acceptance is on it). ``z`` > 0: a noise-aware gate before the core's rule — the step is tried only
+    if its mean per-sample CE change (+ the prior change) is below −z standard errors of that mean, i.e. its
+    gain is not explained by which training samples were drawn."""
+    D = dh.codes.shape[1]
+    idx = _flat_idx(rows, D)
+    p, alpha, k_now = block_problem(stats, dh, rows, cfg, prior)
     if cfg.step_solver == "qubo":
         k, info = solve_levels(p, "qubo", sampler=cfg.sampler, seed=seed, params=dict(cfg.sampler_params))
     else:
