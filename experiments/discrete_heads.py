@@ -30,7 +30,8 @@ def main() -> None:
     ap.add_argument("--subsample", type=int, default=None, help="Hessian blocks from this many training samples")
     ap.add_argument("--sweeps", type=int, default=8)
     ap.add_argument("--rows-per-block", type=int, default=1)
-    ap.add_argument("--step-solver", default="qubo", choices=("qubo", "cd"))
+    ap.add_argument("--step-solver", default="qubo", choices=("qubo", "cd", "anneal"))
+    ap.add_argument("--alt-rounds", type=int, default=10, help="ptq: code/scale alternation rounds per row")
     ap.add_argument("--patience", type=int, default=2, help="qubo: sweeps without a validation gain before stopping")
     ap.add_argument("--anneal-sweeps", type=int, default=500, help="qubo: Metropolis sweeps per anneal")
     ap.add_argument("--anneal-reads", type=int, default=4, help="qubo: chains per anneal")
@@ -45,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     floats = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
     train = replace(DiscreteConfig(), subsample=a.subsample, sweeps=a.sweeps, rows_per_block=a.rows_per_block,
-                    step_solver=a.step_solver, patience=a.patience,
+                    step_solver=a.step_solver, patience=a.patience, alt_rounds=a.alt_rounds,
                     sampler_params={"num_reads": a.anneal_reads, "num_sweeps": a.anneal_sweeps},
                     prior_grid=floats(a.priors), z_grid=floats(a.z), ste_starts=tuple(a.ste_starts.split(",")),
                     ste_lrs=floats(a.ste_lrs), ste_epochs=a.ste_epochs)

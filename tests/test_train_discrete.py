@@ -311,3 +311,22 @@ def test_a_huge_noise_gate_accepts_nothing_and_qubo_picks_its_regulariser_on_val
             assert all(s["accepted"] == 0 for s in r["sweeps"])
     assert rec["info"]["qubo"]["best_val_loss"] == min(r["best_val_loss"] for r in runs)
     assert runs[2]["prior_lambda"] > 0 and runs[0]["prior_lambda"] == 0
+
+
+@pytest.mark.parametrize("grid", td.DISCRETE_GRIDS)
+def test_batched_anneal_sweeps_never_raise_the_training_loss(grid):
+    tr, _ = realistic_features(n_train=400, n_test=100, dim=12, num_classes=4, seed=0)
+    head, _ = convex_optimum(tr, l2=1e-2, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid=grid, method="qubo", step_solver="anneal", sweeps=2, patience=3,
+                            sampler_params={"num_reads": 4, "num_sweeps": 200})
+    fit, val = td.split_fit_val(tr, cfg.val_fraction, cfg.seed)
+    start, _ = td.ptq(head, fit, cfg)
+    stats = HeadStats(start.head().to("cpu", torch.float64), fit, device="cpu", dtype="float64")
+    dh, before = start.clone(), stats.loss
+    steps = td.anneal_sweep(stats, dh, [[0], [1], [2], [3]], cfg, seed=0)
+    for s in steps:
+        if s["accepted"]:
+            assert s["loss_after"] < s["loss_before"]
+    assert stats.loss <= before
+    assert stats.loss == pytest.approx(HeadStats(dh.head().to("cpu", torch.float64), fit, device="cpu",
+                                                 dtype="float64").loss, abs=1e-6)

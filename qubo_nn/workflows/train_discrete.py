@@ -51,7 +51,7 @@ from qubo_nn.steps.policy import try_step
 DISCRETE_GRIDS = ("binary", "ternary")
 STE_STARTS = ("fp32", "ptq")
 DISCRETE_METHODS = ("ptq", "ste", "qubo")
-STEP_SOLVERS = ("qubo", "cd")
+STEP_SOLVERS = ("qubo", "cd", "anneal")
 
 
 @dataclass
@@ -364,6 +364,47 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
     return rec
 
 
+def anneal_sweep(stats: HeadStats, dh: DiscreteHead, blocks: list[list[int]], cfg: DiscreteConfig, seed: int,
+                 prior: PriorStats | None = None, z: float = 0.0) -> list[dict]:
+    """``step_solver="anneal"``: the step problems of all ``blocks`` are built at the sweep's head and annealed
+    in ONE batch (:func:`~qubo_nn.samplers.level_solvers.solve_levels_batch`, every chain started at the current
+    codes, no classical start and no CD polish: the answer is the annealer's own), then tried one by one on the
+    TRUE objective at the current head (the core's rule, :func:`qubo_nn.steps.policy.try_step`), so a proposal
+    made stale by an earlier accepted block is still kept only if it lowers the loss."""
+    from qubo_nn.samplers.level_solvers import solve_levels_batch
+
+    D = dh.codes.shape[1]
+    built = [block_problem(stats, dh, rows, cfg, prior) for rows in blocks]
+    params = {"num_reads": 4, "num_sweeps": 100, **dict(cfg.sampler_params)}
+    res = solve_levels_batch([b[0] for b in built], [child_seed(seed, j) for j in range(len(blocks))],
+                             k_start=[b[2] for b in built], polish=False, num_reads=int(params["num_reads"]),
+                             num_sweeps=int(params["num_sweeps"]))
+    state = stats if prior is None else prior
+    steps = []
+    for rows, (p, alpha, k_now), (k, info) in zip(blocks, built, res):
+        idx = _flat_idx(rows, D)
+        e_now, e_new = p.energy(k_now), p.energy(k)
+        rec = {"rows": rows, "predicted_change": e_new - e_now, "stage": info.get("stage", "anneal"),
+               "loss_before": state.loss, "accepted": False}
+        steps.append(rec)
+        if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
+            continue
+        new_codes = codes_of_levels(k, cfg.grid)
+        new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
+        if z > 0:
+            dl = per_sample_change(stats, idx, new_w)
+            gain = float(dl.mean()) + (prior.prior_change(idx, new_w) if prior is not None else 0.0)
+            rec["z_score"] = -gain / max(float(dl.std()) / math.sqrt(dl.numel()), 1e-300)
+            if not rec["z_score"] > z:
+                rec["gated"] = True
+                continue
+        accepted, rec["loss_after"], _ = try_step(state, idx, new_w, state.loss, cfg.accept_tol)
+        if accepted:
+            dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
+            rec["accepted"] = True
+    return steps
+
+
 def mean_hessian_diag(stats: HeadStats) -> float:
     """mean over the C·D weights of diag H = mean_n p_nc(1 − p_nc) f_nd²: the scale of the prior weight."""
     P = stats.P
@@ -388,8 +429,12 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
         if lam is None:
             lam = prior_rel * mean_hessian_diag(stats) if prior_rel > 0 else 0.0
         prior = PriorStats(stats, W_ref, lam) if lam > 0 else None
-        steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j), prior=prior, z=z)
-                 for j, rows in enumerate(_block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep))]
+        blocks = _block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep)
+        if cfg.step_solver == "anneal":
+            steps = anneal_sweep(stats, dh, blocks, cfg, child_seed(cfg.seed, sweep), prior=prior, z=z)
+        else:
+            steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j), prior=prior, z=z)
+                     for j, rows in enumerate(blocks)]
         fit_loss_steps = stats.loss
         dh, rinfo = refit_scales(dh, fit, l2)
         val_loss = evaluate(dh.head(), val)[0]
