@@ -21,7 +21,7 @@ from qubo_nn.runtime import atomic_path, atomic_write_json, child_seed, to_jsona
 from qubo_nn.samplers.level_solvers import solve_levels
 from qubo_nn.study.discrete import DiscreteExperimentConfig, _fp32_reference, load_discrete_features
 from qubo_nn.core.spins import codes_of_levels
-from qubo_nn.workflows.train_discrete import DiscreteConfig, _flat_idx, block_problem, ptq_start, split_fit_val
+from qubo_nn.workflows.train_discrete import DiscreteConfig, DiscreteHead, _flat_idx, block_problem, ptq_start, split_fit_val
 
 
 def main() -> None:
@@ -31,24 +31,32 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=50_000)
     ap.add_argument("--n-test", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--num-classes", type=int, default=100)
     ap.add_argument("--subsample", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", default="0,1,2,3,4")
     ap.add_argument("--short", default="2,100", help="reads,sweeps of the recorded anneal")
     ap.add_argument("--long", default="16,5000", help="reads,sweeps of the long anneal")
+    ap.add_argument("--alt-rounds", type=int, default=10, help="ptq (when no saved start): alternation rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    ecfg = DiscreteExperimentConfig(dataset=a.dataset, grid=a.grid, n_train=a.n_train, n_test=a.n_test, dim=a.dim)
+    ecfg = DiscreteExperimentConfig(dataset=a.dataset, grid=a.grid, n_train=a.n_train, n_test=a.n_test, dim=a.dim,
+                                    num_classes=a.num_classes)
     train, test, finfo = load_discrete_features(ecfg)
     out = Path(a.out)
     head, _, _ = _fp32_reference(train, test, finfo, out)
-    cfg = replace(DiscreteConfig(), grid=a.grid, seed=a.seed, subsample=a.subsample)
-    start = ptq_start(head, train, cfg)
+    cfg = replace(DiscreteConfig(), grid=a.grid, seed=a.seed, subsample=a.subsample, alt_rounds=a.alt_rounds)
+    saved = out / "per-seed" / f"{a.grid}-start-seed{a.seed}.pt"
+    if saved.exists():      # the experiment's own ptq start (same features, grid and seed)
+        d = torch.load(saved, weights_only=False)
+        dh, l2 = DiscreteHead(d["start"]["codes"], d["start"]["alpha"], d["start"]["b"], a.grid), d["l2"]
+    else:
+        start = ptq_start(head, train, cfg)
+        dh, l2 = start.start, start.l2
     fit, _ = split_fit_val(train, cfg.val_fraction, cfg.seed)
-    dh = start.start
-    stats = HeadStats(dh.head(), fit, l2=start.l2, device="cpu", dtype="float64", subsample=cfg.subsample,
+    stats = HeadStats(dh.head(), fit, l2=l2, device="cpu", dtype="float64", subsample=cfg.subsample,
                       seed=child_seed(cfg.seed, 0))
     settings = {"cd": None}
     for name, txt in (("anneal (recorded)", a.short), ("anneal (long)", a.long)):

@@ -87,6 +87,7 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
                     print(f"{cfg.dataset} {cfg.grid} {method} seed {seed} ...", flush=True)
                 if start is None:
                     start = ptq_start(head, train, tcfg)
+                    save_start(start, out / "per-seed" / f"{cfg.grid}-start-seed{seed}.pt")
                 _, rec = train_discrete(head, train, test, tcfg, start=start)
                 rec.update(digest=digest, features=finfo, fp32=fp32, machine=machine_info())
                 atomic_write_json(path, to_jsonable(rec))
@@ -97,6 +98,17 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
         tmp.write_text(format_table(summary))
     plot_discrete(runs, fp32, out / f"discrete_{cfg.grid}.png", f"{cfg.dataset}, {cfg.grid} head")
     return summary
+
+
+def save_start(start, path: Path) -> None:
+    """The ptq start of one seed (codes, α, b fitted on the fit split; α, b refit on train; l2), for the
+    diagnosis of the qubo steps (``experiments/discrete_gaps.py``) without recomputing the rounding."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"start": {"codes": start.start.codes, "alpha": start.start.alpha, "b": start.start.b},
+                    "head": {"codes": start.head.codes, "alpha": start.head.alpha, "b": start.head.b},
+                    "grid": start.head.grid, "l2": start.l2, "wall_time_s": start.wall_time_s}, tmp)
 
 
 def _fp32_reference(train, test, finfo: dict, out: Path):
