@@ -1,6 +1,7 @@
 """Issue 19 diagnosis: are the qubo steps limited by the annealer? For a few class rows of the ptq start
 (where the qubo sweeps begin), the step problem of :func:`qubo_nn.workflows.train_discrete.block_problem` is
-solved by CD alone, by the recorded anneal settings and by a long anneal; the energies (predicted objective,
+solved by CD alone (from GPTQ act-order), by the recorded step solver (batched anneal from the current
+codes, no polish) and by a long run of it, and by the neal + CD pipeline (``step_solver="qubo"``); the energies (predicted objective,
 nats) and the TRUE training-loss change of each answer are written to ``gaps-<grid>.json`` / ``.md``.
 
     python experiments/discrete_gaps.py --dataset synthetic-features --n-train 50000 --dim 512 --grid binary \
@@ -18,7 +19,7 @@ import torch
 
 from qubo_nn.curvature.head_stats import HeadStats
 from qubo_nn.runtime import atomic_path, atomic_write_json, child_seed, to_jsonable
-from qubo_nn.samplers.level_solvers import solve_levels
+from qubo_nn.samplers.level_solvers import solve_levels, solve_levels_batch
 from qubo_nn.study.discrete import DiscreteExperimentConfig, _fp32_reference, load_discrete_features
 from qubo_nn.core.spins import codes_of_levels
 from qubo_nn.workflows.train_discrete import DiscreteConfig, DiscreteHead, _flat_idx, block_problem, ptq_start, split_fit_val
@@ -36,7 +37,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", default="0,1,2,3,4")
     ap.add_argument("--short", default="2,100", help="reads,sweeps of the recorded anneal")
-    ap.add_argument("--long", default="16,5000", help="reads,sweeps of the long anneal")
+    ap.add_argument("--long", default="8,2000", help="reads,sweeps of the long anneal")
     ap.add_argument("--alt-rounds", type=int, default=10, help="ptq (when no saved start): alternation rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -62,6 +63,7 @@ def main() -> None:
     for name, txt in (("anneal (recorded)", a.short), ("anneal (long)", a.long)):
         r, sw = (int(x) for x in txt.split(","))
         settings[name] = {"num_reads": r, "num_sweeps": sw}
+    settings["neal + CD pipeline"] = {"num_reads": 4, "num_sweeps": 500}
     rows_out = []
     for c in (int(x) for x in a.rows.split(",")):
         p, alpha, k_now = block_problem(stats, dh, [c], cfg)
@@ -71,8 +73,10 @@ def main() -> None:
             t0 = time.perf_counter()
             if params is None:
                 k, _ = solve_levels(p, "cd")
-            else:
+            elif name == "neal + CD pipeline":
                 k, _ = solve_levels(p, "qubo", sampler=cfg.sampler, seed=child_seed(cfg.seed, c), params=params)
+            else:       # the step solver of the recorded runs: batched anneal from the current codes, no polish
+                (k, _), = solve_levels_batch([p], [child_seed(cfg.seed, c)], k_start=[k_now], polish=False, **params)
             wall = time.perf_counter() - t0
             new_w = torch.from_numpy(alpha * codes_of_levels(k, cfg.grid)).to(torch.float64)
             true = float(stats.trial_loss(_flat_idx([c], dh.codes.shape[1]), new_w)) - stats.loss
