@@ -330,3 +330,22 @@ def test_batched_anneal_sweeps_never_raise_the_training_loss(grid):
     assert stats.loss <= before
     assert stats.loss == pytest.approx(HeadStats(dh.head().to("cpu", torch.float64), fit, device="cpu",
                                                  dtype="float64").loss, abs=1e-6)
+
+
+def test_a_saved_ptq_start_is_reused_only_for_the_same_settings(tmp_path):
+    from dataclasses import replace
+
+    from qubo_nn.study.discrete import load_start, save_start, start_digest
+
+    tr, _ = realistic_features(n_train=300, n_test=50, dim=8, num_classes=3, seed=4)
+    head, _ = convex_optimum(tr, l2=1e-2, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid="ternary")
+    start = td.ptq_start(head, tr, cfg)
+    d = start_digest(cfg, "feat", 1e-2)
+    save_start(start, tmp_path / "s.pt", d)
+    back = load_start(tmp_path / "s.pt", d)
+    assert torch.equal(back.start.codes, start.start.codes) and torch.equal(back.head.alpha, start.head.alpha)
+    assert back.l2 == start.l2 and back.wall_time_s == start.wall_time_s
+    assert start_digest(replace(cfg, method="qubo", sweeps=5, prior_grid=(0.0, 1.0)), "feat", 1e-2) == d
+    assert start_digest(replace(cfg, alt_rounds=2), "feat", 1e-2) != d
+    assert load_start(tmp_path / "s.pt", start_digest(replace(cfg, seed=1), "feat", 1e-2)) is None

@@ -19,8 +19,8 @@ import numpy as np
 from qubo_nn.core.head import evaluate
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, tensor_digest, to_jsonable
-from qubo_nn.workflows.train_discrete import (DISCRETE_GRIDS, DISCRETE_METHODS, DiscreteConfig, ptq_start,
-                                              train_discrete)
+from qubo_nn.workflows.train_discrete import (DISCRETE_GRIDS, DISCRETE_METHODS, DiscreteConfig, DiscreteHead,
+                                              PtqStart, ptq_start, train_discrete)
 
 DATASETS = ("digits", "synthetic-features")
 
@@ -86,8 +86,12 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
                 if progress:
                     print(f"{cfg.dataset} {cfg.grid} {method} seed {seed} ...", flush=True)
                 if start is None:
-                    start = ptq_start(head, train, tcfg)
-                    save_start(start, out / "per-seed" / f"{cfg.grid}-start-seed{seed}.pt")
+                    spath = out / "per-seed" / f"{cfg.grid}-start-seed{seed}.pt"
+                    sdigest = start_digest(tcfg, finfo["digest"], rinfo["l2"])
+                    start = load_start(spath, sdigest)
+                    if start is None:
+                        start = ptq_start(head, train, tcfg)
+                        save_start(start, spath, sdigest)
                 _, rec = train_discrete(head, train, test, tcfg, start=start)
                 rec.update(digest=digest, features=finfo, fp32=fp32, machine=machine_info())
                 atomic_write_json(path, to_jsonable(rec))
@@ -100,15 +104,37 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
     return summary
 
 
-def save_start(start, path: Path) -> None:
-    """The ptq start of one seed (codes, α, b fitted on the fit split; α, b refit on train; l2), for the
-    diagnosis of the qubo steps (``experiments/discrete_gaps.py``) without recomputing the rounding."""
+def start_digest(tcfg: DiscreteConfig, features: str, fp32_l2: float) -> str:
+    """What the ptq start of a seed depends on: the features, the fp32 head (its l2) and the rounding settings."""
+    keys = ("grid", "seed", "val_fraction", "damping_rel", "alt_rounds", "l2_grid", "subsample", "dtype")
+    return _digest({"features": features, "fp32_l2": fp32_l2, **{k: tcfg.to_dict()[k] for k in keys}})
+
+
+def save_start(start: PtqStart, path: Path, digest: str | None = None) -> None:
+    """The ptq start of one seed (codes, α, b fitted on the fit split; α, b refit on train; l2): shared by the
+    methods and by later runs of the same settings (its ``wall_time_s`` still counted in each method's clock),
+    and read by the diagnosis of the qubo steps (``experiments/discrete_gaps.py``)."""
     import torch
 
     with atomic_path(path) as tmp:
         torch.save({"start": {"codes": start.start.codes, "alpha": start.start.alpha, "b": start.start.b},
                     "head": {"codes": start.head.codes, "alpha": start.head.alpha, "b": start.head.b},
-                    "grid": start.head.grid, "l2": start.l2, "wall_time_s": start.wall_time_s}, tmp)
+                    "grid": start.head.grid, "l2": start.l2, "wall_time_s": start.wall_time_s,
+                    "info": to_jsonable(start.info), "digest": digest}, tmp)
+
+
+def load_start(path: Path, digest: str) -> PtqStart | None:
+    """The saved start of :func:`save_start` when its digest matches, else None."""
+    import torch
+
+    try:
+        d = torch.load(path, weights_only=False)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    if not isinstance(d, dict) or d.get("digest") != digest:
+        return None
+    dh = {k: DiscreteHead(d[k]["codes"], d[k]["alpha"], d[k]["b"], d["grid"]) for k in ("head", "start")}
+    return PtqStart(dh["head"], dh["start"], d["l2"], d["info"], d["wall_time_s"])
 
 
 def _fp32_reference(train, test, finfo: dict, out: Path):

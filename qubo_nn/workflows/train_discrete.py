@@ -441,6 +441,7 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
         gaps = [s["energy_gap_anneal"] for s in steps if "energy_gap_anneal" in s]
         sweeps.append({"sweep": sweep, "accepted": sum(s["accepted"] for s in steps), "blocks": len(steps),
                        "gated": sum(bool(s.get("gated")) for s in steps),
+                       "tried": sum("loss_after" in s for s in steps),   # the rest had no predicted gain
                        "stages": _count(s["stage"] for s in steps if s["accepted"]),
                        "predicted_change_accepted": float(sum(s["predicted_change"] for s in steps if s["accepted"])),
                        "true_change_accepted": float(sum(s["loss_after"] - s["loss_before"]
