@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=2, help="qubo: sweeps without a validation gain before stopping")
     ap.add_argument("--anneal-sweeps", type=int, default=500, help="qubo: Metropolis sweeps per anneal")
     ap.add_argument("--anneal-reads", type=int, default=4, help="qubo: chains per anneal")
+    ap.add_argument("--anneal-hot", type=float, default=None,
+                    help="qubo --step-solver anneal: starting temperature as a fraction of the start's excess energy (0.3)")
     ap.add_argument("--priors", default="0", help="qubo: prior weights λ/mean diag H toward the fp32 head, tried")
     ap.add_argument("--z", default="0", help="qubo: noise-aware gates (standard errors), tried")
     ap.add_argument("--ste-starts", default="fp32,ptq")
@@ -47,7 +49,8 @@ def main() -> None:
     floats = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
     train = replace(DiscreteConfig(), subsample=a.subsample, sweeps=a.sweeps, rows_per_block=a.rows_per_block,
                     step_solver=a.step_solver, patience=a.patience, alt_rounds=a.alt_rounds,
-                    sampler_params={"num_reads": a.anneal_reads, "num_sweeps": a.anneal_sweeps},
+                    sampler_params={"num_reads": a.anneal_reads, "num_sweeps": a.anneal_sweeps,
+                                    **({} if a.anneal_hot is None else {"hot": a.anneal_hot})},
                     prior_grid=floats(a.priors), z_grid=floats(a.z), ste_starts=tuple(a.ste_starts.split(",")),
                     ste_lrs=floats(a.ste_lrs), ste_epochs=a.ste_epochs)
     cfg = DiscreteExperimentConfig(dataset=a.dataset, grid=a.grid, methods=tuple(a.methods.split(",")),

@@ -378,7 +378,7 @@ def anneal_sweep(stats: HeadStats, dh: DiscreteHead, blocks: list[list[int]], cf
     params = {"num_reads": 4, "num_sweeps": 100, **dict(cfg.sampler_params)}
     res = solve_levels_batch([b[0] for b in built], [child_seed(seed, j) for j in range(len(blocks))],
                              k_start=[b[2] for b in built], polish=False, num_reads=int(params["num_reads"]),
-                             num_sweeps=int(params["num_sweeps"]))
+                             num_sweeps=int(params["num_sweeps"]), hot=float(params.get("hot", 0.3)))
     state = stats if prior is None else prior
     steps = []
     for rows, (p, alpha, k_now), (k, info) in zip(blocks, built, res):
