@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--long", default="8,2000", help="reads,sweeps of the long anneal")
     ap.add_argument("--alt-rounds", type=int, default=10, help="ptq (when no saved start): alternation rounds")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default=None, help="output file stem (default gaps-<grid>)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -86,14 +87,16 @@ def main() -> None:
         print(row, flush=True)
     rec = {"dataset": a.dataset, "grid": a.grid, "seed": a.seed, "subsample": a.subsample, "settings": settings,
            "features": finfo, "rows": rows_out}
-    atomic_write_json(out / f"gaps-{a.grid}.json", to_jsonable(rec))
-    lines = [f"# step problems at the ptq start, {a.dataset} {a.grid} seed {a.seed} (nats, fit split)", "",
+    stem = a.name or f"gaps-{a.grid}"
+    atomic_write_json(out / f"{stem}.json", to_jsonable(rec))
+    lines = [f"# step problems at the ptq start, {a.dataset} {a.grid} seed {a.seed} (nats, fit split; Hessian "
+             f"blocks from {a.subsample or 'all'} samples)", "",
              "| row | solver | predicted change | true change | codes changed | wall (s) |", "|---|---|---|---|---|---|"]
     for r in rows_out:
         for name, v in r["solvers"].items():
             lines.append(f"| {r['row']} | {name} | {v['predicted_change']:.3e} | {v['true_change']:.3e} | "
                          f"{v['flips']} | {v['wall_time_s']:.2f} |")
-    with atomic_path(out / f"gaps-{a.grid}.md") as tmp:
+    with atomic_path(out / f"{stem}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
 
