@@ -226,3 +226,126 @@ def test_experiment_grid_refuses_options_of_the_fp32_comparison_and_runs_tiny(tm
     out = json.loads(r.stdout)
     assert set(out["methods"]) == {"ptq", "ste", "qubo"} and out["grid"] == "ternary"
     assert (tmp_path / "d" / "discrete_ternary.png").exists()
+
+
+# ---------------------------------------------------------------- the stronger STE and the qubo regularisers
+
+@pytest.mark.parametrize("grid", td.DISCRETE_GRIDS)
+def test_scaled_ste_starts_at_its_discrete_head_forward_is_the_head_and_alpha_gets_the_exact_gradient(grid):
+    from qubo_nn.train.ste import scaled_codes, scaled_ste_weights
+
+    g = torch.Generator().manual_seed(7)
+    codes = torch.randint(-1, 2, (5, 9), generator=g).float()
+    if grid == "binary":
+        codes = torch.where(codes >= 0, 1.0, -1.0)
+    alpha = torch.rand(5, generator=g) + 0.1
+    assert torch.equal(scaled_codes(alpha[:, None] * codes, alpha, grid), codes)      # the start is a fixed point
+    W = (alpha[:, None] * codes + 0.2 * alpha[:, None] * torch.randn(5, 9, generator=g)).requires_grad_(True)
+    a = alpha.clone().requires_grad_(True)
+    Q = scaled_ste_weights(W, a, grid)
+    k = scaled_codes(W.detach(), alpha, grid)
+    assert torch.equal(Q.detach(), alpha[:, None] * k)                                 # forward = the quantized head
+    G = torch.randn(5, 9, generator=g)
+    (Q * G).sum().backward()
+    assert torch.equal(W.grad, G)                                                      # straight through
+    assert torch.allclose(a.grad, (G * k).sum(1))                                      # dQ/dα = codes
+
+
+def test_ste_from_the_ptq_start_is_never_worse_on_validation_than_ptq_and_the_start_is_chosen_on_validation():
+    tr, te = realistic_features(n_train=600, n_test=200, dim=12, num_classes=4, seed=2)
+    head, _ = convex_optimum(tr, l2=1e-2, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid="binary", method="ste", ste_lrs=(1e-3, 1e-2), ste_epochs=3, ste_batch=64)
+    start = td.ptq_start(head, tr, cfg)
+    _, rec = td.train_discrete(head, tr, te, cfg, start=start)
+    tun = rec["info"]["ste_tunings"]
+    assert set(tun) == {"fp32", "ptq"}
+    assert rec["info"]["ste_start"] == min(tun, key=lambda s: tun[s]["val_loss"])
+    fit, val = td.split_fit_val(tr, cfg.val_fraction, cfg.seed)
+    assert tun["ptq"]["val_loss"] <= evaluate(start.start.head(), val)[0] + 1e-6       # epoch 0 is the ptq start
+    with pytest.raises(QuboNNError, match="ste_starts must be a non-empty subset"):
+        td.DiscreteConfig(ste_starts=("sgd",)).validate()
+    with pytest.raises(QuboNNError, match="prior_grid must be a non-empty list of finite numbers >= 0"):
+        td.DiscreteConfig(prior_grid=(-1.0,)).validate()
+
+
+def test_the_prior_objective_is_exact_and_its_steps_never_raise_it():
+    feats, head = tiny(seed=9)
+    dh = discrete(head, "ternary")
+    lam = 0.3
+    stats = HeadStats(dh.head().to("cpu", torch.float64), feats, device="cpu", dtype="float64")
+    prior = td.PriorStats(stats, head.W, lam)
+
+    def objective(d: td.DiscreteHead) -> float:
+        W = d.alpha[:, None] * d.codes.double()
+        return HeadStats(d.head().to("cpu", torch.float64), feats, device="cpu", dtype="float64").loss + \
+            0.5 * lam * float(((W - head.W.double()) ** 2).sum())
+
+    assert prior.loss == pytest.approx(objective(dh), rel=1e-12)
+    trial = dh.clone()
+    trial.codes[1] = -trial.codes[1]
+    idx = td._flat_idx([1], dh.codes.shape[1])
+    assert prior.trial_loss(idx, (trial.alpha[1] * trial.codes[1].double())) == pytest.approx(objective(trial), abs=1e-7)  # head() is float32
+    dl = td.per_sample_change(stats, idx, trial.alpha[1] * trial.codes[1].double())
+    assert float(dl.mean()) == pytest.approx(stats.trial_loss(idx, trial.alpha[1] * trial.codes[1].double())
+                                             - stats.loss, abs=1e-12)
+    cfg = td.DiscreteConfig(grid="ternary", step_solver="cd")
+    for j, rows in enumerate([[0], [1], [2, 3], [1]]):
+        before = prior.loss
+        rec = td.block_step(stats, dh, rows, cfg, seed=j, prior=prior)
+        assert prior.loss <= before + 1e-12                               # acceptance on the prior objective
+        assert prior.loss == pytest.approx(objective(dh), abs=1e-7)       # the state follows the codes
+        assert rec["accepted"] == (prior.loss < before)
+
+
+def test_a_huge_noise_gate_accepts_nothing_and_qubo_picks_its_regulariser_on_validation():
+    tr, te = realistic_features(n_train=500, n_test=100, dim=10, num_classes=4, seed=3)
+    head, _ = convex_optimum(tr, l2=1e-2, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid="binary", method="qubo", step_solver="cd", sweeps=2, prior_grid=(0.0, 1.0),
+                            z_grid=(0.0, 1e6))
+    start = td.ptq_start(head, tr, cfg)
+    _, rec = td.train_discrete(head, tr, te, cfg, start=start)
+    runs = rec["info"]["qubo_grid"]
+    assert [(r["prior_rel"], r["z"]) for r in runs] == [(0.0, 0.0), (0.0, 1e6), (1.0, 0.0), (1.0, 1e6)]
+    for r in runs:
+        if r["z"] == 1e6:
+            assert all(s["accepted"] == 0 for s in r["sweeps"])
+    assert rec["info"]["qubo"]["best_val_loss"] == min(r["best_val_loss"] for r in runs)
+    assert runs[2]["prior_lambda"] > 0 and runs[0]["prior_lambda"] == 0
+
+
+@pytest.mark.parametrize("grid", td.DISCRETE_GRIDS)
+def test_batched_anneal_sweeps_never_raise_the_training_loss(grid):
+    tr, _ = realistic_features(n_train=400, n_test=100, dim=12, num_classes=4, seed=0)
+    head, _ = convex_optimum(tr, l2=1e-2, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid=grid, method="qubo", step_solver="anneal", sweeps=2, patience=3,
+                            sampler_params={"num_reads": 4, "num_sweeps": 200})
+    fit, val = td.split_fit_val(tr, cfg.val_fraction, cfg.seed)
+    start, _ = td.ptq(head, fit, cfg)
+    stats = HeadStats(start.head().to("cpu", torch.float64), fit, device="cpu", dtype="float64")
+    dh, before = start.clone(), stats.loss
+    steps = td.anneal_sweep(stats, dh, [[0], [1], [2], [3]], cfg, seed=0)
+    for s in steps:
+        if s["accepted"]:
+            assert s["loss_after"] < s["loss_before"]
+    assert stats.loss <= before
+    assert stats.loss == pytest.approx(HeadStats(dh.head().to("cpu", torch.float64), fit, device="cpu",
+                                                 dtype="float64").loss, abs=1e-6)
+
+
+def test_a_saved_ptq_start_is_reused_only_for_the_same_settings(tmp_path):
+    from dataclasses import replace
+
+    from qubo_nn.study.discrete import load_start, save_start, start_digest
+
+    tr, _ = realistic_features(n_train=300, n_test=50, dim=8, num_classes=3, seed=4)
+    head, _ = convex_optimum(tr, l2=1e-2, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid="ternary")
+    start = td.ptq_start(head, tr, cfg)
+    d = start_digest(cfg, "feat", 1e-2)
+    save_start(start, tmp_path / "s.pt", d)
+    back = load_start(tmp_path / "s.pt", d)
+    assert torch.equal(back.start.codes, start.start.codes) and torch.equal(back.head.alpha, start.head.alpha)
+    assert back.l2 == start.l2 and back.wall_time_s == start.wall_time_s
+    assert start_digest(replace(cfg, method="qubo", sweeps=5, prior_grid=(0.0, 1.0)), "feat", 1e-2) == d
+    assert start_digest(replace(cfg, alt_rounds=2), "feat", 1e-2) != d
+    assert load_start(tmp_path / "s.pt", start_digest(replace(cfg, seed=1), "feat", 1e-2)) is None

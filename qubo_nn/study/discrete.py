@@ -19,7 +19,8 @@ import numpy as np
 from qubo_nn.core.head import evaluate
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import atomic_path, atomic_write_json, machine_info, tensor_digest, to_jsonable
-from qubo_nn.workflows.train_discrete import DISCRETE_GRIDS, DISCRETE_METHODS, DiscreteConfig, train_discrete
+from qubo_nn.workflows.train_discrete import (DISCRETE_GRIDS, DISCRETE_METHODS, DiscreteConfig, DiscreteHead,
+                                              PtqStart, ptq_start, train_discrete)
 
 DATASETS = ("digits", "synthetic-features")
 
@@ -68,19 +69,15 @@ def load_discrete_features(cfg: DiscreteExperimentConfig):
 
 def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, progress: bool = False) -> dict:
     """Every (method, seed) of ``cfg`` (resuming finished runs); returns the summary."""
-    from qubo_nn.train.sgd import reference_head
-
     cfg.validate()
     out = Path(out)
     (out / "per-seed").mkdir(parents=True, exist_ok=True)
     train, test, finfo = load_discrete_features(cfg)
-    t0 = time.perf_counter()
-    head, rinfo = reference_head(train, seed=0, device="cpu")
-    fp32 = {"train_loss": evaluate(head, train)[0], "test_loss": evaluate(head, test)[0],
-            "test_acc": evaluate(head, test)[1], "l2": rinfo["l2"], "wall_time_s": time.perf_counter() - t0}
-    runs = {}
-    for method in cfg.methods:
-        for seed in cfg.seeds:
+    head, rinfo, fp32 = _fp32_reference(train, test, finfo, out)
+    runs: dict[str, list[dict]] = {m: [] for m in cfg.methods}
+    for seed in cfg.seeds:
+        start = None   # the ptq head of this seed, computed once and shared by the methods (its time counted in each)
+        for method in cfg.methods:
             tcfg = replace(cfg.train, grid=cfg.grid, method=method, seed=seed)
             path = out / "per-seed" / f"{cfg.grid}-{method}-seed{seed}.json"
             digest = _digest({"train": tcfg.to_dict(), "features": finfo["digest"], "l2": rinfo["l2"]})
@@ -88,16 +85,82 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
             if rec is None:
                 if progress:
                     print(f"{cfg.dataset} {cfg.grid} {method} seed {seed} ...", flush=True)
-                _, rec = train_discrete(head, train, test, tcfg)
+                if start is None:
+                    spath = out / "per-seed" / f"{cfg.grid}-start-seed{seed}.pt"
+                    sdigest = start_digest(tcfg, finfo["digest"], rinfo["l2"])
+                    start = load_start(spath, sdigest)
+                    if start is None:
+                        start = ptq_start(head, train, tcfg)
+                        save_start(start, spath, sdigest)
+                _, rec = train_discrete(head, train, test, tcfg, start=start)
                 rec.update(digest=digest, features=finfo, fp32=fp32, machine=machine_info())
                 atomic_write_json(path, to_jsonable(rec))
-            runs.setdefault(method, []).append(rec)
+            runs[method].append(rec)
     summary = summarize(runs, fp32, cfg, finfo)
     atomic_write_json(out / f"summary-{cfg.grid}.json", to_jsonable(summary))
     with atomic_path(out / f"table-{cfg.grid}.md") as tmp:
         tmp.write_text(format_table(summary))
     plot_discrete(runs, fp32, out / f"discrete_{cfg.grid}.png", f"{cfg.dataset}, {cfg.grid} head")
     return summary
+
+
+def start_digest(tcfg: DiscreteConfig, features: str, fp32_l2: float) -> str:
+    """What the ptq start of a seed depends on: the features, the fp32 head (its l2) and the rounding settings."""
+    keys = ("grid", "seed", "val_fraction", "damping_rel", "alt_rounds", "l2_grid", "subsample", "dtype")
+    return _digest({"features": features, "fp32_l2": fp32_l2, **{k: tcfg.to_dict()[k] for k in keys}})
+
+
+def save_start(start: PtqStart, path: Path, digest: str | None = None) -> None:
+    """The ptq start of one seed (codes, α, b fitted on the fit split; α, b refit on train; l2): shared by the
+    methods and by later runs of the same settings (its ``wall_time_s`` still counted in each method's clock),
+    and read by the diagnosis of the qubo steps (``experiments/discrete_gaps.py``)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"start": {"codes": start.start.codes, "alpha": start.start.alpha, "b": start.start.b},
+                    "head": {"codes": start.head.codes, "alpha": start.head.alpha, "b": start.head.b},
+                    "grid": start.head.grid, "l2": start.l2, "wall_time_s": start.wall_time_s,
+                    "info": to_jsonable(start.info), "digest": digest}, tmp)
+
+
+def load_start(path: Path, digest: str) -> PtqStart | None:
+    """The saved start of :func:`save_start` when its digest matches, else None."""
+    import torch
+
+    try:
+        d = torch.load(path, weights_only=False)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    if not isinstance(d, dict) or d.get("digest") != digest:
+        return None
+    dh = {k: DiscreteHead(d[k]["codes"], d[k]["alpha"], d[k]["b"], d["grid"]) for k in ("head", "start")}
+    return PtqStart(dh["head"], dh["start"], d["l2"], d["info"], d["wall_time_s"])
+
+
+def _fp32_reference(train, test, finfo: dict, out: Path):
+    """The fp32 reference head (:func:`qubo_nn.train.sgd.reference_head`, seed 0) and its metrics, kept in
+    ``out/fp32-reference.pt`` for the features' digest, so that the binary and ternary runs of one folder
+    share it (its ``wall_time_s`` is the time it took when computed)."""
+    import torch
+
+    from qubo_nn.core.head import Head
+    from qubo_nn.train.sgd import reference_head
+
+    path = out / "fp32-reference.pt"
+    try:
+        saved = torch.load(path, weights_only=False)
+        if saved.get("features") == finfo["digest"]:
+            return Head(saved["W"], saved["b"]), saved["info"], saved["fp32"]
+    except (OSError, RuntimeError, EOFError, AttributeError, KeyError):
+        pass
+    t0 = time.perf_counter()
+    head, rinfo = reference_head(train, seed=0, device="cpu")
+    fp32 = {"train_loss": evaluate(head, train)[0], "test_loss": evaluate(head, test)[0],
+            "test_acc": evaluate(head, test)[1], "l2": rinfo["l2"], "wall_time_s": time.perf_counter() - t0}
+    with atomic_path(path) as tmp:
+        torch.save({"features": finfo["digest"], "W": head.W, "b": head.b, "info": to_jsonable(rinfo), "fp32": fp32},
+                   tmp)
+    return head, to_jsonable(rinfo), fp32
 
 
 def _digest(obj: dict) -> str:

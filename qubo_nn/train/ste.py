@@ -87,3 +87,77 @@ def tune_ste(head: Head, fit: FeatureSet, val: FeatureSet, grid: str, lrs: tuple
         train_ste(head, fit, grid, lr, epochs, batch, seed, on_epoch=record)
         grid_losses[repr(lr)] = curve
     return {**best, "val_loss_by_lr": grid_losses, "tune_wall_time_s": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- STE with learned scales (from any discrete head)
+
+def scaled_codes(W: torch.Tensor, alpha: torch.Tensor, grid: str) -> torch.Tensor:
+    """Codes of latent W (C × D) on the grid of scales α (C,): binary sign(W) (+1 at 0), ternary
+    clamp(round(W/α), −1, 1) (the threshold is α/2). A head with codes k and scales α is its own fixed point:
+    ``scaled_codes(α·k, α) == k``."""
+    if grid == "binary":
+        return torch.where(W >= 0, 1.0, -1.0).to(W.dtype)
+    return torch.clamp(torch.round(W / alpha[:, None].clamp(min=1e-12)), -1, 1).to(W.dtype)
+
+
+def scaled_ste_weights(W: torch.Tensor, alpha: torch.Tensor, grid: str) -> torch.Tensor:
+    """Q = α·codes(W/α) in the forward pass; ∂Q/∂W = I (straight through), ∂Q/∂α_c = codes_c (exact)."""
+    codes = scaled_codes(W.detach(), alpha.detach(), grid)
+    return alpha[:, None] * codes + (W - W.detach())
+
+
+def train_ste_scaled(codes: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor, train: FeatureSet, grid: str,
+                     lr: float, epochs: int, batch: int, seed: int,
+                     on_epoch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """STE + Adam from a discrete head (codes (C × D) in {−1, 0, 1}, scales α (C,), bias b (C,)), with the
+    scales learned (LSQ-style) instead of recomputed from W. The latent weights start AT the head (W = α·codes),
+    so epoch 0 is the head itself. Returns (codes, α, b) after ``epochs`` epochs; ``on_epoch(epoch, codes, α, b)``
+    after each."""
+    a0 = alpha.detach().clone().float()
+    W = (a0[:, None] * codes.float()).requires_grad_(True)
+    a = a0.clone().requires_grad_(True)
+    bb = b.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([W, a, bb], lr=lr)
+    X, y = train.X.float(), train.y.long()
+    gen = torch_generator(seed)
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(train.n, generator=gen)
+        for i in range(0, train.n, batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            logits = X[idx] @ scaled_ste_weights(W, a, grid).T + bb
+            torch.nn.functional.cross_entropy(logits, y[idx]).backward()
+            opt.step()
+            with torch.no_grad():
+                a.clamp_(min=1e-8)
+        if on_epoch is not None:
+            on_epoch(epoch, scaled_codes(W.detach(), a.detach(), grid), a.detach().clone(), bb.detach().clone())
+    return scaled_codes(W.detach(), a.detach(), grid), a.detach(), bb.detach()
+
+
+def _ce_q(codes: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor, feats: FeatureSet) -> float:
+    with torch.no_grad():
+        logits = feats.X.float() @ (alpha.float()[:, None] * codes.float()).T + b.float()
+        return float(torch.nn.functional.cross_entropy(logits, feats.y.long()))
+
+
+def tune_ste_scaled(codes: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor, fit: FeatureSet, val: FeatureSet,
+                    grid: str, lrs: tuple[float, ...], epochs: int, batch: int, seed: int) -> dict:
+    """:func:`tune_ste` for :func:`train_ste_scaled`: every (lr, epoch) validation loss recorded; the start
+    head itself (epochs = 0) is a candidate, so the choice is never worse on validation than the start."""
+    t0 = time.perf_counter()
+    grid_losses: dict[str, list[float]] = {}
+    best = {"lr": None, "epochs": 0, "val_loss": _ce_q(codes, alpha, b, val)}
+    for lr in lrs:
+        curve: list[float] = []
+
+        def record(epoch, c, a, bb, curve=curve, lr=lr) -> None:
+            loss = _ce_q(c, a, bb, val)
+            curve.append(loss)
+            if loss < best["val_loss"]:
+                best.update(lr=lr, epochs=epoch, val_loss=loss)
+
+        train_ste_scaled(codes, alpha, b, fit, grid, lr, epochs, batch, seed, on_epoch=record)
+        grid_losses[repr(lr)] = curve
+    return {**best, "val_loss_by_lr": grid_losses, "tune_wall_time_s": time.perf_counter() - t0}

@@ -49,8 +49,9 @@ from qubo_nn.samplers.level_solvers import solve_levels
 from qubo_nn.steps.policy import try_step
 
 DISCRETE_GRIDS = ("binary", "ternary")
+STE_STARTS = ("fp32", "ptq")
 DISCRETE_METHODS = ("ptq", "ste", "qubo")
-STEP_SOLVERS = ("qubo", "cd")
+STEP_SOLVERS = ("qubo", "cd", "anneal")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class DiscreteConfig:
     ste_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     ste_epochs: int = 40
     ste_batch: int = 128
+    ste_starts: tuple[str, ...] = STE_STARTS
     # qubo
     sweeps: int = 8
     patience: int = 2
@@ -85,6 +87,9 @@ class DiscreteConfig:
     l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     subsample: int | None = None
     dtype: str = "float64"
+    # qubo regularisers, every (prior, z) pair tried and the best chosen on the validation split
+    prior_grid: tuple[float, ...] = (0.0,)
+    z_grid: tuple[float, ...] = (0.0,)
 
     def validate(self) -> None:
         if self.grid not in DISCRETE_GRIDS:
@@ -101,10 +106,17 @@ class DiscreteConfig:
                 raise QuboNNError(f"{name} must be an integer >= 1, got {v!r}")
         if not (self.damping_rel > 0 and math.isfinite(self.damping_rel)):
             raise QuboNNError(f"damping_rel must be a finite number > 0, got {self.damping_rel!r}")
+        if not self.ste_starts or any(s not in STE_STARTS for s in self.ste_starts):
+            raise QuboNNError(f"ste_starts must be a non-empty subset of {STE_STARTS}, got {list(self.ste_starts)}")
+        for name in ("prior_grid", "z_grid"):
+            v = getattr(self, name)
+            if not v or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in v):
+                raise QuboNNError(f"{name} must be a non-empty list of finite numbers >= 0, got {list(v)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["ste_lrs"], d["l2_grid"] = list(self.ste_lrs), list(self.l2_grid)
+        for k in ("ste_lrs", "l2_grid", "ste_starts", "prior_grid", "z_grid"):
+            d[k] = list(getattr(self, k))
         return d
 
 
@@ -238,9 +250,61 @@ def _flat_idx(rows: list[int], D: int) -> torch.Tensor:
     return torch.cat([torch.arange(c * (D + 1), c * (D + 1) + D) for c in rows])
 
 
-def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig, seed: int) -> dict:
-    """One step on the codes of ``rows``: build the exact local model at the current head, solve it, keep
-    it only if the true loss falls. Moves ``dh`` and ``stats`` in place when accepted."""
+class PriorStats:
+    """The objective of the qubo steps with a prior: :class:`HeadStats`'s mean CE (+ l2/2 ‖W‖²) plus
+    (λ/2)‖W − W_ref‖² over the weights (not the biases), W_ref the fp32 reference head — a Gaussian prior
+    centred on the head that validation already tuned. For binary codes it is −λ Σ α_c c_cd w_ref,cd + const:
+    a reward for agreeing with the fp32 signs. Same interface as HeadStats for
+    :func:`qubo_nn.steps.policy.try_step` (``loss``, ``theta``, ``trial_loss``, ``update``), so the core's
+    acceptance rule applies to this objective unchanged."""
+
+    def __init__(self, stats: HeadStats, W_ref: torch.Tensor, lam: float) -> None:
+        C, D = stats.C, stats.D
+        self.stats, self.lam = stats, float(lam)
+        ref = torch.zeros(C, D + 1, dtype=stats.dtype, device=stats.device)
+        ref[:, :D] = W_ref.to(stats.device, stats.dtype)
+        mask = torch.ones_like(ref)
+        mask[:, D] = 0
+        self.ref, self.mask = ref.reshape(-1), mask.reshape(-1)
+        self.prior = 0.5 * self.lam * float((((stats.theta - self.ref) * self.mask) ** 2).sum())
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.stats.theta
+
+    @property
+    def loss(self) -> float:
+        return self.stats.loss + self.prior
+
+    def prior_change(self, idx: torch.Tensor, values: torch.Tensor) -> float:
+        idx = idx.to(self.stats.device)
+        r, m = self.ref[idx], self.mask[idx]
+        new = ((values.to(r.device, r.dtype) - r) * m) ** 2
+        old = ((self.stats.theta[idx] - r) * m) ** 2
+        return 0.5 * self.lam * float((new - old).sum())
+
+    def trial_loss(self, idx: torch.Tensor, values: torch.Tensor) -> float:
+        return float(self.stats.trial_loss(idx, values)) + self.prior + self.prior_change(idx, values)
+
+    def update(self, idx: torch.Tensor, values: torch.Tensor) -> None:
+        self.prior += self.prior_change(idx, values)
+        self.stats.update(idx, values)
+
+
+def per_sample_change(stats: HeadStats, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(N,) the change of every sample's CE when θ[idx] = values (the exact step, not a model)."""
+    classes, dz = stats.logit_change(idx, values.to(stats.device, stats.dtype) - stats.theta[idx.to(stats.device)])
+    logits = stats.logits.clone()
+    logits[:, classes] += dz
+    y = stats.y[:, None]
+    return torch.log_softmax(stats.logits, 1).gather(1, y)[:, 0] - torch.log_softmax(logits, 1).gather(1, y)[:, 0]
+
+
+def block_problem(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig,
+                  prior: PriorStats | None = None):
+    """(problem, α per variable, current levels) of one step on the codes of ``rows``: the exact local model
+    E(k) = L + gᵀΔ + ½Δᵀ(H + μI)Δ at the current head (+ the prior's λ(w − w_ref) and λI) as an
+    IntegerProblem over the codes (its energy is the predicted objective, in nats)."""
     D = dh.codes.shape[1]
     idx = _flat_idx(rows, D)
     model = stats.block(idx)
@@ -248,45 +312,143 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
     H = H + damping_mu(np.diag(H), cfg.damping_rel) * np.eye(H.shape[0])
     g = model.g.to(torch.float64).cpu().numpy()
     w = model.theta0.to(torch.float64).cpu().numpy()
+    L0 = float(model.L0)
+    if prior is not None and prior.lam > 0:
+        r = prior.ref[idx].to(torch.float64).cpu().numpy()
+        g = g + prior.lam * (w - r)
+        H = H + prior.lam * np.eye(H.shape[0])
+        L0 = L0 + prior.prior
     hinv_g = solve_pd(H, g, f"the damped Hessian block of rows {rows}")
     alpha = np.repeat(dh.alpha[rows].numpy(), D)
-    p = spin_problem(H, w - hinv_g, alpha, cfg.grid, float(model.L0) - 0.5 * float(g @ hinv_g))
-    k_now = levels_of_codes(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
+    p = spin_problem(H, w - hinv_g, alpha, cfg.grid, L0 - 0.5 * float(g @ hinv_g))
+    return p, alpha, levels_of_codes(dh.codes[rows].reshape(-1).numpy(), cfg.grid)
+
+
+def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: DiscreteConfig, seed: int,
+               prior: PriorStats | None = None, z: float = 0.0) -> dict:
+    """One step on the codes of ``rows``: build the exact local model at the current head, solve it, keep
+    it only if the true loss falls. Moves ``dh`` and ``stats`` in place when accepted.
+
+    ``prior``: the objective is CE + (λ/2)‖W − W_ref‖² (its gradient λ(w − w_ref) and curvature λI join the
+    model; acceptance is on it). ``z`` > 0: a noise-aware gate before the core's rule — the step is tried only
+    if its mean per-sample CE change (+ the prior change) is below −z standard errors of that mean, i.e. its
+    gain is not explained by which training samples were drawn."""
+    D = dh.codes.shape[1]
+    idx = _flat_idx(rows, D)
+    p, alpha, k_now = block_problem(stats, dh, rows, cfg, prior)
     if cfg.step_solver == "qubo":
         k, info = solve_levels(p, "qubo", sampler=cfg.sampler, seed=seed, params=dict(cfg.sampler_params))
     else:
         k, info = solve_levels(p, "cd")
     e_now, e_new = p.energy(k_now), p.energy(k)
+    state = stats if prior is None else prior
     rec = {"rows": rows, "predicted_change": e_new - e_now, "stage": info.get("stage", cfg.step_solver),
-           "loss_before": stats.loss, "accepted": False}
+           "loss_before": state.loss, "accepted": False}
+    if "energy_classical" in info:
+        rec["energy_gap_anneal"] = float(info["energy_classical"]) - float(info.get("energy", e_new))
     if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
         return rec
     new_codes = codes_of_levels(k, cfg.grid)
     new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
-    accepted, rec["loss_after"], _ = try_step(stats, idx, new_w, stats.loss, cfg.accept_tol)
+    if z > 0:
+        dl = per_sample_change(stats, idx, new_w)
+        gain = float(dl.mean()) + (prior.prior_change(idx, new_w) if prior is not None else 0.0)
+        rec["z_score"] = -gain / max(float(dl.std()) / math.sqrt(dl.numel()), 1e-300)
+        if not rec["z_score"] > z:
+            rec["gated"] = True
+            return rec
+    accepted, rec["loss_after"], _ = try_step(state, idx, new_w, state.loss, cfg.accept_tol)
     if accepted:
         dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
         rec["accepted"] = True
     return rec
 
 
+def anneal_sweep(stats: HeadStats, dh: DiscreteHead, blocks: list[list[int]], cfg: DiscreteConfig, seed: int,
+                 prior: PriorStats | None = None, z: float = 0.0) -> list[dict]:
+    """``step_solver="anneal"``: the step problems of all ``blocks`` are built at the sweep's head and annealed
+    in ONE batch (:func:`~qubo_nn.samplers.level_solvers.solve_levels_batch`, every chain started at the current
+    codes, no classical start and no CD polish: the answer is the annealer's own), then tried one by one on the
+    TRUE objective at the current head (the core's rule, :func:`qubo_nn.steps.policy.try_step`), so a proposal
+    made stale by an earlier accepted block is still kept only if it lowers the loss."""
+    from qubo_nn.samplers.level_solvers import solve_levels_batch
+
+    D = dh.codes.shape[1]
+    built = [block_problem(stats, dh, rows, cfg, prior) for rows in blocks]
+    params = {"num_reads": 4, "num_sweeps": 100, **dict(cfg.sampler_params)}
+    res = solve_levels_batch([b[0] for b in built], [child_seed(seed, j) for j in range(len(blocks))],
+                             k_start=[b[2] for b in built], polish=False, num_reads=int(params["num_reads"]),
+                             num_sweeps=int(params["num_sweeps"]), hot=float(params.get("hot", 0.3)))
+    state = stats if prior is None else prior
+    steps = []
+    for rows, (p, alpha, k_now), (k, info) in zip(blocks, built, res):
+        idx = _flat_idx(rows, D)
+        e_now, e_new = p.energy(k_now), p.energy(k)
+        rec = {"rows": rows, "predicted_change": e_new - e_now, "stage": info.get("stage", "anneal"),
+               "loss_before": state.loss, "accepted": False}
+        steps.append(rec)
+        if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
+            continue
+        new_codes = codes_of_levels(k, cfg.grid)
+        new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
+        if z > 0:
+            dl = per_sample_change(stats, idx, new_w)
+            gain = float(dl.mean()) + (prior.prior_change(idx, new_w) if prior is not None else 0.0)
+            rec["z_score"] = -gain / max(float(dl.std()) / math.sqrt(dl.numel()), 1e-300)
+            if not rec["z_score"] > z:
+                rec["gated"] = True
+                continue
+        accepted, rec["loss_after"], _ = try_step(state, idx, new_w, state.loss, cfg.accept_tol)
+        if accepted:
+            dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
+            rec["accepted"] = True
+    return steps
+
+
+def mean_hessian_diag(stats: HeadStats) -> float:
+    """mean over the C·D weights of diag H = mean_n p_nc(1 − p_nc) f_nd²: the scale of the prior weight."""
+    P = stats.P
+    return float(((P * (1 - P)).sum(1) * (stats.X * stats.X).sum(1)).mean()) / (stats.C * stats.D)
+
+
 def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: DiscreteConfig,
-               on_sweep: Callable[[int, DiscreteHead], None] | None = None, l2: float = 0.0
+               on_sweep: Callable[[int, DiscreteHead], None] | None = None, l2: float = 0.0,
+               W_ref: torch.Tensor | None = None, prior_rel: float = 0.0, z: float = 0.0
                ) -> tuple[DiscreteHead, dict]:
     """Sweeps of :func:`block_step` over all rows, (α, b) refit after each, stopped on validation loss.
-    The steps minimise the true mean CE + (l2/2)‖W‖² on ``fit``."""
+    The steps minimise the true mean CE + (l2/2)‖W‖² on ``fit`` (+ the prior (λ/2)‖W − W_ref‖² when
+    ``prior_rel`` > 0: λ = prior_rel · the mean diagonal of the CE Hessian at the start, fixed for the run),
+    with the noise-aware gate ``z`` (see :func:`block_step`)."""
     dh = start.clone()
     best, best_val, bad, sweeps = dh.clone(), evaluate(dh.head(), val)[0], 0, []
+    lam = None
     for sweep in range(cfg.sweeps):
         t0 = time.perf_counter()
         stats = HeadStats(dh.head(), fit, l2=l2, device=cfg.device, dtype=cfg.dtype, subsample=cfg.subsample,
                           seed=child_seed(cfg.seed, sweep))
-        steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j))
-                 for j, rows in enumerate(_block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep))]
+        if lam is None:
+            lam = prior_rel * mean_hessian_diag(stats) if prior_rel > 0 else 0.0
+        prior = PriorStats(stats, W_ref, lam) if lam > 0 else None
+        blocks = _block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep)
+        if cfg.step_solver == "anneal":
+            steps = anneal_sweep(stats, dh, blocks, cfg, child_seed(cfg.seed, sweep), prior=prior, z=z)
+        else:
+            steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j), prior=prior, z=z)
+                     for j, rows in enumerate(blocks)]
+        fit_loss_steps = stats.loss
         dh, rinfo = refit_scales(dh, fit, l2)
         val_loss = evaluate(dh.head(), val)[0]
+        gaps = [s["energy_gap_anneal"] for s in steps if "energy_gap_anneal" in s]
         sweeps.append({"sweep": sweep, "accepted": sum(s["accepted"] for s in steps), "blocks": len(steps),
+                       "gated": sum(bool(s.get("gated")) for s in steps),
+                       "tried": sum("loss_after" in s for s in steps),   # the rest had no predicted gain
                        "stages": _count(s["stage"] for s in steps if s["accepted"]),
+                       "predicted_change_accepted": float(sum(s["predicted_change"] for s in steps if s["accepted"])),
+                       "true_change_accepted": float(sum(s["loss_after"] - s["loss_before"]
+                                                         for s in steps if s["accepted"])),
+                       "anneal_gap_mean": float(np.mean(gaps)) if gaps else None,
+                       "anneal_gap_max": float(np.max(gaps)) if gaps else None,
+                       "fit_loss_after_steps": fit_loss_steps,
                        "train_loss": rinfo["loss"], "val_loss": val_loss, "wall_time_s": time.perf_counter() - t0})
         if on_sweep is not None:
             on_sweep(sweep, dh)
@@ -296,7 +458,7 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
             bad += 1
             if bad >= cfg.patience or not sweeps[-1]["accepted"]:
                 break
-    return best, {"sweeps": sweeps, "best_val_loss": best_val}
+    return best, {"sweeps": sweeps, "best_val_loss": best_val, "prior_rel": prior_rel, "prior_lambda": lam, "z": z}
 
 
 def _count(items) -> dict[str, int]:
@@ -324,31 +486,52 @@ def _point(dh_or_head, train: FeatureSet, test: FeatureSet | None, wall: float, 
     return out
 
 
-def train_discrete(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: DiscreteConfig
-                   ) -> tuple[DiscreteHead, dict]:
-    """Train a ``cfg.grid`` head from the fp32 ``head`` by ``cfg.method``; return it and a JSON-able
-    record: ``history`` (points of wall time, train/test loss and accuracy), ``final``, ``info``."""
-    cfg.validate()
+@dataclass
+class PtqStart:
+    """The ptq head of one (grid, seed): ``head`` with (α, b) refit on all of train (the ``ptq`` answer) and
+    ``start`` the same codes with (α, b) fitted on the fit split only (where ste and qubo start, so that the
+    validation split stays held out); ``l2`` the validation-chosen refit weight, ``wall_time_s`` its cost."""
+
+    head: DiscreteHead
+    start: DiscreteHead
+    l2: float
+    info: dict
+    wall_time_s: float
+
+
+def ptq_start(head: Head, train: FeatureSet, cfg: DiscreteConfig) -> PtqStart:
+    """ptq on the fit split, its (α, b) refit with L2 chosen on validation (see :func:`tuned_refit`)."""
     t0 = time.perf_counter()
-    history: list[dict] = []
     fit, val = split_fit_val(train, cfg.val_fraction, cfg.seed)
     info: dict = {}
+    dh, info["ptq"] = ptq(head, fit, cfg)
+    dh, info["refit"] = tuned_refit(dh, fit, val, train, cfg.l2_grid)
+    start, _ = refit_scales(dh, fit, info["refit"]["l2"])
+    return PtqStart(dh, start, info["refit"]["l2"], info, time.perf_counter() - t0)
+
+
+def train_discrete(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: DiscreteConfig,
+                   start: PtqStart | None = None) -> tuple[DiscreteHead, dict]:
+    """Train a ``cfg.grid`` head from the fp32 ``head`` by ``cfg.method``; return it and a JSON-able
+    record: ``history`` (points of wall time, train/test loss and accuracy), ``final``, ``info``.
+
+    ``start``: the :func:`ptq_start` of the same (head, train, grid, seed), computed once and shared by the
+    methods of an experiment; its wall time is counted in every method's clock as if computed here."""
+    cfg.validate()
+    if start is None:
+        start = ptq_start(head, train, cfg)
+    t0 = time.perf_counter() - start.wall_time_s
+    history: list[dict] = []
+    fit, val = split_fit_val(train, cfg.val_fraction, cfg.seed)
+    info: dict = dict(start.info)
+    dh = start.head
+    history.append(_point(dh, train, test, time.perf_counter() - t0, "ptq"))
     if cfg.method == "ste":
-        dh, info = _run_ste(head, train, test, fit, val, cfg, history, t0)
-    else:
-        # the rounding of the fit split, so that the validation split stays held out for the L2 choice
-        dh, info["ptq"] = ptq(head, fit, cfg)
-        dh, info["refit"] = tuned_refit(dh, fit, val, train, cfg.l2_grid)
-        history.append(_point(dh, train, test, time.perf_counter() - t0, "ptq"))
-        if cfg.method == "qubo":
-            def on_sweep(sweep: int, cur: DiscreteHead) -> None:
-                history.append(_point(cur, train, test, time.perf_counter() - t0, f"sweep {sweep}"))
-            # the sweeps and their validation stopping start from (α, b) fitted on the fit split only: the
-            # refit on all of train saw the validation samples and would make every sweep look worse
-            start, _ = refit_scales(dh, fit, info["refit"]["l2"])
-            dh, info["qubo"] = qubo_train(start, fit, val, cfg, on_sweep, l2=info["refit"]["l2"])
-            dh, info["final_refit"] = refit_scales(dh, train, info["refit"]["l2"])
-            history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
+        dh, info_ste = _run_ste(head, train, test, fit, val, cfg, history, t0, start)
+        info.update(info_ste)
+    elif cfg.method == "qubo":
+        dh, info_q = _run_qubo(head, train, test, fit, val, cfg, history, t0, start)
+        info.update(info_q)
     final = _point(dh, train, test, time.perf_counter() - t0, "final")
     final["val_loss"] = evaluate(dh.head(), val)[0]
     final["codes_nonzero"] = float((dh.codes != 0).float().mean())
@@ -356,22 +539,72 @@ def train_discrete(head: Head, train: FeatureSet, test: FeatureSet | None, cfg: 
                 "wall_time_s": time.perf_counter() - t0}
 
 
-def _run_ste(head, train, test, fit, val, cfg, history, t0) -> tuple[DiscreteHead, dict]:
-    from qubo_nn.train.ste import quantize_rows, train_ste, tune_ste
+def _run_qubo(head, train, test, fit, val, cfg, history, t0, start: PtqStart) -> tuple[DiscreteHead, dict]:
+    """qubo_train for every (prior, z) of the grid, from the ptq start with (α, b) fitted on the fit split
+    (the refit on all of train saw the validation samples and would make every sweep look worse); the run
+    of the lowest validation loss wins, then (α, b) are refit on all of train."""
+    runs = []
+    for prior_rel in cfg.prior_grid:
+        for z in cfg.z_grid:
+            tag = f"prior {prior_rel:g} z {z:g}"
 
-    tuned = tune_ste(head, fit, val, cfg.grid, cfg.ste_lrs, cfg.ste_epochs, cfg.ste_batch, cfg.seed)
+            def on_sweep(sweep: int, cur: DiscreteHead, tag=tag) -> None:
+                history.append(_point(cur, train, test, time.perf_counter() - t0, f"{tag} sweep {sweep}"))
+            best, qinfo = qubo_train(start.start, fit, val, cfg, on_sweep, l2=start.l2, W_ref=head.W,
+                                     prior_rel=float(prior_rel), z=float(z))
+            runs.append((qinfo["best_val_loss"], best, qinfo))
+    i = min(range(len(runs)), key=lambda j: runs[j][0])
+    dh, rinfo = refit_scales(runs[i][1], train, start.l2)
+    history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
+    return dh, {"qubo": runs[i][2], "qubo_grid": [r[2] for r in runs], "final_refit": rinfo}
+
+
+def _run_ste(head, train, test, fit, val, cfg, history, t0, start: PtqStart) -> tuple[DiscreteHead, dict]:
+    """Tuned STE from every start of ``cfg.ste_starts``: ``fp32`` (latent = the fp32 head, XNOR/TWN scales
+    recomputed from W) and ``ptq`` (latent = the ptq head's α·codes with (α, b) fitted on the fit split,
+    scales learned): lr and epochs (0 = the start itself) chosen on the validation split over all starts,
+    retrained on all of train from the same start, then (α, b) refit (:func:`tuned_refit`)."""
+    from qubo_nn.train.ste import quantize_rows, train_ste, train_ste_scaled, tune_ste, tune_ste_scaled
 
     def to_dh(W: torch.Tensor, b: torch.Tensor) -> DiscreteHead:
         codes, alpha = quantize_rows(W.to(torch.float64), cfg.grid)
         return DiscreteHead(codes.to(torch.int8), alpha, b.to(torch.float64), cfg.grid)
 
-    history.append(_point(to_dh(head.W, head.b), train, test, time.perf_counter() - t0, "ste start (tuned)"))
-    if tuned["epochs"] > 0:
-        W, b = train_ste(head, train, cfg.grid, tuned["lr"], tuned["epochs"], cfg.ste_batch, cfg.seed,
-                         on_epoch=lambda e, W, b: history.append(
-                             _point(to_dh(W, b), train, test, time.perf_counter() - t0, f"epoch {e}")))
+    def from_codes(c, a, b) -> DiscreteHead:
+        return DiscreteHead(c.to(torch.int8), a.to(torch.float64), b.to(torch.float64), cfg.grid)
+
+    tunings = {}
+    for s in cfg.ste_starts:
+        if s == "fp32":
+            tunings[s] = tune_ste(head, fit, val, cfg.grid, cfg.ste_lrs, cfg.ste_epochs, cfg.ste_batch, cfg.seed)
+        else:
+            st = start.start
+            tunings[s] = tune_ste_scaled(st.codes, st.alpha, st.b, fit, val, cfg.grid, cfg.ste_lrs, cfg.ste_epochs,
+                                         cfg.ste_batch, cfg.seed)
+        tunings[s]["start"] = s
+    choice = min(tunings, key=lambda s: tunings[s]["val_loss"])
+    tuned = tunings[choice]
+    history.append(_point(to_dh(head.W, head.b) if choice == "fp32" else start.head, train, test,
+                          time.perf_counter() - t0, f"ste start {choice} (tuned)"))
+    if choice == "fp32":
+        if tuned["epochs"] > 0:
+            W, b = train_ste(head, train, cfg.grid, tuned["lr"], tuned["epochs"], cfg.ste_batch, cfg.seed,
+                             on_epoch=lambda e, W, b: history.append(
+                                 _point(to_dh(W, b), train, test, time.perf_counter() - t0, f"epoch {e}")))
+        else:
+            W, b = head.W, head.b
+        dh = to_dh(W, b)
     else:
-        W, b = head.W, head.b
-    dh, refit = tuned_refit(to_dh(W, b), fit, val, train, cfg.l2_grid)
+        st = start.head
+        if tuned["epochs"] > 0:
+            c, a, b = train_ste_scaled(st.codes, st.alpha, st.b, train, cfg.grid, tuned["lr"], tuned["epochs"],
+                                       cfg.ste_batch, cfg.seed,
+                                       on_epoch=lambda e, c, a, b: history.append(
+                                           _point(from_codes(c, a, b), train, test, time.perf_counter() - t0,
+                                                  f"epoch {e}")))
+            dh = from_codes(c, a, b)
+        else:
+            dh = st.clone()
+    dh, refit = tuned_refit(dh, fit, val, train, cfg.l2_grid)
     history.append(_point(dh, train, test, time.perf_counter() - t0, "final"))
-    return dh, {"ste": tuned, "final_refit": refit}
+    return dh, {"ste": tuned, "ste_tunings": tunings, "ste_start": choice, "final_refit": refit}
