@@ -10,13 +10,13 @@ import dimod
 import numpy as np
 import pytest
 
+from qubo_nn.core.bounds import box_lower_bound
 from qubo_nn.core.problem import IntegerProblem
 from qubo_nn.errors import QuboNNError
 from qubo_nn.suite.bqp import read_bqp
 from qubo_nn.suite.formats import FORMATS, read_instance, write_instance
 from qubo_nn.suite.harness import run_bench, score, tts99
 from qubo_nn.suite.instance import SuiteInstance, bqm_digest, pack_bits, problem_bqm, unpack_bits
-from qubo_nn.suite.reference import box_lower_bound, shifted_lower_bound
 
 
 def _all_samples(n: int) -> np.ndarray:
@@ -143,14 +143,28 @@ def test_bqp_reader_on_a_tiny_file(tmp_path):
         read_bqp(bad)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lower_bounds_are_below_the_brute_force_optimum(seed):
-    p = _tiny_problem(seed, 7, 4)
-    K = np.array(list(itertools.product(range(4), repeat=7)))
+@pytest.mark.parametrize("seed,m,levels", [(0, 7, 4), (1, 7, 4), (2, 7, 4), (3, 12, 2), (4, 12, 2), (5, 8, 3)])
+def test_lower_bound_is_below_the_brute_force_minimum(seed, m, levels):
+    p = _tiny_problem(seed, m, levels)
+    K = np.array(list(itertools.product(range(levels), repeat=m)))
     e_min = float(p.energy(K).min())
-    box, shifted = box_lower_bound(p)["lower_bound"], shifted_lower_bound(p)["lower_bound"]
-    assert box <= e_min + 1e-12 and shifted <= e_min + 1e-12
-    assert shifted >= box - 1e-12
+    b = box_lower_bound(p)
+    assert b["lower_bound"] <= e_min + 1e-12
+    assert b["lower_bound"] >= b["box_lower_bound"] == box_lower_bound(p, shift=False)["lower_bound"]
+    rough = box_lower_bound(p, max_iter=1)              # certified however roughly the relaxation was solved
+    assert rough["lower_bound"] <= e_min + 1e-12
+
+
+def test_lower_bound_with_fixed_variables_and_an_ill_conditioned_hessian():
+    rng = np.random.default_rng(7)
+    U = np.linalg.qr(rng.normal(size=(10, 10)))[0]
+    H = U @ np.diag(np.logspace(-4, 1, 10)) @ U.T
+    kmax = np.array([1, 1, 0, 1, 1, 1, 2, 1, 1, 1])     # variable 2 fixed at 0
+    p = IntegerProblem(H, rng.normal(size=10), 0.7, 0, kmax)
+    K = np.array(list(itertools.product(*[range(int(k) + 1) for k in kmax])))
+    e_min = float(p.energy(K).min())
+    b = box_lower_bound(p)
+    assert b["shift"] > 0 and b["box_lower_bound"] <= b["lower_bound"] <= e_min + 1e-12
 
 
 def test_small_subset_digests_match_the_committed_manifest():
