@@ -16,7 +16,9 @@ from qubo_nn.errors import QuboNNError
 from qubo_nn.suite.bqp import read_bqp
 from qubo_nn.suite.formats import FORMATS, read_instance, write_instance
 from qubo_nn.suite.harness import run_bench, score, tts99
-from qubo_nn.suite.instance import SuiteInstance, bqm_digest, pack_bits, problem_bqm, unpack_bits
+from qubo_nn.suite.generate import compare_content
+from qubo_nn.suite.instance import (FINGERPRINT_RTOL, SuiteInstance, bqm_digest, bqm_fingerprint, pack_bits,
+                                    problem_bqm, unpack_bits)
 
 
 def _all_samples(n: int) -> np.ndarray:
@@ -167,10 +169,30 @@ def test_lower_bound_with_fixed_variables_and_an_ill_conditioned_hessian():
     assert b["shift"] > 0 and b["box_lower_bound"] <= b["lower_bound"] <= e_min + 1e-12
 
 
-def test_small_subset_digests_match_the_committed_manifest():
-    from qubo_nn.suite.generate import COMMITTED_MANIFEST, check_digests
+def test_content_comparison_tolerates_round_off_and_catches_changes():
+    bqm = problem_bqm(_tiny_problem(0, 5, 4), "binary", 4)
+    ref = {"content_digest": bqm_digest(bqm), "fingerprint": bqm_fingerprint(bqm)}
+    assert compare_content(dict(ref), ref) == ("identical", 0.0)
+    for scale, want in ((1 + 1e-12, "within tolerance"), (1 + 1e-3, "differs")):
+        other = bqm.copy()
+        other.scale(scale)
+        status, dist = compare_content({"content_digest": bqm_digest(other), "fingerprint": bqm_fingerprint(other)}, ref)
+        assert status == want and (dist <= FINGERPRINT_RTOL) == (want == "within tolerance")
+    assert compare_content({"content_digest": "0"}, ref) == ("differs", math.inf)
+
+
+def test_small_subset_regenerates_as_committed(tmp_path):
+    """``make test``'s digest check: the small subset regenerated (instances only) agrees with the
+    committed manifest (bit for bit, or within the fingerprint tolerance on another CPU/BLAS), the
+    committed best known adopted and re-evaluated on the regenerated files."""
+    from qubo_nn.suite.generate import COMMITTED_MANIFEST, generate_suite, verify_suite
 
     if not COMMITTED_MANIFEST.is_file():
         pytest.fail(f"{COMMITTED_MANIFEST.name} is missing: expected the committed suite manifest")
-    got = check_digests()
-    assert got and all(a == b for a, b in got.values()), got
+    man = generate_suite(tmp_path, "small", ("dimod",), reference=False)
+    check = verify_suite(tmp_path)
+    assert check["ok"], check["problems"]
+    assert check["identical"] + len(check["within_tolerance"]) == len(man["instances"]) == 3
+    for e in man["instances"]:
+        best = e["meta"]["best_known"]
+        assert best["energy"] == pytest.approx(best["energy_committed"], rel=FINGERPRINT_RTOL)

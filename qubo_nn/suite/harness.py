@@ -108,17 +108,16 @@ def resolve_sampler(name: str):
 
 
 def _load_form(suite_dir: Path, entry: dict):
-    from qubo_nn.core.problem import IntegerForm, IntegerProblem
+    from qubo_nn.core.problem import IntegerForm
+    from qubo_nn.suite.formats import read_problem
 
     f = entry.get("files", {}).get("problem")
     if not f:
         return None
-    a = np.load(suite_dir / f["path"])
-    levels = int(a["levels"])
+    p, kind, levels = read_problem(suite_dir / f["path"])
     if levels & (levels - 1):
         return None
-    p = IntegerProblem(a["H"], a["target"], a["scale"], a["kmin"], a["kmax"], float(a["const"]))
-    return IntegerForm(p, str(a["kind"]), levels.bit_length() - 1)
+    return IntegerForm(p, kind, levels.bit_length() - 1)
 
 
 def select(entries: list[dict], pattern: str | None) -> list[dict]:
