@@ -20,7 +20,8 @@ nearly integral). Tried and dropped: dwave-preprocessing's roof duality (bounds 
 these dense rows) and a multiplicative ascent on w (1–2 points more at twice the time).
 
 Every convex minimum is certified by its first-order gap (:func:`convex_box_min`), so a bound holds
-however roughly L-BFGS-B converged. The largest bound is returned.
+however roughly L-BFGS-B converged. The largest bound is returned. (Run with one BLAS thread on a
+shared machine: at m ≈ 1000 oversubscribed threads made one bound take minutes instead of seconds.)
 """
 from __future__ import annotations
 
