@@ -141,6 +141,26 @@ def refresh_manifest(manifest: dict, suite_dir: str | os.PathLike, *, bounds: bo
     return manifest
 
 
+def refresh_committed(suite_dir: str | os.PathLike, path: str | os.PathLike | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`refresh_manifest` of the committed manifest (or ``path``) from the regeneration in
+    ``suite_dir``, written back with a ``refreshed`` record (date, wall time, versions)."""
+    import json
+
+    path = Path(path) if path else COMMITTED_MANIFEST
+    man = json.loads(path.read_text())
+    t0 = time.perf_counter()
+    refresh_manifest(man, suite_dir, progress=progress)
+    man["refreshed"] = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "wall_time_s": time.perf_counter() - t0, "versions": versions(),
+                        "what": "fingerprints (bqm_fingerprint) from a regeneration that agrees with the content "
+                                "digests within FINGERPRINT_RTOL, and lower bounds recomputed by "
+                                "core.bounds.box_lower_bound on its integer problems; content digests, best known "
+                                "and baselines are those of the first generation"}
+    atomic_write_json(path, to_jsonable(man))
+    return man
+
+
 def load_manifest(suite_dir: str | os.PathLike) -> dict[str, Any]:
     import json
 
