@@ -22,15 +22,30 @@ def gptq(p: IntegerProblem, act_order: bool = True) -> np.ndarray:
     Order: decreasing diag H (``act_order``, the default in GPTQ's own code) or index order. With
     U the upper Cholesky factor of H⁻¹ (in that order), :func:`gptq_rows` from x = t.
     """
-    m = p.m
-    order = np.argsort(-np.diag(p.H), kind="stable") if act_order else np.arange(m)
-    Hp = p.H[np.ix_(order, order)]
-    L = _cholesky(Hp, "Hessian block")
-    Linv = np.linalg.solve(L, np.eye(m))           # H⁻¹ = L⁻ᵀ L⁻¹
-    U = _cholesky(Linv.T @ Linv, "inverse Hessian").T  # upper: H⁻¹ = UᵀU
-    k = gptq_rows(p.target[order][None], U, p.scale[order][None], p.kmin[order][None], p.kmax[order][None])[0]
-    out = np.empty(m, dtype=np.int64)
-    out[order] = k
+    return gptq_batch([p], act_order)[0]
+
+
+def gptq_batch(problems: list[IntegerProblem], act_order: bool = True) -> np.ndarray:
+    """:func:`gptq` of many problems of one size m (B × m int64): problems that share one Hessian
+    array (the rows of a network group) share its order and factorization, and their rows go through
+    :func:`gptq_rows` together, so each answer equals :func:`gptq` of that problem alone."""
+    if not problems:
+        return np.empty((0, 0), dtype=np.int64)
+    out = np.empty((len(problems), problems[0].m), dtype=np.int64)
+    by_h: dict[int, list[int]] = {}
+    for j, p in enumerate(problems):
+        by_h.setdefault(id(p.H), []).append(j)
+    for idx in by_h.values():
+        H = problems[idx[0]].H
+        m = H.shape[0]
+        order = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(m)
+        L = _cholesky(H[np.ix_(order, order)], "Hessian block")
+        Linv = np.linalg.solve(L, np.eye(m))           # H⁻¹ = L⁻ᵀ L⁻¹
+        U = _cholesky(Linv.T @ Linv, "inverse Hessian").T  # upper: H⁻¹ = UᵀU
+        rows = [problems[j] for j in idx]
+        k = gptq_rows(np.stack([p.target[order] for p in rows]), U, np.stack([p.scale[order] for p in rows]),
+                      np.stack([p.kmin[order] for p in rows]), np.stack([p.kmax[order] for p in rows]))
+        out[np.ix_(idx, order)] = k
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from qubo_nn.core.grid import bits_of, check_encoding, digit_weights, levels_of
-from qubo_nn.core.kernels import coordinate_descent, gptq, rtn
+from qubo_nn.core.kernels import coordinate_descent, gptq, gptq_batch, rtn
 from qubo_nn.core.problem import IntegerProblem, window_base, window_qubo
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import child_seed
@@ -21,7 +21,7 @@ LEVEL_METHODS = ("rtn", "gptq", "gptq-natural", "cd", "qubo")
 #: dimod sampler name ("neal", "tabu", ...) anneals BQM windows instead (:func:`anneal_window`).
 BATCH_SAMPLER = "batch-anneal"
 #: parameters of the batched stage: chains per problem, sweeps per round, device
-BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu"}
+BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu", "restarts": False}
 
 
 def _best_classical(p: IntegerProblem, pairs: bool = True) -> tuple[np.ndarray, dict]:
@@ -177,20 +177,73 @@ def _batch_params(params: dict | None) -> dict:
 def classical_start(p: IntegerProblem, kind: str = "best") -> tuple[np.ndarray, str]:
     """The start of the anneal: ``best`` (the best of CD from GPTQ act-order / natural / RTN, as the
     neal pipeline), ``cd`` (CD from GPTQ act-order, the ``cd`` method's answer) or ``gptq``."""
-    if kind == "best":
-        k, info = _best_classical(p)
-        return k, info["start"]
-    if kind == "cd":
-        return coordinate_descent(p, gptq(p, True))[0], "cd<-gptq"
+    (k, name), = classical_starts([p], kind)
+    return k, name
+
+
+def _use_jit(device: str) -> bool:
+    """The compiled CPU kernels (:mod:`jit_kernels`) run when numba is there and the device is the CPU."""
+    from qubo_nn.runtime import resolve_device
+    from qubo_nn.samplers import jit_kernels
+
+    return jit_kernels.AVAILABLE and resolve_device(device).type == "cpu"
+
+
+def _general_forms(problems: list[IntegerProblem]) -> dict[str, np.ndarray]:
+    """NumPy general forms (A, g, kmin, kmax, c) of problems of one size (:func:`batch_anneal.problem_arrays`)."""
+    from qubo_nn.samplers.batch_anneal import problem_arrays
+
+    return {key: v.numpy() for key, v in problem_arrays(problems).items()}
+
+
+def _descend(problems: list[IntegerProblem], K: np.ndarray, owner: np.ndarray, jit: bool,
+             arr: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Coordinate descent (single, then pair moves) from each row of K (N × m) on ``problems[owner[n]]``:
+    the compiled batch kernel, or :func:`coordinate_descent` row by row. Same moves either way."""
+    if jit:
+        from qubo_nn.samplers.jit_kernels import coordinate_descent_batch
+
+        arr = _general_forms(problems) if arr is None else arr
+        return coordinate_descent_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], K, owner)[0]
+    return np.stack([coordinate_descent(problems[o], k)[0] for k, o in zip(K, owner)]) if len(K) else K.copy()
+
+
+def classical_starts(problems: list[IntegerProblem], kind: str = "best", jit: bool | None = None
+                     ) -> list[tuple[np.ndarray, str]]:
+    """:func:`classical_start` of many problems of one size m at once: GPTQ through :func:`gptq_batch`
+    (one factorization per shared Hessian) and CD through :func:`_descend` (compiled where it can).
+    ``best`` keeps the first strictly lowest of CD from GPTQ act-order / natural / RTN."""
+    if kind not in ("best", "cd", "gptq"):
+        raise QuboNNError(f"k_start must be 'best', 'cd', 'gptq' or a list of level arrays, got {kind!r}")
+    if not problems:
+        return []
+    n = len(problems)
+    act = gptq_batch(problems, True)
     if kind == "gptq":
-        return gptq(p, True), "gptq"
-    raise QuboNNError(f"k_start must be 'best', 'cd', 'gptq' or a list of level arrays, got {kind!r}")
+        return [(act[j], "gptq") for j in range(n)]
+    jit = _use_jit("cpu") if jit is None else jit
+    arr = _general_forms(problems) if jit else None
+    names = ["gptq"] if kind == "cd" else ["gptq", "gptq-natural", "rtn"]
+    starts = {"gptq": act}
+    if kind == "best":
+        starts["gptq-natural"] = gptq_batch(problems, False)
+        starts["rtn"] = np.stack([rtn(p) for p in problems])
+    K = _descend(problems, np.concatenate([starts[x] for x in names]), np.tile(np.arange(n), len(names)), jit, arr)
+    out = []
+    for j, p in enumerate(problems):
+        best_k, best_e, best_name = None, math.inf, ""
+        for a, name in enumerate(names):
+            e = float(p.energy(K[a * n + j]))
+            if e < best_e:
+                best_k, best_e, best_name = K[a * n + j], e, f"cd<-{name}"
+        out.append((best_k, best_name))
+    return out
 
 
 def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_start: Any = "best",
                        num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3, rounds: int = 1,
-                       device: str = "cpu", time_budget_s: float | None = None, polish: bool = True
-                       ) -> list[tuple[np.ndarray, dict]]:
+                       device: str = "cpu", time_budget_s: float | None = None, polish: bool = True,
+                       restarts: bool = False) -> list[tuple[np.ndarray, dict]]:
     """Levels of many problems at once: classical start → batched anneal around it → CD polish, best kept.
 
     For each problem: the start (``k_start``: "best", "cd", "gptq" (see :func:`classical_start`) or
@@ -199,25 +252,34 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     from β_hot to ``span``·β_hot, β_hot from the problem's own scale: an uphill move of ``hot`` times
     the start's excess E(k_start) − const is accepted with probability ½), all problems of one size m
     in one tensor batch; every chain's final state and the lowest raw state are polished by coordinate
-    descent (``polish``), and the lowest of start / raw / polished kept. A later round re-anneals only the problems the last one
-    improved; ``time_budget_s`` stops starting rounds. Problem j's chains draw from ``seeds[j]``
-    only, so its answer does not depend on the rest of the batch (nor on its order).
+    descent (``polish``), and the lowest of start / raw / polished kept. A later round re-anneals only
+    the problems the last one improved; with ``restarts`` every round re-anneals every problem from its
+    incumbent (fresh chains) until ``time_budget_s`` is spent (``rounds`` then caps nothing below 10⁶).
+    ``time_budget_s`` stops starting rounds (a round is not started when the last one took longer than
+    the time left). Problem j's chains draw from ``seeds[j]`` only, so its answer does not depend on
+    the rest of the batch (nor on its order).
+
+    On the CPU with numba installed the anneal and the descents run the compiled kernels of
+    :mod:`qubo_nn.samplers.jit_kernels` (the same moves and random numbers); elsewhere the torch kernel.
 
     Returns [(k (m,) int64, info)] in the order of ``problems``; info as :func:`solve_levels`'s
     ``qubo`` (energy, energy_classical, classical_start, stage, energy_anneal_raw,
-    anneal_improved_rounds, rounds_run) plus sampler, num_reads, num_sweeps and the batch's
+    anneal_improved_rounds, rounds_run) plus sampler, num_reads, num_sweeps, kernel and the batch's
     anneal_wall_time_s.
     """
-    import torch
-
-    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas, problem_arrays
-
     t0 = time.perf_counter()
     n = len(problems)
     if len(seeds) != n:
         raise QuboNNError(f"expected one seed per problem ({n}), got {len(seeds)}")
+    jit = _use_jit(device)
+    by_m: dict[int, list[int]] = {}
+    for j, p in enumerate(problems):
+        by_m.setdefault(p.m, []).append(j)
     if isinstance(k_start, str):
-        starts = [classical_start(p, k_start) for p in problems]
+        starts: list[Any] = [None] * n
+        for idx in by_m.values():
+            for j, st in zip(idx, classical_starts([problems[j] for j in idx], k_start, jit)):
+                starts[j] = st
     else:
         if len(k_start) != n:
             raise QuboNNError(f"expected one start per problem ({n}), got {len(k_start)}")
@@ -226,32 +288,34 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     es = [float(p.energy(k)) for p, k in zip(problems, ks)]
     infos = [{"method": "qubo", "sampler": BATCH_SAMPLER, "energy_classical": e, "classical_start": name,
               "classical_wall_time_s": time.perf_counter() - t0, "num_reads": num_reads, "num_sweeps": num_sweeps,
-              "stage": "classical", "energy_anneal_raw": math.inf, "anneal_improved_rounds": 0, "rounds_run": 0}
+              "kernel": "numba" if jit else "torch", "stage": "classical", "energy_anneal_raw": math.inf,
+              "anneal_improved_rounds": 0, "rounds_run": 0}
              for e, (_, name) in zip(es, starts)]
     anneal_s = 0.0
     todo = list(range(n))
-    for r in range(max(int(rounds), 0)):
-        if not todo or (time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s):
+    max_rounds = 10**6 if restarts else max(int(rounds), 0)
+    last = 0.0
+    for r in range(max_rounds):
+        if not todo:
             break
+        if time_budget_s is not None:
+            left = time_budget_s - (time.perf_counter() - t0)
+            if left <= 0 or (r > 0 and last > left):
+                break
+        tr = time.perf_counter()
         improved = []
-        by_m: dict[int, list[int]] = {}
-        for j in todo:
-            by_m.setdefault(problems[j].m, []).append(j)
+        todo_set = set(todo)
         for idx in by_m.values():
+            idx = [j for j in idx if j in todo_set]
+            if not idx:
+                continue
             ta = time.perf_counter()
-            arr = problem_arrays([problems[j] for j in idx], device)
-            k0 = torch.as_tensor(np.stack([ks[j] for j in idx]), device=arr["A"].device)
-            k0 = k0[:, None, :].expand(-1, num_reads, -1).contiguous()
-            seed_t = torch.as_tensor([child_seed(int(seeds[j]), r) for j in idx], dtype=torch.int64,
-                                     device=arr["A"].device)
-            excess = torch.as_tensor([es[j] - problems[j].const for j in idx], dtype=torch.float64,
-                                     device=arr["A"].device)
-            out = anneal_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0,
-                               geometric_betas(beta_range_excess(excess, hot, span), num_sweeps),
-                               chain_keys(seed_t, num_reads))
-            K = out["k_best"].cpu().numpy()
-            KF = out["k"].cpu().numpy()
+            K, KF = _anneal_round([problems[j] for j in idx], [ks[j] for j in idx], [es[j] for j in idx],
+                                  [child_seed(int(seeds[j]), r) for j in idx], num_reads, num_sweeps, hot, span,
+                                  device, jit)
             anneal_s += time.perf_counter() - ta
+            sub = [problems[j] for j in idx]
+            cands = _polish_candidates(sub, K, KF, polish, jit)
             for a, j in enumerate(idx):
                 p, info = problems[j], infos[j]
                 E = p.energy(K[a])
@@ -262,21 +326,66 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
                 tol = 1e-12 * max(1.0, abs(e))
                 if E[b] < e - tol:
                     ks[j], es[j], stage = K[a, b].copy(), float(E[b]), "anneal"
-                if polish:      # every chain's final state (and the raw best), as the neal pipeline polishes every sample
-                    for row in np.unique(np.concatenate([KF[a], K[a, b:b + 1]]), axis=0):
-                        kp, _ = coordinate_descent(p, row)
-                        ep = float(p.energy(kp))
-                        if ep < es[j] - tol:
-                            ks[j], es[j], stage = kp, ep, stage or "polish"
+                for kp in cands[a]:
+                    ep = float(p.energy(kp))
+                    if ep < es[j] - tol:
+                        ks[j], es[j], stage = kp, ep, stage or "polish"
                 if stage is not None:
                     info["anneal_improved_rounds"] += 1
                     info["stage"] = "anneal" if "anneal" in (info["stage"], stage) else "polish"
                     improved.append(j)
-        todo = improved
+        todo = list(range(n)) if restarts else improved
+        last = time.perf_counter() - tr
     wall = time.perf_counter() - t0
     for j in range(n):
         infos[j].update(energy=es[j], anneal_wall_time_s=anneal_s, wall_time_s=wall)
     return [(ks[j], infos[j]) for j in range(n)]
+
+
+def _anneal_round(problems: list[IntegerProblem], ks: list[np.ndarray], es: list[float], seeds: list[int],
+                  num_reads: int, num_sweeps: int, hot: float, span: float, device: str, jit: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One round of ``num_reads`` chains per problem (one size m) from its incumbent: (best raw states,
+    final states), each B × R × m int64 (the compiled kernel on the CPU, else the torch kernel)."""
+    import torch
+
+    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas, problem_arrays
+
+    arr = problem_arrays(problems, "cpu" if jit else device)
+    dev = arr["A"].device
+    seed_t = torch.as_tensor(seeds, dtype=torch.int64, device=dev)
+    excess = torch.as_tensor([e - p.const for p, e in zip(problems, es)], dtype=torch.float64, device=dev)
+    betas = geometric_betas(beta_range_excess(excess, hot, span), num_sweeps)
+    keys = chain_keys(seed_t, num_reads)
+    k0 = torch.as_tensor(np.stack(ks), device=dev)[:, None, :].expand(-1, num_reads, -1).contiguous()
+    if jit:
+        from qubo_nn.samplers.jit_kernels import anneal_levels
+
+        out = anneal_levels(arr["A"].numpy(), arr["g"].numpy(), arr["kmin"].numpy(), arr["kmax"].numpy(),
+                            k0.numpy(), betas.numpy(), keys.numpy())
+        return out["k_best"], out["k"]
+    out = anneal_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0, betas, keys)
+    return out["k_best"].cpu().numpy(), out["k"].cpu().numpy()
+
+
+def _polish_candidates(problems: list[IntegerProblem], K: np.ndarray, KF: np.ndarray, polish: bool, jit: bool
+                       ) -> list[list[np.ndarray]]:
+    """Per problem a: every chain's final state and its lowest raw state, each polished by coordinate
+    descent (the neal pipeline polishes every sample), as one batch of descents; [] without ``polish``."""
+    if not polish:
+        return [[] for _ in problems]
+    rows, owner = [], []
+    for a, p in enumerate(problems):
+        b = int(np.argmin(p.energy(K[a])))
+        uniq = np.unique(np.concatenate([KF[a], K[a, b:b + 1]]), axis=0)
+        rows.append(uniq)
+        owner.extend([a] * len(uniq))
+    owner_arr = np.asarray(owner, dtype=np.int64)
+    P = _descend(problems, np.concatenate(rows), owner_arr, jit)
+    out: list[list[np.ndarray]] = [[] for _ in problems]
+    for kp, a in zip(P, owner_arr):
+        out[a].append(kp)
+    return out
 
 
 def batch_task(task: dict[str, Any]) -> dict[str, Any] | None:
