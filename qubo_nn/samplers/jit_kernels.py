@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "anneal_levels", "coordinate_descent_batch"]
+__all__ = ["AVAILABLE", "anneal_levels", "temper_levels", "coordinate_descent_batch"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -48,6 +48,57 @@ if AVAILABLE:
         return (float(z >> _S11) + 0.5) * _TWO53
 
     @njit(cache=True, nogil=True)
+    def _sweep(Ab, gb, lo_b, hi_b, k, f, beta, key, t):
+        """One Metropolis sweep of one chain (levels k, fields f = g + Ak, both updated); accepted moves."""
+        m = k.shape[0]
+        base = np.uint64(t) << np.uint64(21)
+        acc = 0
+        for i in range(m):
+            lo = lo_b[i]
+            hi = hi_b[i]
+            if hi <= lo:
+                continue
+            if k[i] >= hi:
+                d = -1.0
+            elif k[i] <= lo:
+                d = 1.0
+            elif _uniform(key, base + np.uint64(m + i)) < 0.5:
+                d = 1.0
+            else:
+                d = -1.0
+            dE = d * f[i] + 0.5 * Ab[i, i]
+            thr = -np.log(_uniform(key, base + np.uint64(i))) / beta
+            if dE < thr:
+                k[i] += d
+                for j in range(m):
+                    f[j] += d * Ab[i, j]
+                acc += 1
+        return acc
+
+    @njit(cache=True, nogil=True)
+    def _start(Ab, gb, k0, k, f):
+        """k ← k0, f ← g + Ak; returns E(k) − c = ½kᵀ(f + g)."""
+        m = k.shape[0]
+        for i in range(m):
+            k[i] = k0[i]
+        e = 0.0
+        for i in range(m):
+            s = gb[i]
+            for j in range(m):
+                s += Ab[i, j] * k[j]
+            f[i] = s
+        for i in range(m):
+            e += k[i] * (f[i] + gb[i])
+        return 0.5 * e
+
+    @njit(cache=True, nogil=True)
+    def _level(k, f, gb):
+        e = 0.0
+        for i in range(k.shape[0]):
+            e += k[i] * (f[i] + gb[i])
+        return 0.5 * e
+
+    @njit(cache=True, nogil=True)
     def _anneal(A, g, kmin, kmax, k0, betas, keys, k_out, kbest_out, ebest_out, acc_out):
         B, R, m = k0.shape
         T = betas.shape[1]
@@ -55,49 +106,15 @@ if AVAILABLE:
         f = np.empty(m)
         for b in range(B):
             for r in range(R):
-                for i in range(m):
-                    k[i] = k0[b, r, i]
-                for i in range(m):
-                    s = g[b, i]
-                    for j in range(m):
-                        s += A[b, i, j] * k[j]
-                    f[i] = s
-                e0 = 0.0
-                for i in range(m):
-                    e0 += k[i] * (f[i] + g[b, i])
-                e0 *= 0.5
+                e0 = _start(A[b], g[b], k0[b, r], k, f)
                 e_best = 0.0
                 for i in range(m):
                     kbest_out[b, r, i] = np.int64(k[i])
                 key = np.uint64(keys[b, r])
                 acc = 0
                 for t in range(T):
-                    beta = betas[b, t]
-                    base = np.uint64(t) << np.uint64(21)
-                    for i in range(m):
-                        lo = kmin[b, i]
-                        hi = kmax[b, i]
-                        if hi <= lo:
-                            continue
-                        if k[i] >= hi:
-                            d = -1.0
-                        elif k[i] <= lo:
-                            d = 1.0
-                        elif _uniform(key, base + np.uint64(m + i)) < 0.5:
-                            d = 1.0
-                        else:
-                            d = -1.0
-                        dE = d * f[i] + 0.5 * A[b, i, i]
-                        thr = -np.log(_uniform(key, base + np.uint64(i))) / beta
-                        if dE < thr:
-                            k[i] += d
-                            for j in range(m):
-                                f[j] += d * A[b, i, j]
-                            acc += 1
-                    e = 0.0
-                    for i in range(m):
-                        e += k[i] * (f[i] + g[b, i])
-                    e = 0.5 * e - e0
+                    acc += _sweep(A[b], g[b], kmin[b], kmax[b], k, f, betas[b, t], key, t)
+                    e = _level(k, f, g[b]) - e0
                     if e < e_best:
                         e_best = e
                         for i in range(m):
@@ -106,6 +123,52 @@ if AVAILABLE:
                     k_out[b, r, i] = np.int64(k[i])
                 ebest_out[b, r] = e_best
                 acc_out[b, r] = acc
+
+    @njit(cache=True, nogil=True)
+    def _temper(A, g, kmin, kmax, k0, ladder, T, keys, k_out, kbest_out, ebest_out, acc_out):
+        """Parallel tempering: slot r of problem b sweeps at β = ladder[b, r] with key keys[b, r]; after
+        sweep t the pairs (r, r+1) with r ≡ t (mod 2) swap states with probability
+        min(1, exp((β_r − β_{r+1})(E_r − E_{r+1}))) (uniform: key of slot r, counter (t << 21) + 2m).
+        k_out/kbest_out: the final and best states of each slot (the best over the states it held)."""
+        B, R, m = k0.shape
+        K = np.empty((R, m))
+        F = np.empty((R, m))
+        E = np.empty(R)
+        for b in range(B):
+            e0 = np.empty(R)
+            for r in range(R):
+                E[r] = _start(A[b], g[b], k0[b, r], K[r], F[r])
+                e0[r] = E[r]
+                ebest_out[b, r] = 0.0
+                for i in range(m):
+                    kbest_out[b, r, i] = k0[b, r, i]
+                acc_out[b, r] = 0
+            for t in range(T):
+                for r in range(R):
+                    acc_out[b, r] += _sweep(A[b], g[b], kmin[b], kmax[b], K[r], F[r], ladder[b, r],
+                                            np.uint64(keys[b, r]), t)
+                    E[r] = _level(K[r], F[r], g[b])
+                    if E[r] - e0[r] < ebest_out[b, r]:
+                        ebest_out[b, r] = E[r] - e0[r]
+                        for i in range(m):
+                            kbest_out[b, r, i] = np.int64(K[r, i])
+                base = (np.uint64(t) << np.uint64(21)) + np.uint64(2 * m)
+                for r in range(t % 2, R - 1, 2):
+                    x = (ladder[b, r] - ladder[b, r + 1]) * (E[r] - E[r + 1])
+                    if x >= 0.0 or _uniform(np.uint64(keys[b, r]), base) < np.exp(x):
+                        for i in range(m):
+                            tmp = K[r, i]
+                            K[r, i] = K[r + 1, i]
+                            K[r + 1, i] = tmp
+                            tmp = F[r, i]
+                            F[r, i] = F[r + 1, i]
+                            F[r + 1, i] = tmp
+                        tmp = E[r]
+                        E[r] = E[r + 1]
+                        E[r + 1] = tmp
+            for r in range(R):
+                for i in range(m):
+                    k_out[b, r, i] = np.int64(K[r, i])
 
     @njit(cache=True, nogil=True)
     def _cd(A, g, kmin, kmax, K, owner, pairs, max_steps, moves):
@@ -197,16 +260,29 @@ def anneal_levels(A, g, kmin, kmax, k0, betas, keys) -> dict[str, np.ndarray]:
     """:func:`~qubo_nn.samplers.batch_anneal.anneal_batch` compiled, on NumPy arrays of the same shapes
     (A B×m×m, g B×m, kmin/kmax B×m, k0 B×R×m, betas B×T, keys B×R int64). Returns {"k", "k_best",
     "e_best", "accepted"} as that function (no "field")."""
+    k0, out = _chain_outputs(k0)
+    _anneal(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(betas), _i64(keys), *out.values())
+    return out
+
+
+def _chain_outputs(k0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """k0 as int64 and the kernels' output arrays {"k", "k_best", "e_best", "accepted"} (B × R [× m])."""
     if not AVAILABLE:  # pragma: no cover
         raise RuntimeError("numba is not installed")
     k0 = _i64(k0)
     B, R, m = k0.shape
-    k_out = np.empty((B, R, m), dtype=np.int64)
-    kbest = np.empty((B, R, m), dtype=np.int64)
-    ebest = np.empty((B, R))
-    acc = np.empty((B, R), dtype=np.int64)
-    _anneal(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(betas), _i64(keys), k_out, kbest, ebest, acc)
-    return {"k": k_out, "k_best": kbest, "e_best": ebest, "accepted": acc}
+    return k0, {"k": np.empty((B, R, m), dtype=np.int64), "k_best": np.empty((B, R, m), dtype=np.int64),
+                "e_best": np.empty((B, R)), "accepted": np.empty((B, R), dtype=np.int64)}
+
+
+def temper_levels(A, g, kmin, kmax, k0, ladder, num_sweeps: int, keys) -> dict[str, np.ndarray]:
+    """Parallel tempering on NumPy arrays: slot r of problem b at the fixed β ``ladder[b, r]`` (B × R),
+    ``num_sweeps`` sweeps, swaps of neighbouring slots between sweeps (see ``_temper``); the moves within
+    a sweep are :func:`anneal_levels`'s. Returns {"k", "k_best", "e_best" (relative to the slot's start),
+    "accepted"} per slot."""
+    k0, out = _chain_outputs(k0)
+    _temper(_f64(A), _f64(g), _i64(kmin), _i64(kmax), k0, _f64(ladder), int(num_sweeps), _i64(keys), *out.values())
+    return out
 
 
 def coordinate_descent_batch(A, g, kmin, kmax, K, owner=None, pairs: bool = True, max_steps: int | None = None

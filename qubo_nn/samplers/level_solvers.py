@@ -21,7 +21,7 @@ LEVEL_METHODS = ("rtn", "gptq", "gptq-natural", "cd", "qubo")
 #: dimod sampler name ("neal", "tabu", ...) anneals BQM windows instead (:func:`anneal_window`).
 BATCH_SAMPLER = "batch-anneal"
 #: parameters of the batched stage: chains per problem, sweeps per round, device
-BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu", "restarts": False}
+BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu", "restarts": False, "schedule": "anneal"}
 
 
 def _best_classical(p: IntegerProblem, pairs: bool = True) -> tuple[np.ndarray, dict]:
@@ -120,8 +120,9 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
         k, cinfo = coordinate_descent(p, gptq(p, True))
         info.update(cinfo)
     elif sampler == BATCH_SAMPLER:
-        (k, binfo), = solve_levels_batch([p], [seed], time_budget_s=time_budget_s, rounds=rounds,
-                                         span=30.0 if refine_span is None else refine_span, **_batch_params(params))
+        bp = _batch_params(params)
+        (k, binfo), = solve_levels_batch([p], [seed], time_budget_s=time_budget_s, rounds=bp.pop("rounds", rounds),
+                                         span=30.0 if refine_span is None else refine_span, **bp)
         info.update(binfo)
         info["method"] = method
     else:
@@ -162,12 +163,16 @@ def solve_levels(problem: IntegerProblem, method: str = "qubo", *, encoding: str
 def _batch_params(params: dict | None) -> dict:
     """``params`` of the batched stage checked against :data:`BATCH_PARAMS` (QuboNNError otherwise)."""
     params = dict(params or {})
-    unknown = sorted(set(params) - set(BATCH_PARAMS))
+    unknown = sorted(set(params) - set(BATCH_PARAMS) - {"rounds"})
     if unknown:
         raise QuboNNError(f"sampler {BATCH_SAMPLER!r} does not accept parameter(s) {', '.join(unknown)}; "
                           f"expected some of {', '.join(BATCH_PARAMS)}")
     out = {**BATCH_PARAMS, **params}
-    for key in ("num_reads", "num_sweeps"):
+    if out.get("schedule") not in ("anneal", "tempering"):
+        raise QuboNNError(f"schedule must be 'anneal' or 'tempering', got {out.get('schedule')!r}")
+    for key in ("num_reads", "num_sweeps", "rounds"):
+        if key not in out:
+            continue
         v = out[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise QuboNNError(f"{key} must be a positive integer, got {v!r}")
@@ -222,28 +227,25 @@ def classical_starts(problems: list[IntegerProblem], kind: str = "best", jit: bo
     if kind == "gptq":
         return [(act[j], "gptq") for j in range(n)]
     jit = _use_jit("cpu") if jit is None else jit
-    arr = _general_forms(problems) if jit else None
+    arr = _general_forms(problems)
     names = ["gptq"] if kind == "cd" else ["gptq", "gptq-natural", "rtn"]
     starts = {"gptq": act}
     if kind == "best":
         starts["gptq-natural"] = gptq_batch(problems, False)
         starts["rtn"] = np.stack([rtn(p) for p in problems])
     K = _descend(problems, np.concatenate([starts[x] for x in names]), np.tile(np.arange(n), len(names)), jit, arr)
-    out = []
-    for j, p in enumerate(problems):
-        best_k, best_e, best_name = None, math.inf, ""
-        for a, name in enumerate(names):
-            e = float(p.energy(K[a * n + j]))
-            if e < best_e:
-                best_k, best_e, best_name = K[a * n + j], e, f"cd<-{name}"
-        out.append((best_k, best_name))
-    return out
+    K = K.reshape(len(names), n, -1).transpose(1, 0, 2)          # n × starts × m
+    E = general_energy(arr, K)
+    best = np.zeros(n, dtype=np.int64)          # the first strictly lowest (ties keep the earlier start)
+    for a in range(1, len(names)):
+        best = np.where(E[:, a] < E[np.arange(n), best], a, best)
+    return [(K[j, best[j]].copy(), f"cd<-{names[best[j]]}") for j in range(n)]
 
 
 def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_start: Any = "best",
                        num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3, rounds: int = 1,
                        device: str = "cpu", time_budget_s: float | None = None, polish: bool = True,
-                       restarts: bool = False) -> list[tuple[np.ndarray, dict]]:
+                       restarts: bool = False, schedule: str = "anneal") -> list[tuple[np.ndarray, dict]]:
     """Levels of many problems at once: classical start → batched anneal around it → CD polish, best kept.
 
     For each problem: the start (``k_start``: "best", "cd", "gptq" (see :func:`classical_start`) or
@@ -254,7 +256,10 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     in one tensor batch; every chain's final state and the lowest raw state are polished by coordinate
     descent (``polish``), and the lowest of start / raw / polished kept. A later round re-anneals only
     the problems the last one improved; with ``restarts`` every round re-anneals every problem from its
-    incumbent (fresh chains) until ``time_budget_s`` is spent (``rounds`` then caps nothing below 10⁶).
+    incumbent (fresh chains), up to ``rounds`` rounds while ``time_budget_s`` lasts. ``schedule``
+    "tempering" runs parallel tempering instead of annealing: the ``num_reads`` chains sit at fixed β
+    on a geometric ladder from β_hot to β_cold and swap states between sweeps
+    (:func:`~qubo_nn.samplers.batch_anneal.temper_batch`).
     ``time_budget_s`` stops starting rounds (a round is not started when the last one took longer than
     the time left). Problem j's chains draw from ``seeds[j]`` only, so its answer does not depend on
     the rest of the batch (nor on its order).
@@ -271,6 +276,8 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     n = len(problems)
     if len(seeds) != n:
         raise QuboNNError(f"expected one seed per problem ({n}), got {len(seeds)}")
+    if schedule not in ("anneal", "tempering"):
+        raise QuboNNError(f"schedule must be 'anneal' or 'tempering', got {schedule!r}")
     jit = _use_jit(device)
     by_m: dict[int, list[int]] = {}
     for j, p in enumerate(problems):
@@ -285,111 +292,135 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
             raise QuboNNError(f"expected one start per problem ({n}), got {len(k_start)}")
         starts = [(p.clip(k), "given") for p, k in zip(problems, k_start)]
     ks = [np.asarray(k, dtype=np.int64) for k, _ in starts]
-    es = [float(p.energy(k)) for p, k in zip(problems, ks)]
-    infos = [{"method": "qubo", "sampler": BATCH_SAMPLER, "energy_classical": e, "classical_start": name,
+    groups = [(np.asarray(idx), _general_forms([problems[j] for j in idx])) for idx in by_m.values()]
+    es = np.empty(n)
+    for idx, arr in groups:
+        es[idx] = general_energy(arr, np.stack([ks[j] for j in idx])[:, None, :])[:, 0]
+    infos = [{"method": "qubo", "sampler": BATCH_SAMPLER, "energy_classical": float(e), "classical_start": name,
               "classical_wall_time_s": time.perf_counter() - t0, "num_reads": num_reads, "num_sweeps": num_sweeps,
               "kernel": "numba" if jit else "torch", "stage": "classical", "energy_anneal_raw": math.inf,
               "anneal_improved_rounds": 0, "rounds_run": 0}
              for e, (_, name) in zip(es, starts)]
     anneal_s = 0.0
-    todo = list(range(n))
-    max_rounds = 10**6 if restarts else max(int(rounds), 0)
+    todo = np.ones(n, dtype=bool)
+    max_rounds = max(int(rounds), 0)
+    es_arr = es
+    stage_of = np.array([i["stage"] for i in infos], dtype=object)
+    raw_best = np.full(n, math.inf)
+    rounds_run = np.zeros(n, dtype=np.int64)
+    improved_rounds = np.zeros(n, dtype=np.int64)
     last = 0.0
     for r in range(max_rounds):
-        if not todo:
+        if not todo.any():
             break
         if time_budget_s is not None:
             left = time_budget_s - (time.perf_counter() - t0)
             if left <= 0 or (r > 0 and last > left):
                 break
         tr = time.perf_counter()
-        improved = []
-        todo_set = set(todo)
-        for idx in by_m.values():
-            idx = [j for j in idx if j in todo_set]
-            if not idx:
+        new_todo = np.zeros(n, dtype=bool)
+        for idx_all, arr in groups:
+            sel = np.flatnonzero(todo[idx_all])
+            if not len(sel):
                 continue
+            idx = idx_all[sel]
+            sub = {key: v[sel] for key, v in arr.items()}
             ta = time.perf_counter()
-            K, KF = _anneal_round([problems[j] for j in idx], [ks[j] for j in idx], [es[j] for j in idx],
+            K, KF = _anneal_round(sub, np.stack([ks[j] for j in idx]),
+                                  es_arr[idx] - np.array([problems[j].const for j in idx]),
                                   [child_seed(int(seeds[j]), r) for j in idx], num_reads, num_sweeps, hot, span,
-                                  device, jit)
+                                  device, jit, schedule)
             anneal_s += time.perf_counter() - ta
-            sub = [problems[j] for j in idx]
-            cands = _polish_candidates(sub, K, KF, polish, jit)
-            for a, j in enumerate(idx):
-                p, info = problems[j], infos[j]
-                E = p.energy(K[a])
-                b = int(np.argmin(E))
-                info["energy_anneal_raw"] = min(info["energy_anneal_raw"], float(E[b]))
-                info["rounds_run"] = r + 1
-                e, stage = es[j], None
-                tol = 1e-12 * max(1.0, abs(e))
-                if E[b] < e - tol:
-                    ks[j], es[j], stage = K[a, b].copy(), float(E[b]), "anneal"
-                for kp in cands[a]:
-                    ep = float(p.energy(kp))
-                    if ep < es[j] - tol:
-                        ks[j], es[j], stage = kp, ep, stage or "polish"
-                if stage is not None:
-                    info["anneal_improved_rounds"] += 1
-                    info["stage"] = "anneal" if "anneal" in (info["stage"], stage) else "polish"
-                    improved.append(j)
-        todo = list(range(n)) if restarts else improved
+            E = general_energy(sub, K)                              # B × R
+            b = np.argmin(E, axis=1)
+            ar = np.arange(len(idx))
+            k_raw, e_raw = K[ar, b], E[ar, b]
+            raw_best[idx] = np.minimum(raw_best[idx], e_raw)
+            rounds_run[idx] = r + 1
+            e_old = es_arr[idx]
+            tol = 1e-12 * np.maximum(1.0, np.abs(e_old))
+            won_raw = e_raw < e_old - tol
+            k_new = np.where(won_raw[:, None], k_raw, np.stack([ks[j] for j in idx]))
+            e_new = np.where(won_raw, e_raw, e_old)
+            won_pol = np.zeros(len(idx), dtype=bool)
+            if polish:      # every chain's final state and the raw best, as the neal pipeline polishes every sample
+                C = np.concatenate([KF, k_raw[:, None, :]], axis=1)
+                P = _descend([problems[j] for j in idx], C.reshape(-1, C.shape[-1]),
+                             np.repeat(ar, C.shape[1]), jit, sub).reshape(C.shape)
+                EP = general_energy(sub, P)
+                bp = np.argmin(EP, axis=1)
+                won_pol = EP[ar, bp] < e_new - tol
+                k_new = np.where(won_pol[:, None], P[ar, bp], k_new)
+                e_new = np.where(won_pol, EP[ar, bp], e_new)
+            won = won_raw | won_pol
+            for a in np.flatnonzero(won):
+                j = idx[a]
+                ks[j] = k_new[a].copy()
+                stage_of[j] = "anneal" if (won_raw[a] or stage_of[j] == "anneal") else "polish"
+            es_arr[idx] = e_new
+            improved_rounds[idx] += won
+            new_todo[idx] = won
+        todo = np.ones(n, dtype=bool) if restarts else new_todo
         last = time.perf_counter() - tr
     wall = time.perf_counter() - t0
     for j in range(n):
-        infos[j].update(energy=es[j], anneal_wall_time_s=anneal_s, wall_time_s=wall)
+        infos[j].update(energy=float(problems[j].energy(ks[j])), anneal_wall_time_s=anneal_s, wall_time_s=wall,
+                        stage=str(stage_of[j]), energy_anneal_raw=float(raw_best[j]),
+                        anneal_improved_rounds=int(improved_rounds[j]), rounds_run=int(rounds_run[j]))
     return [(ks[j], infos[j]) for j in range(n)]
 
 
-def _anneal_round(problems: list[IntegerProblem], ks: list[np.ndarray], es: list[float], seeds: list[int],
-                  num_reads: int, num_sweeps: int, hot: float, span: float, device: str, jit: bool
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """One round of ``num_reads`` chains per problem (one size m) from its incumbent: (best raw states,
-    final states), each B × R × m int64 (the compiled kernel on the CPU, else the torch kernel)."""
+def general_energy(arr: dict[str, np.ndarray], K: np.ndarray) -> np.ndarray:
+    """E = c + gᵀk + ½kᵀAk of states K (B × S × m) of the stacked general forms ``arr`` (B problems): B × S."""
+    Kf = K.astype(np.float64)
+    return (arr["c"][:, None] + np.einsum("bsm,bm->bs", Kf, arr["g"])
+            + 0.5 * np.einsum("bsm,bmn,bsn->bs", Kf, arr["A"], Kf, optimize=True))
+
+
+def _anneal_round(arr: dict[str, np.ndarray], ks: np.ndarray, excess: np.ndarray, seeds: list[int],
+                  num_reads: int, num_sweeps: int, hot: float, span: float, device: str, jit: bool,
+                  schedule: str = "anneal") -> tuple[np.ndarray, np.ndarray]:
+    """One round of ``num_reads`` chains per problem (general forms ``arr``, one size m) from its incumbent
+    ``ks`` (B × m; ``excess``: E(ks) − const, which sets β, see :func:`beta_range_excess`): (best raw states, final states), each B × R × m int64 (the compiled
+    kernel on the CPU, else the torch kernel on ``device``)."""
     import torch
 
-    from qubo_nn.samplers.batch_anneal import anneal_batch, beta_range_excess, chain_keys, geometric_betas, problem_arrays
+    from qubo_nn.runtime import resolve_device
+    from qubo_nn.samplers.batch_anneal import (anneal_batch, beta_range_excess, chain_keys, geometric_betas,
+                                               temper_batch)
 
-    arr = problem_arrays(problems, "cpu" if jit else device)
-    dev = arr["A"].device
-    seed_t = torch.as_tensor(seeds, dtype=torch.int64, device=dev)
-    excess = torch.as_tensor([e - p.const for p, e in zip(problems, es)], dtype=torch.float64, device=dev)
-    betas = geometric_betas(beta_range_excess(excess, hot, span), num_sweeps)
-    keys = chain_keys(seed_t, num_reads)
-    k0 = torch.as_tensor(np.stack(ks), device=dev)[:, None, :].expand(-1, num_reads, -1).contiguous()
+    br = beta_range_excess(torch.as_tensor(excess, dtype=torch.float64), hot, span)
+    keys = chain_keys(torch.as_tensor(seeds, dtype=torch.int64), num_reads)
+    k0 = np.ascontiguousarray(np.broadcast_to(ks[:, None, :], (ks.shape[0], num_reads, ks.shape[1])))
+    if schedule == "tempering":
+        ladder = geometric_betas(br, num_reads)
+        if jit:
+            from qubo_nn.samplers.jit_kernels import temper_levels
+
+            out = temper_levels(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0, ladder.numpy(), num_sweeps,
+                                keys.numpy())
+            return out["k_best"], out["k"]
+        dev = resolve_device(device)
+        t = {key: torch.as_tensor(arr[key], device=dev) for key in ("A", "g", "kmin", "kmax")}
+        out = temper_batch(t["A"], t["g"], t["kmin"], t["kmax"], torch.as_tensor(k0, device=dev), ladder.to(dev),
+                           num_sweeps, keys.to(dev))
+        return out["k_best"].cpu().numpy(), out["k"].cpu().numpy()
+    betas = geometric_betas(br, num_sweeps)
     if jit:
         from qubo_nn.samplers.jit_kernels import anneal_levels
 
-        out = anneal_levels(arr["A"].numpy(), arr["g"].numpy(), arr["kmin"].numpy(), arr["kmax"].numpy(),
-                            k0.numpy(), betas.numpy(), keys.numpy())
+        out = anneal_levels(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0, betas.numpy(), keys.numpy())
         return out["k_best"], out["k"]
-    out = anneal_batch(arr["A"], arr["g"], arr["kmin"], arr["kmax"], k0, betas, keys)
+    dev = resolve_device(device)
+    t = {key: torch.as_tensor(arr[key], device=dev) for key in ("A", "g", "kmin", "kmax")}
+    out = anneal_batch(t["A"], t["g"], t["kmin"], t["kmax"], torch.as_tensor(k0, device=dev), betas.to(dev),
+                       keys.to(dev))
     return out["k_best"].cpu().numpy(), out["k"].cpu().numpy()
 
 
-def _polish_candidates(problems: list[IntegerProblem], K: np.ndarray, KF: np.ndarray, polish: bool, jit: bool
-                       ) -> list[list[np.ndarray]]:
-    """Per problem a: every chain's final state and its lowest raw state, each polished by coordinate
-    descent (the neal pipeline polishes every sample), as one batch of descents; [] without ``polish``."""
-    if not polish:
-        return [[] for _ in problems]
-    rows, owner = [], []
-    for a, p in enumerate(problems):
-        b = int(np.argmin(p.energy(K[a])))
-        uniq = np.unique(np.concatenate([KF[a], K[a, b:b + 1]]), axis=0)
-        rows.append(uniq)
-        owner.extend([a] * len(uniq))
-    owner_arr = np.asarray(owner, dtype=np.int64)
-    P = _descend(problems, np.concatenate(rows), owner_arr, jit)
-    out: list[list[np.ndarray]] = [[] for _ in problems]
-    for kp, a in zip(P, owner_arr):
-        out[a].append(kp)
-    return out
-
-
 def batch_task(task: dict[str, Any]) -> dict[str, Any] | None:
-    """A batch of problems as one executor task (threads or Ray): ``task`` = {"problems", "seeds",
+    """A batch of problems as one executor task (threads or Ray): ``task`` = {"problems", "seeds", "method"
+    ("qubo", the default: :func:`solve_levels_batch`; "cd": :func:`classical_starts` "cd" only),
     "kwargs": solve_levels_batch keyword arguments, "keys": anything handed back, "deadline":
     time.time() after which it does not start (None: no deadline)}. Returns {"keys", "levels",
     "stages"} or None when started after the deadline; the time left is its budget."""
@@ -400,5 +431,8 @@ def batch_task(task: dict[str, Any]) -> dict[str, Any] | None:
         if left <= 0:
             return None
         kwargs["time_budget_s"] = left
+    if task.get("method", "qubo") == "cd":    # the cd method: GPTQ act-order + CD, batched (no anneal)
+        res = classical_starts(task["problems"], "cd")
+        return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": ["cd"] * len(res)}
     res = solve_levels_batch(task["problems"], task["seeds"], **kwargs)
     return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": [i["stage"] for _, i in res]}

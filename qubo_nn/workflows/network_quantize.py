@@ -418,7 +418,7 @@ def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: in
     if cfg.method == "qubo":
         extra = {"encoding": cfg.encoding, "sampler": cfg.sampler, "params": cfg.sampler_params or None}
 
-    if cfg.method == "qubo" and cfg.sampler == "batch-anneal":
+    if (cfg.method == "qubo" and cfg.sampler == "batch-anneal") or (cfg.method == "cd" and _batched_cd()):
         return _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, executor)
 
     def tasks():
@@ -440,10 +440,22 @@ def _solve_rows(w: torch.Tensor, Hg: torch.Tensor, scale: torch.Tensor, qmin: in
     return solved
 
 
+def _batched_cd() -> bool:
+    """cd runs batched (GPTQ factorized once per group, compiled CD) where the compiled kernels exist;
+    its levels are those of the row-by-row path (tests/test_jit_kernels.py)."""
+    from qubo_nn.samplers import jit_kernels
+
+    return jit_kernels.AVAILABLE
+
+
 def _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, executor) -> int:
-    """The rows of one group by the batched annealer (:func:`level_solvers.solve_levels_batch`): all
-    rows in one batch, split into one chunk per executor slot; each row keeps GPTQ's levels ``k``
-    unless its answer is not higher. Seeds as :func:`_solve_rows` (per row, batch-independent)."""
+    """The rows of one group as batches (:func:`level_solvers.batch_task`): all rows at once, split
+    into one chunk per executor slot; each row keeps GPTQ's levels ``k`` unless its answer is not
+    higher. ``cd``: GPTQ act-order + CD. ``qubo``: the batched annealer from CD's answer
+    (:func:`level_solvers.solve_levels_batch`; unless ``sampler_params`` says otherwise ``restarts`` on
+    and ``rounds`` 2: a second round of fresh chains from the incumbents where the group's budget share
+    allows; ``{"rounds": 1000000}`` spends the whole share). Seeds as
+    :func:`_solve_rows` (per row, batch-independent)."""
     from qubo_nn.core.problem import IntegerProblem
     from qubo_nn.samplers import child_seed
     from qubo_nn.samplers.level_solvers import _batch_params, batch_task
@@ -453,8 +465,8 @@ def _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, 
              for r in range(R)]
     seeds = [child_seed(cfg.seed, *key, r) for r in range(R)]
     chunks = np.array_split(np.arange(R), max(1, min(R, int(getattr(executor, "parallelism", 1) or 1))))
-    kw = _batch_params(cfg.sampler_params or None)
-    tasks = ({"problems": [probs[r] for r in c], "seeds": [seeds[r] for r in c], "keys": c.tolist(),
+    kw = _batch_params({"restarts": True, "rounds": 2, **(cfg.sampler_params or {})}) if cfg.method == "qubo" else {}
+    tasks = ({"problems": [probs[r] for r in c], "seeds": [seeds[r] for r in c], "keys": c.tolist(), "method": cfg.method,
               "kwargs": {"k_start": "cd", **kw}, "deadline": deadline} for c in chunks if len(c))
     solved = 0
     with contextlib.closing(map_unordered(batch_task, tasks, executor)) as done:
