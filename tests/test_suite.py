@@ -15,7 +15,7 @@ from qubo_nn.core.problem import IntegerProblem
 from qubo_nn.errors import QuboNNError
 from qubo_nn.suite.bqp import read_bqp
 from qubo_nn.suite.formats import FORMATS, read_instance, write_instance
-from qubo_nn.suite.harness import run_bench, score, tts99
+from qubo_nn.suite.harness import adopt_new_bests, rescore, run_bench, score, tts99
 from qubo_nn.suite.generate import compare_content
 from qubo_nn.suite.instance import (FINGERPRINT_RTOL, SuiteInstance, bqm_digest, bqm_fingerprint, pack_bits,
                                     problem_bqm, unpack_bits)
@@ -121,6 +121,23 @@ def test_harness_tts_on_a_sampler_with_known_success_probability(tmp_path, p):
     tau = float(np.mean(row["times_s"]))
     assert row["tts99_s"] == pytest.approx(tau * math.log(0.01) / math.log(1 - row["success_probability"]), rel=1e-12)
     assert row["excess"] == 0.0 and row["excess_median"] in (0.0, (2.0 + n - 2.0) / 2.0)
+
+
+def test_a_run_that_beats_the_best_known_becomes_it(tmp_path):
+    n = 6
+    bqm = dimod.BinaryQuadraticModel({i: 1.0 for i in range(n)}, {}, 2.0, "BINARY")     # optimum 2 at x = 0
+    d = _suite_dir(tmp_path, bqm, 3.0)                                                   # a poor best known
+    res = run_bench(d, CoinSampler(), {"p": 0.5}, repeats=8, seed=3)
+    row = res["instances"][0]
+    assert row["new_best"] and np.array_equal(unpack_bits(row["best_sample"], n), np.zeros(n))
+    man = json.loads((d / "manifest.json").read_text())
+    man["instances"][0]["meta"]["lower_bound"] = {"lower_bound": 1.0, "gap": 2 / 3}
+    assert adopt_new_bests(man, res) == ["a"]
+    best = man["instances"][0]["meta"]["best_known"]
+    assert best["energy"] == 2.0 and best["found_by"] == "CoinSampler" and best["previous"]["energy"] == 3.0
+    assert man["instances"][0]["meta"]["lower_bound"]["gap"] == 0.5
+    assert adopt_new_bests(man, res) == []                                  # nothing lower the second time
+    assert rescore(res, man)["instances"][0]["success_probability"] == row["successes"] / 8
 
 
 def test_score_excess_and_tolerance():
