@@ -234,9 +234,15 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
     if spin:   # issue 24: codes ±1 (or −1/0/+1) and a per-row α alternated with the codes
         from qubo_nn.workflows.spin_quantize import spin_layer
 
+        H = acc.hessian().cpu()
+        factor: list = []    # the α alternation rounds against one H: factor it once (the same numbers)
+
         def round_fn(target, s, kr, method):
-            return round_layer(target, acc.hessian().cpu(), s, bits, cfg, budget_s=budget, layer_seed=i,
-                               executor=executor, levels=kr, method=method)[0]
+            if not factor and method != "rtn":
+                plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
+                factor.append(sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype)))
+            return round_layer(target, H, s, bits, cfg, budget_s=budget, layer_seed=i,
+                               executor=executor, levels=kr, method=method, seq=factor[0] if factor else None)[0]
 
         k, scale, info = spin_layer(W, acc.hessian().cpu(), cfg.grid, cfg.method, cfg.damping, round_fn)
         bits = 2 if cfg.grid == "ternary" else 1
@@ -353,21 +359,25 @@ def _solver_executor(cfg: NetworkQuantizeConfig, executor: Executor | None = Non
 
 def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig,
                 budget_s: float = math.inf, layer_seed: int = 0, executor: Executor | None = None,
-                levels: tuple[int, int] | None = None, method: str | None = None
+                levels: tuple[int, int] | None = None, method: str | None = None, seq: Any = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Integer levels k (R × D, int64) of the rows of W (R × D, float64) on the grid ``scale`` (R,)
     by ``cfg.method`` against the layer Hessian H (D × D); info: groups, energies, stages.
 
     cd/qubo re-solve the rows of each group as tasks on ``executor`` (an open
     :class:`~qubo_nn.execution.executors.Executor`; None: one is opened from ``cfg`` for this layer).
-    ``levels`` (kmin, kmax) replaces the signed b-bit range and ``method`` ``cfg.method`` (spin grids)."""
+    ``levels`` (kmin, kmax) replaces the signed b-bit range and ``method`` ``cfg.method`` (spin grids);
+    ``seq`` a :func:`sequential_groups` factorization of this H already made (the spin grids' α
+    alternation rounds the same layer several times)."""
     qmin, qmax = qrange(bits) if levels is None else levels
     if method is not None and method != cfg.method:
         cfg = replace(cfg, method=method)
     if cfg.method == "rtn":
         return nearest_level(W, scale[:, None], qmin, qmax).long(), {"groups": 1}
-    plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
-    seq = sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype))
+    if seq is None:
+        plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
+        seq = sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype))
+    plan = seq.plan
     cur = W[:, plan.order].clone()
     K = torch.empty_like(cur, dtype=torch.long)
     energy = torch.zeros(W.shape[0], dtype=torch.float64)
