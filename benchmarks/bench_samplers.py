@@ -70,8 +70,10 @@ from qubo_nn.workflows.head_quantize import grid_scale, qrange
 from qubo_nn.core.bqm import build_bqm
 from qubo_nn.core.bqm import integer_form
 from qubo_nn.runtime import atomic_write_json, machine_info
-from qubo_nn.core.kernels import rtn, sphere_decode
+from qubo_nn.core.kernels import rtn
+from qubo_nn.core.bounds import box_lower_bound as core_box_lower_bound
 from qubo_nn.core.problem import IntegerProblem
+from qubo_nn.suite.reference import conditional, exact_sub, lns_exact  # noqa: F401 (used here and by the tests)
 
 METHODS = ("neal", "neal-unary", "tabu", "steepest", "decompose", "gptq", "gptq-natural", "cd", "pipeline")
 GROUPS = {"sb": ("sb",), "domain-wall": ("neal-domain-wall", "pipeline-domain-wall"), "bound": (), "lns": ("lns",),
@@ -166,87 +168,9 @@ def run_row(stats, head, c, bits, seed):
 # ------------------------------------------------------------------ added groups (sb, domain-wall, bound, lns)
 
 def box_lower_bound(p: IntegerProblem, max_iter: int = 5000) -> dict:
-    """A certified lower bound on min E over the integer box: the convex relaxation (k real in
-    [kmin, kmax]) solved by L-BFGS-B, minus its first-order gap. By convexity, for any k̂ in the box
-    E(k) ≥ E(k̂) + ∇E(k̂)ᵀ(k − k̂) ≥ E(k̂) + Σ_i min(∇_i (kmin_i − k̂_i), ∇_i (kmax_i − k̂_i)) for every
-    real k in the box, so the bound holds however roughly L-BFGS-B converged."""
-    from scipy.optimize import minimize
-
-    A = p.scale[:, None] * p.H * p.scale[None, :]
-    c = p.target / p.scale
-    lo, hi = p.kmin.astype(np.float64), p.kmax.astype(np.float64)
-
-    def f(k):
-        return p.const + 0.5 * float((k - c) @ A @ (k - c))
-
-    def g(k):
-        return A @ (k - c)
-
-    res = minimize(f, np.clip(c, lo, hi), jac=g, method="L-BFGS-B", bounds=list(zip(lo, hi)),
-                   options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-14})
-    k = np.clip(res.x, lo, hi)
-    grad = g(k)
-    lb = f(k) + float(np.minimum(grad * (lo - k), grad * (hi - k)).sum())
-    at_level = np.isclose(k, np.round(k), rtol=0, atol=1e-6)
-    return {"lower_bound": lb, "relaxation": f(k), "relaxation_integral_fraction": float(at_level.mean()),
-            "iterations": int(res.nit)}
-
-
-def exact_sub(sub: IntegerProblem, k0: np.ndarray, max_states: int = 1 << 16,
-              max_nodes: int = 200_000) -> np.ndarray:
-    """The exact minimiser of a small integer problem (enumeration when its box has at most
-    ``max_states`` points, else sphere decoding from ``k0``); ``k0`` when nothing is lower."""
-    sizes = (sub.kmax - sub.kmin + 1).astype(np.float64)
-    if float(np.prod(sizes)) <= max_states:
-        grids = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(sub.kmin, sub.kmax)], indexing="ij")
-        K = np.stack([gr.reshape(-1) for gr in grids], 1)
-        E = sub.energy(K)
-        j = int(np.argmin(E))
-        return K[j] if E[j] < sub.energy(k0) else np.asarray(k0)
-    return sphere_decode(sub, k0=k0, max_nodes=max_nodes)[0]
-
-
-def conditional(p: IntegerProblem, k: np.ndarray, S: np.ndarray) -> IntegerProblem:
-    """E as a function of k_S with the other levels fixed at ``k`` (same energy up to a constant):
-    with r = s∘k − t and u = H_{S,rest} r_rest, E(k_S) = ½(r_S + H_SS⁻¹u)ᵀH_SS(r_S + H_SS⁻¹u) + const."""
-    r = p.scale * k - p.target
-    HSS = p.H[np.ix_(S, S)]
-    u = p.H[S] @ r - HSS @ r[S]
-    return IntegerProblem(HSS, p.target[S] - np.linalg.solve(HSS, u), p.scale[S], p.kmin[S], p.kmax[S])
-
-
-def lns_exact(p: IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int = 16, seed: int = 0,
-              max_tries: int | None = None) -> tuple[np.ndarray, dict]:
-    """Large-neighbourhood search with exact sub-solves from ``k0``: repeatedly a random variable and
-    ``size`` − 1 of its 2·size most coupled ones (|H_ij|/√(H_ii H_jj)) are re-solved exactly with the
-    rest fixed; a lower energy is kept. Stops before a try would end past ``budget_s``."""
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    k = p.clip(k0)
-    e = float(p.energy(k))
-    d = np.sqrt(np.diag(p.H))
-    C = np.abs(p.H) / d[:, None] / d[None, :]
-    np.fill_diagonal(C, -np.inf)
-    size = min(size, p.m)
-    tries = improved = 0
-    longest = 0.0
-    while True:
-        now = time.perf_counter()
-        if now - t0 + longest > budget_s or (max_tries is not None and tries >= max_tries):
-            break
-        i = int(rng.integers(p.m))
-        near = np.argsort(-C[i], kind="stable")[: 2 * size]
-        S = np.unique(np.concatenate([[i], rng.choice(near, size=min(size - 1, near.size), replace=False)]))
-        kS = exact_sub(conditional(p, k, S), k[S])
-        tries += 1
-        if not np.array_equal(kS, k[S]):
-            kn = k.copy()
-            kn[S] = kS
-            en = float(p.energy(kn))
-            if en < e - 1e-12 * max(1.0, abs(e)):
-                k, e, improved = kn, en, improved + 1
-        longest = max(longest, time.perf_counter() - now)
-    return k, {"tries": tries, "improved": improved, "size": size, "budget_s": budget_s}
+    """The recorded run's bound: the plain box relaxation of :func:`qubo_nn.core.bounds.box_lower_bound`
+    (no diagonal shift), certified by its first-order gap."""
+    return core_box_lower_bound(p, shift=False, max_iter=max_iter)
 
 
 def run_added(stats, head, c, bits, seed, groups, old: dict) -> dict:

@@ -10,13 +10,15 @@ import dimod
 import numpy as np
 import pytest
 
+from qubo_nn.core.bounds import box_lower_bound
 from qubo_nn.core.problem import IntegerProblem
 from qubo_nn.errors import QuboNNError
 from qubo_nn.suite.bqp import read_bqp
 from qubo_nn.suite.formats import FORMATS, read_instance, write_instance
-from qubo_nn.suite.harness import run_bench, score, tts99
-from qubo_nn.suite.instance import SuiteInstance, bqm_digest, pack_bits, problem_bqm, unpack_bits
-from qubo_nn.suite.reference import box_lower_bound, shifted_lower_bound
+from qubo_nn.suite.harness import adopt_new_bests, rescore, run_bench, score, tts99
+from qubo_nn.suite.generate import compare_content
+from qubo_nn.suite.instance import (FINGERPRINT_RTOL, SuiteInstance, bqm_digest, bqm_fingerprint, pack_bits,
+                                    problem_bqm, unpack_bits)
 
 
 def _all_samples(n: int) -> np.ndarray:
@@ -121,6 +123,23 @@ def test_harness_tts_on_a_sampler_with_known_success_probability(tmp_path, p):
     assert row["excess"] == 0.0 and row["excess_median"] in (0.0, (2.0 + n - 2.0) / 2.0)
 
 
+def test_a_run_that_beats_the_best_known_becomes_it(tmp_path):
+    n = 6
+    bqm = dimod.BinaryQuadraticModel({i: 1.0 for i in range(n)}, {}, 2.0, "BINARY")     # optimum 2 at x = 0
+    d = _suite_dir(tmp_path, bqm, 3.0)                                                   # a poor best known
+    res = run_bench(d, CoinSampler(), {"p": 0.5}, repeats=8, seed=3)
+    row = res["instances"][0]
+    assert row["new_best"] and np.array_equal(unpack_bits(row["best_sample"], n), np.zeros(n))
+    man = json.loads((d / "manifest.json").read_text())
+    man["instances"][0]["meta"]["lower_bound"] = {"lower_bound": 1.0, "gap": 2 / 3}
+    assert adopt_new_bests(man, res) == ["a"]
+    best = man["instances"][0]["meta"]["best_known"]
+    assert best["energy"] == 2.0 and best["found_by"] == "CoinSampler" and best["previous"]["energy"] == 3.0
+    assert man["instances"][0]["meta"]["lower_bound"]["gap"] == 0.5
+    assert adopt_new_bests(man, res) == []                                  # nothing lower the second time
+    assert rescore(res, man)["instances"][0]["success_probability"] == row["successes"] / 8
+
+
 def test_score_excess_and_tolerance():
     r = score([10.0, 10.000001, 11.0], [1.0, 1.0, 1.0], best=10.0, tol=1e-6)
     assert r["successes"] == 2 and r["success_probability"] == pytest.approx(2 / 3)
@@ -143,20 +162,54 @@ def test_bqp_reader_on_a_tiny_file(tmp_path):
         read_bqp(bad)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lower_bounds_are_below_the_brute_force_optimum(seed):
-    p = _tiny_problem(seed, 7, 4)
-    K = np.array(list(itertools.product(range(4), repeat=7)))
+@pytest.mark.parametrize("seed,m,levels", [(0, 7, 4), (1, 7, 4), (2, 7, 4), (3, 12, 2), (4, 12, 2), (5, 8, 3)])
+def test_lower_bound_is_below_the_brute_force_minimum(seed, m, levels):
+    p = _tiny_problem(seed, m, levels)
+    K = np.array(list(itertools.product(range(levels), repeat=m)))
     e_min = float(p.energy(K).min())
-    box, shifted = box_lower_bound(p)["lower_bound"], shifted_lower_bound(p)["lower_bound"]
-    assert box <= e_min + 1e-12 and shifted <= e_min + 1e-12
-    assert shifted >= box - 1e-12
+    b = box_lower_bound(p)
+    assert b["lower_bound"] <= e_min + 1e-12
+    assert b["lower_bound"] >= b["box_lower_bound"] == box_lower_bound(p, shift=False)["lower_bound"]
+    rough = box_lower_bound(p, max_iter=1)              # certified however roughly the relaxation was solved
+    assert rough["lower_bound"] <= e_min + 1e-12
 
 
-def test_small_subset_digests_match_the_committed_manifest():
-    from qubo_nn.suite.generate import COMMITTED_MANIFEST, check_digests
+def test_lower_bound_with_fixed_variables_and_an_ill_conditioned_hessian():
+    rng = np.random.default_rng(7)
+    U = np.linalg.qr(rng.normal(size=(10, 10)))[0]
+    H = U @ np.diag(np.logspace(-4, 1, 10)) @ U.T
+    kmax = np.array([1, 1, 0, 1, 1, 1, 2, 1, 1, 1])     # variable 2 fixed at 0
+    p = IntegerProblem(H, rng.normal(size=10), 0.7, 0, kmax)
+    K = np.array(list(itertools.product(*[range(int(k) + 1) for k in kmax])))
+    e_min = float(p.energy(K).min())
+    b = box_lower_bound(p)
+    assert b["shift"] > 0 and b["box_lower_bound"] <= b["lower_bound"] <= e_min + 1e-12
+
+
+def test_content_comparison_tolerates_round_off_and_catches_changes():
+    bqm = problem_bqm(_tiny_problem(0, 5, 4), "binary", 4)
+    ref = {"content_digest": bqm_digest(bqm), "fingerprint": bqm_fingerprint(bqm)}
+    assert compare_content(dict(ref), ref) == ("identical", 0.0)
+    for scale, want in ((1 + 1e-12, "within tolerance"), (1 + 1e-3, "differs")):
+        other = bqm.copy()
+        other.scale(scale)
+        status, dist = compare_content({"content_digest": bqm_digest(other), "fingerprint": bqm_fingerprint(other)}, ref)
+        assert status == want and (dist <= FINGERPRINT_RTOL) == (want == "within tolerance")
+    assert compare_content({"content_digest": "0"}, ref) == ("differs", math.inf)
+
+
+def test_small_subset_regenerates_as_committed(tmp_path):
+    """``make test``'s digest check: the small subset regenerated (instances only) agrees with the
+    committed manifest (bit for bit, or within the fingerprint tolerance on another CPU/BLAS), the
+    committed best known adopted and re-evaluated on the regenerated files."""
+    from qubo_nn.suite.generate import COMMITTED_MANIFEST, generate_suite, verify_suite
 
     if not COMMITTED_MANIFEST.is_file():
         pytest.fail(f"{COMMITTED_MANIFEST.name} is missing: expected the committed suite manifest")
-    got = check_digests()
-    assert got and all(a == b for a, b in got.values()), got
+    man = generate_suite(tmp_path, "small", ("dimod",), reference=False)
+    check = verify_suite(tmp_path)
+    assert check["ok"], check["problems"]
+    assert check["identical"] + len(check["within_tolerance"]) == len(man["instances"]) == 3
+    for e in man["instances"]:
+        best = e["meta"]["best_known"]
+        assert best["energy"] == pytest.approx(best["energy_committed"], rel=FINGERPRINT_RTOL)

@@ -109,3 +109,12 @@ def check_formats(formats) -> tuple[str, ...]:
 def problem_arrays(p, kind: str, levels: int) -> dict[str, np.ndarray]:
     return {"H": p.H, "target": p.target, "scale": p.scale, "kmin": p.kmin, "kmax": p.kmax,
             "const": np.asarray(p.const), "kind": np.asarray(kind), "levels": np.asarray(levels)}
+
+
+def read_problem(path: str | os.PathLike):
+    """(IntegerProblem, kind, levels) of a ``problems/NAME.npz`` written from :func:`problem_arrays`."""
+    from qubo_nn.core.problem import IntegerProblem
+
+    a = np.load(path)
+    p = IntegerProblem(a["H"], a["target"], a["scale"], a["kmin"], a["kmax"], float(a["const"]))
+    return p, str(a["kind"]), int(a["levels"])

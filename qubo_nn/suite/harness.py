@@ -30,6 +30,7 @@ import numpy as np
 
 from qubo_nn.errors import QuboNNError
 from qubo_nn.runtime import atomic_path, atomic_write_json, child_seed, to_jsonable, versions
+from qubo_nn.suite.instance import pack_bits, unpack_bits
 
 DEFAULT_TOL = 1e-6
 EXCESS_FLOOR = 1e-6
@@ -108,17 +109,16 @@ def resolve_sampler(name: str):
 
 
 def _load_form(suite_dir: Path, entry: dict):
-    from qubo_nn.core.problem import IntegerForm, IntegerProblem
+    from qubo_nn.core.problem import IntegerForm
+    from qubo_nn.suite.formats import read_problem
 
     f = entry.get("files", {}).get("problem")
     if not f:
         return None
-    a = np.load(suite_dir / f["path"])
-    levels = int(a["levels"])
+    p, kind, levels = read_problem(suite_dir / f["path"])
     if levels & (levels - 1):
         return None
-    p = IntegerProblem(a["H"], a["target"], a["scale"], a["kmin"], a["kmax"], float(a["const"]))
-    return IntegerForm(p, str(a["kind"]), levels.bit_length() - 1)
+    return IntegerForm(p, kind, levels.bit_length() - 1)
 
 
 def select(entries: list[dict], pattern: str | None) -> list[dict]:
@@ -179,13 +179,16 @@ def run_bench(suite_dir: str | os.PathLike, sampler: str | dimod.Sampler, params
                 kw["integer_form"] = form
         from qubo_nn.io.bqm_files import read_bqm
         bqm = read_bqm(suite_dir / e["files"]["dimod"]["path"])
-        energies, times = [], []
+        energies, times, best_x = [], [], None
         for r in range(repeats):
             t0 = time.perf_counter()
             ss = sample(bqm, smp, seed=child_seed(seed, r), **kw)
             times.append(time.perf_counter() - t0)
             energies.append(float(ss.first.energy))
+            if energies[-1] <= min(energies):
+                best_x = np.asarray([ss.first.sample[v] for v in range(bqm.num_variables)], dtype=np.int8)
         row.update(score(energies, times, best, tol))
+        row["best_sample"] = pack_bits(best_x)
         rows.append(row)
         if progress:
             progress(f"{e['name']}: excess {row['excess']:.3g} p {row['success_probability']:.2f} "
@@ -354,3 +357,30 @@ def rescore(res: dict, manifest: dict, tol: float | None = None) -> dict:
                    baseline_times_s={k: v.get("time_s") for k, v in meta.get("baselines", {}).items()})
         row.update(score(row["energies"], row["times_s"], best, tol))
     return res
+
+
+def adopt_new_bests(manifest: dict, res: dict, tol: float | None = None) -> list[str]:
+    """Make the run ``res``'s answers the best known of ``manifest`` wherever they are lower than it
+    by more than ``tol``·|E*| (the run's tolerance by default): best_known gets the run's best sample
+    (``best_sample``), its energy, ``found_by`` the sampler (``previous``: the replaced entry), and the
+    lower bound's gap is recomputed. Returns the names changed; rescore older runs with :func:`rescore`."""
+    tol = res.get("tol", DEFAULT_TOL) if tol is None else tol
+    ents = {e["name"]: e for e in manifest["instances"]}
+    changed = []
+    for row in res["instances"]:
+        e = ents.get(row["name"])
+        if e is None or row.get("skipped") or not row.get("best_sample") or not e["meta"].get("best_known"):
+            continue
+        old = e["meta"]["best_known"]
+        if row["energy_min"] >= old["energy"] - tol * abs(old["energy"]):
+            continue
+        x = unpack_bits(row["best_sample"], e["num_variables"])
+        e["meta"]["best_known"] = {"energy": row["energy_min"], "found_by": res["sampler"],
+                                   "how": {k: res.get(k) for k in ("params", "repeats", "seed", "time_limit")},
+                                   "sample": pack_bits(x), "sample_encoding": old.get("sample_encoding"),
+                                   "previous": {k: v for k, v in old.items() if k != "previous"}}
+        lb = e["meta"].get("lower_bound")
+        if lb is not None and row["energy_min"] != 0:
+            lb["gap"] = (row["energy_min"] - lb["lower_bound"]) / abs(row["energy_min"])
+        changed.append(row["name"])
+    return changed

@@ -78,6 +78,32 @@ def bqm_digest(bqm: dimod.BinaryQuadraticModel) -> str:
     return h.hexdigest()
 
 
+#: random 0/1 samples whose energies fingerprint a BQM (seed 0)
+FINGERPRINT_SAMPLES = 4
+#: two regenerations agree when every fingerprint energy agrees to this share of the largest one
+FINGERPRINT_RTOL = 1e-4
+
+
+def bqm_fingerprint(bqm: dimod.BinaryQuadraticModel) -> dict[str, Any]:
+    """What survives floating-point round-off of a regeneration (the digest does not: BLAS results
+    depend on the CPU's instruction set and the thread count): n, the number of couplers and the
+    energies of :data:`FINGERPRINT_SAMPLES` seeded random 0/1 samples; with the digest of the content
+    they were computed on (a regeneration bit-identical to that one is identical, not just close)."""
+    n = bqm.num_variables
+    X = np.random.default_rng(0).integers(0, 2, size=(FINGERPRINT_SAMPLES, n), dtype=np.int8)
+    return {"num_variables": n, "num_interactions": bqm.num_interactions,
+            "energies": [float(e) for e in bqm.energies((X, range(n)))], "content_digest": bqm_digest(bqm)}
+
+
+def fingerprint_distance(a: dict, b: dict) -> float:
+    """max |ΔE| over the fingerprint samples / the largest |E| (∞ when n or the coupler count differ)."""
+    if (a["num_variables"], a["num_interactions"]) != (b["num_variables"], b["num_interactions"]):
+        return float("inf")
+    ea, eb = np.asarray(a["energies"]), np.asarray(b["energies"])
+    scale = max(float(np.abs(ea).max(initial=0.0)), 1e-300)
+    return float(np.abs(ea - eb).max(initial=0.0) / scale)
+
+
 def pack_bits(x: np.ndarray) -> str:
     """A 0/1 sample as a hex string (np.packbits, big-endian bit order); inverse :func:`unpack_bits`."""
     return np.packbits(np.asarray(x, dtype=np.uint8)).tobytes().hex()

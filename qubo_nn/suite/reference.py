@@ -1,73 +1,19 @@
 """Reference values of an instance: classical baselines, a best-known value, a certified lower bound.
 
-Moved from ``benchmarks/bench_samplers.py`` (same math): :func:`box_lower_bound` and the
-large-neighbourhood search with exact sub-solves :func:`lns_exact`.
+The large-neighbourhood search with exact sub-solves :func:`lns_exact` moved here from
+``benchmarks/bench_samplers.py``; the bound is :func:`qubo_nn.core.bounds.box_lower_bound`.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import numpy as np
 
+from qubo_nn.core.bounds import box_lower_bound
 from qubo_nn.core.kernels import coordinate_descent, gptq, rtn, sphere_decode
 from qubo_nn.core.problem import IntegerProblem
-
-
-def _box_qp(M: np.ndarray, b: np.ndarray, const: float, lo, hi, max_iter: int = 1500) -> tuple[float, np.ndarray]:
-    """Certified min over the box of f(k) = const + ½kᵀMk − bᵀk (M ⪰ 0): an approximate minimiser k̂ by
-    L-BFGS-B (at most ``max_iter`` iterations; BVLS was exact but 5 min at m = 1152), then the bound f(k̂) + Σ_i min(∇_i (lo_i − k̂_i), ∇_i (hi_i − k̂_i)) ≤ min f (convexity),
-    valid however roughly k̂ was found."""
-    from scipy.optimize import minimize
-
-    def f(k):
-        return const + 0.5 * float(k @ M @ k) - float(b @ k)
-
-    x0 = np.clip(np.linalg.lstsq(M, b, rcond=None)[0] if M.shape[0] <= 64 else np.zeros_like(b), lo, hi)
-    k = minimize(f, x0, jac=lambda k: M @ k - b, method="L-BFGS-B", bounds=list(zip(lo, hi)),
-                 options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-14}).x
-    k = np.clip(k, lo, hi)
-    grad = M @ k - b
-    return f(k) + float(np.minimum(grad * (lo - k), grad * (hi - k)).sum()), k
-
-
-def shifted_lower_bound(p: IntegerProblem) -> dict:
-    """A certified lower bound at least as tight as :func:`box_lower_bound` (the eigenvalue-shift idea of
-    QCR bounds): with A = S H S (S = diag s, k-space), λ = λ_min(A) ≥ 0 and any integers a_i,
-    (k_i − a_i)(k_i − a_i − 1) ≥ 0 at every integer k_i, so
-        E(k) ≥ E_λ(k) = E(k) − ½λ Σ (k_i − a_i)(k_i − a_i − 1)   for integer k,
-    and E_λ is convex (Hessian A − λI ⪰ 0): its certified box minimum is a bound on min E. a_i =
-    ⌊k̂_i⌋ of the plain relaxation's minimiser k̂ (clipped to [kmin, kmax − 1]); the larger of the
-    two bounds is returned."""
-    box = box_lower_bound(p)
-    if (p.kmax - p.kmin).min() < 1:
-        return {**box, "method": box["method"]}
-    A = p.scale[:, None] * p.H * p.scale[None, :]
-    lam = max(0.0, 0.99 * float(np.linalg.eigvalsh(A)[0]))
-    c = p.target / p.scale
-    lo, hi = p.kmin.astype(np.float64), p.kmax.astype(np.float64)
-    a = np.clip(np.floor(box["argmin"]), lo, hi - 1)
-    # E_λ(k) = const + ½(k−c)ᵀA(k−c) − ½λ Σ (k−a)(k−a−1) = const' + ½kᵀ(A − λI)k − bᵀk
-    b = A @ c - 0.5 * lam * (2 * a + 1)
-    const = p.const + 0.5 * float(c @ A @ c) - 0.5 * lam * float((a * (a + 1)).sum())
-    lb, _ = _box_qp(A - lam * np.eye(p.m), b, const, lo, hi)
-    if lb > box["lower_bound"]:
-        return {"lower_bound": lb, "box_lower_bound": box["lower_bound"], "lambda_min": lam,
-                "method": "eigenvalue-shifted box relaxation (λ_min of S H S, a = floor of the box minimiser), "
-                          "L-BFGS-B minus first-order gap"}
-    return {**box, "lambda_min": lam}
-
-
-def box_lower_bound(p: IntegerProblem) -> dict:
-    """A certified lower bound on min E over the integer box: the convex relaxation (k real in
-    [kmin, kmax]) solved approximately, minus its first-order gap (:func:`_box_qp`). By convexity, for
-    any k̂ in the box E(k) ≥ E(k̂) + Σ_i min(∇_i (kmin_i − k̂_i), ∇_i (kmax_i − k̂_i)) for every real k in
-    the box, so the bound holds however roughly the relaxation was solved."""
-    A = p.scale[:, None] * p.H * p.scale[None, :]
-    c = p.target / p.scale
-    lo, hi = p.kmin.astype(np.float64), p.kmax.astype(np.float64)
-    lb, k = _box_qp(A, A @ c, p.const + 0.5 * float(c @ A @ c), lo, hi)
-    return {"lower_bound": lb, "argmin": k, "method": "box relaxation (L-BFGS-B) minus first-order gap"}
 
 
 def exact_sub(sub: IntegerProblem, k0: np.ndarray, max_states: int = 1 << 16, max_nodes: int = 200_000) -> np.ndarray:
@@ -95,7 +41,8 @@ def lns_exact(p: IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int =
               max_tries: int | None = None) -> tuple[np.ndarray, dict]:
     """Large-neighbourhood search from ``k0``: a random variable and ``size`` − 1 of its 2·size most
     coupled ones (|H_ij|/√(H_ii H_jj)) re-solved exactly with the rest fixed; lower energies kept.
-    Stops before a try would end past ``budget_s`` (or after ``max_tries``: deterministic)."""
+    Stops before a try would end past ``budget_s`` or after ``max_tries`` (deterministic with
+    ``budget_s`` = ∞)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     k = p.clip(k0)
@@ -108,7 +55,7 @@ def lns_exact(p: IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int =
     longest = 0.0
     while True:
         now = time.perf_counter()
-        if (max_tries is None and now - t0 + longest > budget_s) or (max_tries is not None and tries >= max_tries):
+        if now - t0 + longest > budget_s or (max_tries is not None and tries >= max_tries):
             break
         i = int(rng.integers(p.m))
         near = np.argsort(-C[i], kind="stable")[: 2 * size]
@@ -122,13 +69,20 @@ def lns_exact(p: IntegerProblem, k0: np.ndarray, budget_s: float, *, size: int =
             if en < e - 1e-12 * max(1.0, abs(e)):
                 k, e, improved = kn, en, improved + 1
         longest = max(longest, time.perf_counter() - now)
-    return k, {"tries": tries, "improved": improved, "size": size}
+    return k, {"tries": tries, "improved": improved, "size": size, "budget_s": budget_s}
 
 
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def bound_entry(p: IntegerProblem, best: float) -> dict[str, Any]:
+    """The manifest's ``lower_bound`` of a problem whose best known energy is ``best``: the certified
+    bound (:func:`box_lower_bound`), its time and the gap (E* − LB)/|E*|."""
+    b, t = _timed(lambda: box_lower_bound(p))
+    return {**b, "time_s": t, "gap": (best - b["lower_bound"]) / abs(best) if best != 0 else None}
 
 
 def reference_values(inst, *, seed: int = 0, tabu_s: float = 0.5, lns_tries: int = 200) -> dict[str, Any]:
@@ -170,7 +124,7 @@ def reference_values(inst, *, seed: int = 0, tabu_s: float = 0.5, lns_tries: int
     bitspace("neal", "neal", num_reads=1)
     if p is not None:
         k0 = inst.to_levels(cands[min(cands, key=lambda m: base[m]["energy"])])
-        (kl, info), t = _timed(lambda: lns_exact(p, k0, 0.0, seed=seed, max_tries=lns_tries))
+        (kl, info), t = _timed(lambda: lns_exact(p, k0, math.inf, seed=seed, max_tries=lns_tries))
         cands["lns"] = inst.to_bits(kl)
         best_extra = {"lns": {"energy": bit_energy(cands["lns"]), "time_s": t, **info}}
     else:
@@ -181,11 +135,7 @@ def reference_values(inst, *, seed: int = 0, tabu_s: float = 0.5, lns_tries: int
     out = {"baselines": base, "best_known": {"energy": energies[by], "found_by": by,
                                              "sample": cands[by], **best_extra}}
     if p is not None:
-        b, t = _timed(lambda: shifted_lower_bound(p))
-        b.pop("argmin", None)
-        lb = b["lower_bound"]
-        e = energies[by]
-        out["lower_bound"] = {**b, "time_s": t, "gap": (e - lb) / abs(e) if e != 0 else None}
+        out["lower_bound"] = bound_entry(p, energies[by])
     else:
         out["lower_bound"] = None
     return out
