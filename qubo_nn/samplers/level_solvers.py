@@ -245,7 +245,8 @@ def classical_starts(problems: list[IntegerProblem], kind: str = "best", jit: bo
 def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_start: Any = "best",
                        num_reads: int = 4, num_sweeps: int = 100, span: float = 30.0, hot: float = 0.3, rounds: int = 1,
                        device: str = "cpu", time_budget_s: float | None = None, polish: bool = True,
-                       restarts: bool = False, schedule: str = "anneal") -> list[tuple[np.ndarray, dict]]:
+                       restarts: bool = False, schedule: str = "anneal", round_estimate_s: float | None = None
+                       ) -> list[tuple[np.ndarray, dict]]:
     """Levels of many problems at once: classical start → batched anneal around it → CD polish, best kept.
 
     For each problem: the start (``k_start``: "best", "cd", "gptq" (see :func:`classical_start`) or
@@ -261,7 +262,7 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
     on a geometric ladder from β_hot to β_cold and swap states between sweeps
     (:func:`~qubo_nn.samplers.batch_anneal.temper_batch`).
     ``time_budget_s`` stops starting rounds (a round is not started when the last one took longer than
-    the time left). Problem j's chains draw from ``seeds[j]`` only, so its answer does not depend on
+    the time left, nor the first when ``round_estimate_s`` exceeds it). Problem j's chains draw from ``seeds[j]`` only, so its answer does not depend on
     the rest of the batch (nor on its order).
 
     On the CPU with numba installed the anneal and the descents run the compiled kernels of
@@ -315,7 +316,8 @@ def solve_levels_batch(problems: list[IntegerProblem], seeds: list[int], *, k_st
             break
         if time_budget_s is not None:
             left = time_budget_s - (time.perf_counter() - t0)
-            if left <= 0 or (r > 0 and last > left):
+            if left <= 0 or (r > 0 and last > left) or (r == 0 and round_estimate_s is not None
+                                                         and round_estimate_s > left):
                 break
         tr = time.perf_counter()
         new_todo = np.zeros(n, dtype=bool)
@@ -422,17 +424,24 @@ def batch_task(task: dict[str, Any]) -> dict[str, Any] | None:
     """A batch of problems as one executor task (threads or Ray): ``task`` = {"problems", "seeds", "method"
     ("qubo", the default: :func:`solve_levels_batch`; "cd": :func:`classical_starts` "cd" only),
     "kwargs": solve_levels_batch keyword arguments, "keys": anything handed back, "deadline":
-    time.time() after which it does not start (None: no deadline)}. Returns {"keys", "levels",
+    time.time() after which it does not start (None: no deadline), "classical_past_deadline": a qubo
+    task past its deadline still returns the classical start (CD) instead of None}. Returns {"keys", "levels",
     "stages"} or None when started after the deadline; the time left is its budget."""
     kwargs = dict(task.get("kwargs") or {})
     deadline = task.get("deadline")
+    method = task.get("method", "qubo")
     if deadline is not None:
         left = deadline - time.time()
-        if left <= 0:
+        if left <= 0 and not task.get("classical_past_deadline"):
             return None
+        if left <= 0:       # qubo past its share: still CD's answer (the classical start), no anneal
+            method = "cd"
         kwargs["time_budget_s"] = left
-    if task.get("method", "qubo") == "cd":    # the cd method: GPTQ act-order + CD, batched (no anneal)
+    if method == "cd":    # the cd method: GPTQ act-order + CD, batched (no anneal)
         res = classical_starts(task["problems"], "cd")
         return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": ["cd"] * len(res)}
     res = solve_levels_batch(task["problems"], task["seeds"], **kwargs)
-    return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": [i["stage"] for _, i in res]}
+    rounds = max((i["rounds_run"] for _, i in res), default=0)
+    per = res[0][1]["anneal_wall_time_s"] / (rounds * len(res)) if res and rounds else None
+    return {"keys": task.get("keys"), "levels": [k for k, _ in res], "stages": [i["stage"] for _, i in res],
+            "round_s_per_problem": per}

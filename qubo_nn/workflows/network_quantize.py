@@ -409,6 +409,7 @@ def round_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int
     info: dict[str, Any] = {"groups": plan.num_groups, "group_size": cfg.group_size,
                             "energy": float(energy.sum()), "damping_mu": seq.damping}
     if cfg.method in ("cd", "qubo"):
+        stages.pop("_round_s_per_problem", None)
         info.update(stages=stages, rows_solved=solved, rows_total=plan.num_groups * W.shape[0],
                     coverage=solved / max(plan.num_groups * W.shape[0], 1))
     return out, info
@@ -481,6 +482,8 @@ def _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, 
     seeds = [child_seed(cfg.seed, *key, r) for r in range(R)]
     chunks = np.array_split(np.arange(R), max(1, min(R, int(getattr(executor, "parallelism", 1) or 1))))
     kw = _batch_params({"restarts": True, "rounds": 2, **(cfg.sampler_params or {})}) if cfg.method == "qubo" else {}
+    if cfg.method == "qubo" and "_round_s_per_problem" in stages:    # the last group's round time: no overrun
+        kw["round_estimate_s"] = stages["_round_s_per_problem"] * R / max(1, len(chunks))
     tasks = ({"problems": [probs[r] for r in c], "seeds": [seeds[r] for r in c], "keys": c.tolist(), "method": cfg.method,
               "kwargs": {"k_start": "cd", **kw}, "deadline": deadline} for c in chunks if len(c))
     solved = 0
@@ -488,6 +491,8 @@ def _solve_rows_batched(w, H, scale, kmin, kmax, cfg, deadline, key, stages, k, 
         for _, res in done:
             if res is None:      # started after the deadline: keeps GPTQ's levels
                 continue
+            if res.get("round_s_per_problem"):
+                stages["_round_s_per_problem"] = res["round_s_per_problem"]
             for r, kr, st in zip(res["keys"], res["levels"], res["stages"]):
                 if probs[r].energy(kr) <= probs[r].energy(k[r].numpy()):
                     k[r] = torch.from_numpy(np.array(kr, dtype=np.int64))
