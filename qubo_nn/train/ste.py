@@ -43,7 +43,17 @@ def train_ste(head: Head, train: FeatureSet, grid: str, lr: float, epochs: int, 
     """Latent W and bias after ``epochs`` epochs of STE + Adam; ``on_epoch(epoch, W, b)`` after each."""
     W = head.W.detach().clone().float().requires_grad_(True)
     b = head.b.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([W, b], lr=lr)
+    _adam_epochs([W, b], lambda X: X @ ste_weights(W, grid).T + b, train, lr, epochs, batch, seed,
+                 None if on_epoch is None else lambda epoch: on_epoch(epoch, W.detach(), b.detach()))
+    return W.detach(), b.detach()
+
+
+def _adam_epochs(params: list[torch.Tensor], logits_of: Callable[[torch.Tensor], torch.Tensor], train: FeatureSet,
+                 lr: float, epochs: int, batch: int, seed: int, after_epoch: Callable[[int], None] | None = None,
+                 after_step: Callable[[], None] | None = None) -> None:
+    """Adam on the mean cross-entropy of ``logits_of(features)`` over shuffled minibatches (the order drawn
+    from ``seed``), ``epochs`` epochs; ``after_step()`` after each update, ``after_epoch(epoch)`` after each epoch."""
+    opt = torch.optim.Adam(params, lr=lr)
     X, y = train.X.float(), train.y.long()
     gen = torch_generator(seed)
     for epoch in range(1, epochs + 1):
@@ -51,12 +61,12 @@ def train_ste(head: Head, train: FeatureSet, grid: str, lr: float, epochs: int, 
         for i in range(0, train.n, batch):
             idx = perm[i:i + batch]
             opt.zero_grad()
-            logits = X[idx] @ ste_weights(W, grid).T + b
-            torch.nn.functional.cross_entropy(logits, y[idx]).backward()
+            torch.nn.functional.cross_entropy(logits_of(X[idx]), y[idx]).backward()
             opt.step()
-        if on_epoch is not None:
-            on_epoch(epoch, W.detach(), b.detach())
-    return W.detach(), b.detach()
+            if after_step is not None:
+                after_step()
+        if after_epoch is not None:
+            after_epoch(epoch)
 
 
 def _ce(W: torch.Tensor, b: torch.Tensor, feats: FeatureSet, grid: str) -> float:
@@ -118,21 +128,15 @@ def train_ste_scaled(codes: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor, 
     W = (a0[:, None] * codes.float()).requires_grad_(True)
     a = a0.clone().requires_grad_(True)
     bb = b.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([W, a, bb], lr=lr)
-    X, y = train.X.float(), train.y.long()
-    gen = torch_generator(seed)
-    for epoch in range(1, epochs + 1):
-        perm = torch.randperm(train.n, generator=gen)
-        for i in range(0, train.n, batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad()
-            logits = X[idx] @ scaled_ste_weights(W, a, grid).T + bb
-            torch.nn.functional.cross_entropy(logits, y[idx]).backward()
-            opt.step()
-            with torch.no_grad():
-                a.clamp_(min=1e-8)
-        if on_epoch is not None:
-            on_epoch(epoch, scaled_codes(W.detach(), a.detach(), grid), a.detach().clone(), bb.detach().clone())
+
+    def clamp() -> None:
+        with torch.no_grad():
+            a.clamp_(min=1e-8)
+
+    _adam_epochs([W, a, bb], lambda X: X @ scaled_ste_weights(W, a, grid).T + bb, train, lr, epochs, batch, seed,
+                 None if on_epoch is None else lambda epoch: on_epoch(epoch, scaled_codes(W.detach(), a.detach(), grid),
+                                                                      a.detach().clone(), bb.detach().clone()),
+                 clamp)
     return scaled_codes(W.detach(), a.detach(), grid), a.detach(), bb.detach()
 
 

@@ -346,8 +346,17 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
            "loss_before": state.loss, "accepted": False}
     if "energy_classical" in info:
         rec["energy_gap_anneal"] = float(info["energy_classical"]) - float(info.get("energy", e_new))
+    _try_proposal(stats, dh, rows, idx, k, k_now, e_now, e_new, alpha, cfg, prior, z, rec)
+    return rec
+
+
+def _try_proposal(stats: HeadStats, dh: DiscreteHead, rows: list[int], idx, k, k_now, e_now: float, e_new: float,
+                  alpha: np.ndarray, cfg: DiscreteConfig, prior: PriorStats | None, z: float, rec: dict) -> None:
+    """A step's proposal k (levels of ``rows``) tried on the true objective: skipped unless its model energy
+    is below the current codes', gated by ``z`` (see :func:`block_step`), then the core's rule
+    (:func:`try_step`); ``rec`` gets z_score / gated / loss_after / accepted, and ``dh`` the codes if accepted."""
     if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
-        return rec
+        return
     new_codes = codes_of_levels(k, cfg.grid)
     new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
     if z > 0:
@@ -356,12 +365,12 @@ def block_step(stats: HeadStats, dh: DiscreteHead, rows: list[int], cfg: Discret
         rec["z_score"] = -gain / max(float(dl.std()) / math.sqrt(dl.numel()), 1e-300)
         if not rec["z_score"] > z:
             rec["gated"] = True
-            return rec
+            return
+    state = stats if prior is None else prior
     accepted, rec["loss_after"], _ = try_step(state, idx, new_w, state.loss, cfg.accept_tol)
     if accepted:
-        dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
+        dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), dh.codes.shape[1]).astype(np.int8))
         rec["accepted"] = True
-    return rec
 
 
 def anneal_sweep(stats: HeadStats, dh: DiscreteHead, blocks: list[list[int]], cfg: DiscreteConfig, seed: int,
@@ -387,21 +396,7 @@ def anneal_sweep(stats: HeadStats, dh: DiscreteHead, blocks: list[list[int]], cf
         rec = {"rows": rows, "predicted_change": e_new - e_now, "stage": info.get("stage", "anneal"),
                "loss_before": state.loss, "accepted": False}
         steps.append(rec)
-        if not e_new < e_now - 1e-12 * max(1.0, abs(e_now)) or np.array_equal(k, k_now):
-            continue
-        new_codes = codes_of_levels(k, cfg.grid)
-        new_w = torch.from_numpy(alpha * new_codes).to(torch.float64)
-        if z > 0:
-            dl = per_sample_change(stats, idx, new_w)
-            gain = float(dl.mean()) + (prior.prior_change(idx, new_w) if prior is not None else 0.0)
-            rec["z_score"] = -gain / max(float(dl.std()) / math.sqrt(dl.numel()), 1e-300)
-            if not rec["z_score"] > z:
-                rec["gated"] = True
-                continue
-        accepted, rec["loss_after"], _ = try_step(state, idx, new_w, state.loss, cfg.accept_tol)
-        if accepted:
-            dh.codes[rows] = torch.from_numpy(new_codes.reshape(len(rows), D).astype(np.int8))
-            rec["accepted"] = True
+        _try_proposal(stats, dh, rows, idx, k, k_now, e_now, e_new, alpha, cfg, prior, z, rec)
     return steps
 
 
