@@ -25,7 +25,9 @@ BATCH_PARAMS = {"num_reads": 4, "num_sweeps": 100, "device": "cpu", "restarts": 
 
 
 def _best_classical(p: IntegerProblem, pairs: bool = True) -> tuple[np.ndarray, dict]:
-    """Best of CD from GPTQ act-order, CD from GPTQ natural order and CD from RTN."""
+    """Best of CD from GPTQ act-order, CD from GPTQ natural order and CD from RTN, row by row in NumPy: the
+    neal pipeline's start, which must stay torch-free in Ray workers (:func:`classical_starts` is the batched
+    twin, with the same answers, for the torch/numba path)."""
     t0 = time.perf_counter()
     starts = {"gptq": gptq(p, True), "gptq-natural": gptq(p, False), "rtn": rtn(p)}
     best_k, best_e, best_name = None, math.inf, ""
