@@ -228,28 +228,19 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
     budget = cfg.solve_budget_s * W.numel() / total_weights
     t1 = time.perf_counter()
     spin = cfg.grid != "signed" and i not in (0, len(names) - 1)
-    if spin and acc.grouped:
-        raise QuboNNError(f"grid {cfg.grid!r} on the grouped/depthwise conv {name!r} is not supported yet; "
-                          "use grid='signed' for this network")
     if spin:   # issue 24: codes ±1 (or −1/0/+1) and a per-row α alternated with the codes
-        from qubo_nn.workflows.spin_quantize import spin_layer
-
         H = acc.hessian().cpu()
-        factor: list = []    # the α alternation rounds against one H: factor it once (the same numbers)
+        if acc.grouped:     # each conv group's rows against that group's Hessian, its share of the budget
+            from qubo_nn.runtime import child_seed
 
-        def round_fn(target, s, kr, method):
-            if not factor and method != "rtn":
-                plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
-                factor.append(sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype)))
-            k, inf = round_layer(target, H, s, bits, cfg, budget_s=budget, layer_seed=i,
-                                 executor=executor, levels=kr, method=method, seq=factor[0] if factor else None)
-            if method in ("cd", "qubo"):    # the one cd/qubo solve of the layer: its coverage and stages
-                solved.update({x: inf[x] for x in ("stages", "rows_solved", "rows_total", "coverage") if x in inf})
-            return k
-
-        solved: dict[str, Any] = {}
-        k, scale, info = spin_layer(W, H, cfg.grid, cfg.method, cfg.damping, round_fn)
-        info.update(solved)
+            G = H.shape[0]
+            per = W.shape[0] // G
+            parts = [_spin_rows(W[g * per:(g + 1) * per], H[g], bits, cfg, budget * per / W.shape[0],
+                                child_seed(i, g), executor) for g in range(G)]
+            k, scale = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            info = _sum_group_infos([p[2] for p in parts])
+        else:
+            k, scale, info = _spin_rows(W, H, bits, cfg, budget, i, executor)
         bits = 2 if cfg.grid == "ternary" else 1
     elif acc.grouped:     # grouped/depthwise conv: the rows of each group against that group's Hessian
         scale = grid_scale(W, bits, cfg.scale)
@@ -273,6 +264,52 @@ def _quantize_layer(folded: nn.Module, names: list[str], i: int, name: str, batc
     return {"layer": name, "shape": list(layer.weight.shape), "rows": W.shape[0], "dim": W.shape[1],
             "bits": bits, "rel_error": rel, "capture_s": t_capture, "solve_s": t_solve,
             "calib_columns": acc.count, **info}
+
+
+def _spin_rows(W: torch.Tensor, H: torch.Tensor, bits: int, cfg: NetworkQuantizeConfig, budget: float,
+               seed: int, executor: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Codes and per-row α of rows W (R × D) against one Hessian H (D × D) on ``cfg.grid``
+    (:func:`workflows.spin_quantize.spin_layer`, its rounds by :func:`round_layer` with key ``seed``).
+    The α alternation rounds against the same H, so its group factorization is computed once."""
+    from qubo_nn.workflows.spin_quantize import spin_layer
+
+    factor: list = []
+    solved: dict[str, Any] = {}
+
+    def round_fn(target, s, kr, method):
+        if not factor and method != "rtn":
+            plan = column_plan(W.shape[1], cfg.group_size, torch.diagonal(H) if cfg.act_order else None)
+            factor.append(sequential_groups(H, plan, cfg.damping, dtype=resolve_dtype(cfg.factor_dtype)))
+        k, inf = round_layer(target, H, s, bits, cfg, budget_s=budget, layer_seed=seed,
+                             executor=executor, levels=kr, method=method, seq=factor[0] if factor else None)
+        if method in ("cd", "qubo"):    # the one cd/qubo solve of the rows: its coverage and stages
+            solved.update({x: inf[x] for x in ("stages", "rows_solved", "rows_total", "coverage") if x in inf})
+        return k
+
+    k, scale, info = spin_layer(W, H, cfg.grid, cfg.method, cfg.damping, round_fn)
+    info.update(solved)
+    return k, scale, info
+
+
+def _sum_group_infos(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record of a grouped conv's per-group spin infos: energies, rows and stages summed, the α
+    iterations as the most any group took; ``alpha_energies`` summed position by position (a group
+    that stopped early keeps its last energy)."""
+    out: dict[str, Any] = {"grid": infos[0]["grid"], "conv_groups": len(infos),
+                           "alpha_iterations": max(f["alpha_iterations"] for f in infos),
+                           "energy_spin": float(sum(f["energy_spin"] for f in infos))}
+    n = out["alpha_iterations"]
+    out["alpha_energies"] = [float(sum(f["alpha_energies"][min(j, len(f["alpha_energies"]) - 1)] for f in infos))
+                             for j in range(n)]
+    for key in ("rows_solved", "rows_total"):
+        if any(key in f for f in infos):
+            out[key] = int(sum(f.get(key, 0) for f in infos))
+    for f in infos:
+        for st, c in f.get("stages", {}).items():
+            out.setdefault("stages", {})[st] = out.get("stages", {}).get(st, 0) + c
+    if "rows_total" in out:
+        out["coverage"] = out["rows_solved"] / max(out["rows_total"], 1)
+    return out
 
 
 def round_grouped_layer(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, bits: int,
