@@ -552,7 +552,14 @@ def main(argv=None) -> int:
         a.merged = [{"file": f, "argv": rec["argv"], "settings": rec["settings"], "complete": rec["complete"],
                      "wall_time_s": rec["wall_time_s"]} for f, rec in zip(a.merge_rows.split(","), recs)]
         t0 = time.perf_counter() - sum(rec["wall_time_s"] for rec in recs)
-        print(write(a, rows, datasets, t0, tuple(recs[0]["loadavg_start"]), final=all(rec["complete"] for rec in recs)))
+        # complete when the records together hold every (dataset, grid) pair with the same number of rows
+        counts = {(r["dataset"], r["grid"]): 0 for r in rows}
+        for r in rows:
+            counts[r["dataset"], r["grid"]] += 1
+        grids = {g for _, g in counts}
+        covered = len(counts) == len(datasets) * len(grids) and len(set(counts.values())) == 1
+        print(write(a, rows, datasets, t0, tuple(recs[0]["loadavg_start"]),
+                    final=covered or all(rec["complete"] for rec in recs)))
         return 0
     torch.set_num_threads(1)
     t0, load0 = time.perf_counter(), os.getloadavg()
