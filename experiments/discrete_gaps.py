@@ -1,5 +1,5 @@
 """Issue 19 diagnosis: are the qubo steps limited by the annealer? For a few class rows of the ptq start
-(where the qubo sweeps begin), the step problem of :func:`qubo_nn.workflows.train_discrete.block_problem` is
+(where the qubo sweeps begin), the step problem of :func:`qubo_nn.workflows.discrete_steps.block_problem` is
 solved by CD alone (from GPTQ act-order), by the recorded step solver (batched anneal from the current
 codes, no polish) and by a long run of it, and by the neal + CD pipeline (``step_solver="qubo"``); the energies (predicted objective,
 nats) and the TRUE training-loss change of each answer are written to ``gaps-<grid>.json`` / ``.md``.
@@ -22,7 +22,8 @@ from qubo_nn.runtime import atomic_path, atomic_write_json, child_seed, to_jsona
 from qubo_nn.samplers.level_solvers import solve_levels, solve_levels_batch
 from qubo_nn.study.discrete import DiscreteExperimentConfig, _fp32_reference, load_discrete_features
 from qubo_nn.core.spins import codes_of_levels
-from qubo_nn.workflows.train_discrete import DiscreteConfig, DiscreteHead, _flat_idx, block_problem, ptq_start, split_fit_val
+from qubo_nn.workflows.discrete_steps import _flat_idx, block_problem
+from qubo_nn.workflows.train_discrete import DiscreteConfig, DiscreteHead, ptq_start, split_fit_val
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from qubo_nn.train.sgd import convex_optimum
 from qubo_nn.train.ste import quantize_rows, ste_weights, tune_ste
 from qubo_nn.core.problem import IntegerProblem
 from qubo_nn.core.spins import alpha_floor, codes_of_levels, levels_of_codes, refit_alpha, row_energy, spin_problem
+from qubo_nn.workflows import discrete_steps as ds
 from qubo_nn.workflows import train_discrete as td
 
 
@@ -43,7 +44,7 @@ def test_flip_step_model_is_exact_to_second_order_with_the_stated_remainder(rows
     dh = discrete(head, "binary")
     stats = HeadStats(dh.head().to("cpu", torch.float64), feats, device="cpu", dtype="float64")
     D = head.dim
-    idx = td._flat_idx(rows, D)
+    idx = ds._flat_idx(rows, D)
     model = stats.block(idx)
     flips = torch.zeros(len(idx), dtype=torch.float64)
     flips[::2] = 1.0                                   # flip every other code of the block
@@ -129,10 +130,10 @@ def test_a_step_is_kept_only_if_the_true_loss_falls(monkeypatch):
     def bad(p, method="qubo", **kw):
         k = 1 - levels_of_codes(dh.codes[0].numpy(), "binary")
         return k, {"stage": "fake", "energy": -1e9}
-    monkeypatch.setattr(td, "solve_levels", bad)
+    monkeypatch.setattr(ds, "solve_levels", bad)
     monkeypatch.setattr(IntegerProblem, "energy", lambda self, k: -1e9 if np.any(k != levels_of_codes(
         before_codes[0].numpy(), "binary")) else 0.0)
-    rec = td.block_step(stats, dh, [0], cfg, seed=0)
+    rec = ds.block_step(stats, dh, [0], cfg, seed=0)
     assert rec["loss_after"] > before_loss and not rec["accepted"]
     assert torch.equal(dh.codes, before_codes) and stats.loss == before_loss
 
@@ -145,7 +146,7 @@ def test_qubo_training_never_raises_the_training_loss_and_beats_its_start(grid):
     fit, val = td.split_fit_val(tr, cfg.val_fraction, cfg.seed)
     start, _ = td.ptq(head, fit, cfg)
     losses = []
-    best, info = td.qubo_train(start, fit, val, cfg, on_sweep=lambda s, cur: losses.append(evaluate(cur.head(), fit)[0]))
+    best, info = ds.qubo_train(start, fit, val, cfg, on_sweep=lambda s, cur: losses.append(evaluate(cur.head(), fit)[0]))
     l0 = evaluate(start.head(), fit)[0]
     assert all(b <= a + 1e-7 for a, b in zip([l0, *losses], losses))      # per sweep, on the fit split
     assert info["sweeps"][0]["accepted"] >= 1 and losses[0] < l0 - 1e-6
@@ -273,7 +274,7 @@ def test_the_prior_objective_is_exact_and_its_steps_never_raise_it():
     dh = discrete(head, "ternary")
     lam = 0.3
     stats = HeadStats(dh.head().to("cpu", torch.float64), feats, device="cpu", dtype="float64")
-    prior = td.PriorStats(stats, head.W, lam)
+    prior = ds.PriorStats(stats, head.W, lam)
 
     def objective(d: td.DiscreteHead) -> float:
         W = d.alpha[:, None] * d.codes.double()
@@ -283,15 +284,15 @@ def test_the_prior_objective_is_exact_and_its_steps_never_raise_it():
     assert prior.loss == pytest.approx(objective(dh), rel=1e-12)
     trial = dh.clone()
     trial.codes[1] = -trial.codes[1]
-    idx = td._flat_idx([1], dh.codes.shape[1])
+    idx = ds._flat_idx([1], dh.codes.shape[1])
     assert prior.trial_loss(idx, (trial.alpha[1] * trial.codes[1].double())) == pytest.approx(objective(trial), abs=1e-7)  # head() is float32
-    dl = td.per_sample_change(stats, idx, trial.alpha[1] * trial.codes[1].double())
+    dl = ds.per_sample_change(stats, idx, trial.alpha[1] * trial.codes[1].double())
     assert float(dl.mean()) == pytest.approx(stats.trial_loss(idx, trial.alpha[1] * trial.codes[1].double())
                                              - stats.loss, abs=1e-12)
     cfg = td.DiscreteConfig(grid="ternary", step_solver="cd")
     for j, rows in enumerate([[0], [1], [2, 3], [1]]):
         before = prior.loss
-        rec = td.block_step(stats, dh, rows, cfg, seed=j, prior=prior)
+        rec = ds.block_step(stats, dh, rows, cfg, seed=j, prior=prior)
         assert prior.loss <= before + 1e-12                               # acceptance on the prior objective
         assert prior.loss == pytest.approx(objective(dh), abs=1e-7)       # the state follows the codes
         assert rec["accepted"] == (prior.loss < before)
@@ -323,7 +324,7 @@ def test_batched_anneal_sweeps_never_raise_the_training_loss(grid):
     start, _ = td.ptq(head, fit, cfg)
     stats = HeadStats(start.head().to("cpu", torch.float64), fit, device="cpu", dtype="float64")
     dh, before = start.clone(), stats.loss
-    steps = td.anneal_sweep(stats, dh, [[0], [1], [2], [3]], cfg, seed=0)
+    steps = ds.anneal_sweep(stats, dh, [[0], [1], [2], [3]], cfg, seed=0)
     for s in steps:
         if s["accepted"]:
             assert s["loss_after"] < s["loss_before"]
