@@ -57,7 +57,7 @@ def head_row_task(task: dict[str, Any]) -> dict[str, Any]:
 
 def group_row_task(task: dict[str, Any]) -> dict[str, Any] | None:
     """One (row, column group) of a network layer re-solved by ``cd`` or ``qubo``
-    (:func:`qubo_nn.workflows.network_quantize.round_layer`), or None when the run's deadline has passed before it started.
+    (:func:`qubo_nn.workflows.layer_rounding.round_layer`), or None when the run's deadline has passed before it started.
 
     ``task``: ``{"problem": IntegerProblem, "method": "cd"|"qubo", "incumbent": (m,) GPTQ levels,
     "kwargs": solve_levels keyword arguments (seed, encoding, sampler, params),

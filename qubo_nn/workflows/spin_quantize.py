@@ -337,7 +337,7 @@ def spin_layer(W: torch.Tensor, H: torch.Tensor, grid: str, method: str, damping
     """Codes C (R × D int64, ±1 or −1/0/+1) and scales α (R,) of a layer's rows W (R × D, float64).
 
     ``round_fn(target, scale, (kmin, kmax), method)`` rounds every row to levels (the network's
-    group-wise GPTQ with error feedback, ``network_quantize.round_layer``) on the grid
+    group-wise GPTQ with error feedback, ``layer_rounding.round_layer``) on the grid
     scale·k − target (:func:`core.spins.spin_problem`'s shift for binary). α starts at the
     threshold rule and alternates with ``rtn`` (method rtn) or ``gptq`` codes until the layer
     energy ½Σ_r (α_r c_r − w_r)ᵀH̃(α_r c_r − w_r) (H̃ = H + μI, μ = damping·mean diag H) stops
