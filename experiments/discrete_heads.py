@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--anneal-reads", type=int, default=4, help="qubo: chains per anneal")
     ap.add_argument("--anneal-hot", type=float, default=None,
                     help="qubo --step-solver anneal: starting temperature as a fraction of the start's excess energy (0.3)")
+    ap.add_argument("--val-every", type=int, default=0,
+                    help="qubo: validation checks every N blocks inside a sweep, the best checkpoint kept (0: off)")
     ap.add_argument("--priors", default="0", help="qubo: prior weights λ/mean diag H toward the fp32 head, tried")
     ap.add_argument("--z", default="0", help="qubo: noise-aware gates (standard errors), tried")
     ap.add_argument("--ste-starts", default="fp32,ptq")
@@ -48,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     floats = lambda text: tuple(float(x) for x in text.split(","))  # noqa: E731
     train = replace(DiscreteConfig(), subsample=a.subsample, sweeps=a.sweeps, rows_per_block=a.rows_per_block,
-                    step_solver=a.step_solver, patience=a.patience, alt_rounds=a.alt_rounds,
+                    step_solver=a.step_solver, patience=a.patience, val_every=a.val_every, alt_rounds=a.alt_rounds,
                     sampler_params={"num_reads": a.anneal_reads, "num_sweeps": a.anneal_sweeps,
                                     **({} if a.anneal_hot is None else {"hot": a.anneal_hot})},
                     prior_grid=floats(a.priors), z_grid=floats(a.z), ste_starts=tuple(a.ste_starts.split(",")),

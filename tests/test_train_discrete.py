@@ -350,3 +350,45 @@ def test_a_saved_ptq_start_is_reused_only_for_the_same_settings(tmp_path):
     assert start_digest(replace(cfg, method="qubo", sweeps=5, prior_grid=(0.0, 1.0)), "feat", 1e-2) == d
     assert start_digest(replace(cfg, alt_rounds=2), "feat", 1e-2) != d
     assert load_start(tmp_path / "s.pt", start_digest(replace(cfg, seed=1), "feat", 1e-2)) is None
+
+
+@pytest.mark.parametrize("grid", td.DISCRETE_GRIDS)
+def test_validation_checks_inside_a_sweep_keep_the_codes_of_the_best_checkpoint(grid):
+    """``val_every``: the trace is the validation loss after every checked block (recomputed here by replaying
+    the same steps), the codes put back are those of its first minimum; with the fit split as the validation
+    split (and no L2) every accepted step lowers it, so nothing is undone and the codes are the plain sweep's."""
+    from qubo_nn.runtime import child_seed
+
+    tr, _ = realistic_features(n_train=160, n_test=50, dim=12, num_classes=4, seed=3)
+    head, _ = convex_optimum(tr, l2=1e-3, device="cpu", max_iter=100)
+    cfg = td.DiscreteConfig(grid=grid, method="qubo", step_solver="cd", sweeps=1, val_every=1)
+    fit, val = td.split_fit_val(tr, cfg.val_fraction, cfg.seed)
+    start, _ = td.ptq(head, fit, cfg)
+    blocks = [[0], [1], [2], [3]]
+
+    def stats_of(dh):
+        return HeadStats(dh.head().to("cpu", torch.float64), fit, device="cpu", dtype="float64")
+
+    dh = start.clone()
+    steps, stop = ds._sweep_with_val_stop(stats_of(dh), dh, blocks, cfg, 0, val, None, 0.0)
+    ref, trace, snaps = start.clone(), [evaluate(start.head(), val)[0]], [start.codes.clone()]
+    st = stats_of(ref)
+    for j, rows in enumerate(blocks):
+        ds.block_step(st, ref, rows, cfg, child_seed(cfg.seed, 0, j))
+        trace.append(evaluate(ref.head(), val)[0])
+        snaps.append(ref.codes.clone())
+    assert [t for _, t in stop["trace"]] == pytest.approx(trace, abs=1e-12)
+    k = int(np.argmin(trace))
+    assert stop["kept_blocks"] == k and torch.equal(dh.codes, snaps[k])
+    assert sum(s["accepted"] for s in steps) >= 1
+    assert evaluate(dh.head(), val)[0] <= min(trace) + 1e-12
+
+    plain, same = start.clone(), start.clone()
+    s1 = stats_of(plain)
+    for j, rows in enumerate(blocks):
+        ds.block_step(s1, plain, rows, cfg, child_seed(cfg.seed, 0, j))
+    ds._sweep_with_val_stop(stats_of(same), same, blocks, cfg, 0, fit, None, 0.0)
+    assert torch.equal(same.codes, plain.codes)
+    with pytest.raises(QuboNNError, match="val_every works with step_solver 'qubo' or 'cd'"):
+        td.DiscreteConfig(step_solver="anneal", val_every=2).validate()
+    assert "val_every" not in td.DiscreteConfig().to_dict()        # absent at 0: old records keep their digests

@@ -33,6 +33,8 @@ class DiscreteConfig:
     ``damping_rel``: μ = damping_rel · mean diag H of a block. ``accept_tol``: a step is kept only if the
     true training loss falls by more than this (nats). ``subsample``: Hessian blocks from a seeded subset
     of this many training samples (the gradient and the acceptance use all of them).
+    ``val_every``: qubo checks the validation loss every this many blocks inside a sweep and keeps the codes of
+    the best checkpoint (0: only between sweeps).
     """
 
     grid: str = "binary"
@@ -58,6 +60,7 @@ class DiscreteConfig:
     accept_tol: float = 1e-9
     l2_grid: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     subsample: int | None = None
+    val_every: int = 0
     dtype: str = "float64"
     # qubo regularisers, every (prior, z) pair tried and the best chosen on the validation split
     prior_grid: tuple[float, ...] = (0.0,)
@@ -80,6 +83,11 @@ class DiscreteConfig:
             raise QuboNNError(f"damping_rel must be a finite number > 0, got {self.damping_rel!r}")
         if not self.ste_starts or any(s not in STE_STARTS for s in self.ste_starts):
             raise QuboNNError(f"ste_starts must be a non-empty subset of {STE_STARTS}, got {list(self.ste_starts)}")
+        if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+            raise QuboNNError(f"val_every must be an integer >= 0 (0: validation only between sweeps), got {self.val_every!r}")
+        if self.val_every and self.step_solver == "anneal":
+            raise QuboNNError("val_every works with step_solver 'qubo' or 'cd' (the anneal solver proposes all blocks "
+                              "at once), got step_solver='anneal'")
         for name in ("prior_grid", "z_grid"):
             v = getattr(self, name)
             if not v or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in v):
@@ -89,6 +97,8 @@ class DiscreteConfig:
         d = asdict(self)
         for k in ("ste_lrs", "l2_grid", "ste_starts", "prior_grid", "z_grid"):
             d[k] = list(getattr(self, k))
+        if not self.val_every:      # absent at its default: the records written before it keep their digests
+            del d["val_every"]
         return d
 
 

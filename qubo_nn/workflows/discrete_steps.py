@@ -213,8 +213,13 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
             steps = anneal_sweep(stats, dh, blocks, cfg, child_seed(cfg.seed, sweep), prior=prior, z=z)
         else:
             steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j), prior=prior, z=z)
-                     for j, rows in enumerate(blocks)]
+                     for j, rows in enumerate(blocks)] if not cfg.val_every else []
         fit_loss_steps = stats.loss
+        stop = None
+        if cfg.val_every:       # validation checks inside the sweep: keep the codes of the best prefix
+            steps, stop = _sweep_with_val_stop(stats, dh, blocks, cfg, sweep, val=val,
+                                               prior=prior, z=z)
+            fit_loss_steps = stop.pop("fit_loss_after_steps")
         dh, rinfo = refit_scales(dh, fit, l2)
         val_loss = evaluate(dh.head(), val)[0]
         gaps = [s["energy_gap_anneal"] for s in steps if "energy_gap_anneal" in s]
@@ -228,7 +233,8 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
                        "anneal_gap_mean": float(np.mean(gaps)) if gaps else None,
                        "anneal_gap_max": float(np.max(gaps)) if gaps else None,
                        "fit_loss_after_steps": fit_loss_steps,
-                       "train_loss": rinfo["loss"], "val_loss": val_loss, "wall_time_s": time.perf_counter() - t0})
+                       "train_loss": rinfo["loss"], "val_loss": val_loss, "wall_time_s": time.perf_counter() - t0,
+                       **({"val_stop": stop} if stop is not None else {})})
         if on_sweep is not None:
             on_sweep(sweep, dh)
         if val_loss < best_val - 1e-9:
@@ -238,6 +244,30 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
             if bad >= cfg.patience or not sweeps[-1]["accepted"]:
                 break
     return best, {"sweeps": sweeps, "best_val_loss": best_val, "prior_rel": prior_rel, "prior_lambda": lam, "z": z}
+
+
+def _sweep_with_val_stop(stats: HeadStats, dh: DiscreteHead, blocks: list[list[int]], cfg: DiscreteConfig,
+                         sweep: int, val: FeatureSet, prior: PriorStats | None, z: float) -> tuple[list[dict], dict]:
+    """The blocks of one sweep by :func:`block_step`, with the validation loss of the current head (its α and b
+    stay those of the sweep's start) checked after every ``cfg.val_every`` blocks and after the last; the codes
+    of the checkpoint with the lowest validation loss (the sweep's start included) are put back into ``dh``.
+    Early stopping on held-out data inside a sweep: every step lowers the fit loss, a step that only fits the
+    fit split shows as a rise of the validation loss. Returns (the step records, {"trace": [(blocks done,
+    val loss)], "kept_blocks", "accepted_kept", "fit_loss_after_steps": the fit loss before the codes were put
+    back})."""
+    trace = [(0, evaluate(dh.head(), val)[0])]
+    best = (trace[0][1], 0, dh.codes.clone())
+    steps = []
+    for j, rows in enumerate(blocks):
+        steps.append(block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j), prior=prior, z=z))
+        if (j + 1) % cfg.val_every == 0 or j == len(blocks) - 1:
+            trace.append((j + 1, evaluate(dh.head(), val)[0]))
+            if trace[-1][1] < best[0] - 1e-12:
+                best = (trace[-1][1], j + 1, dh.codes.clone())
+    fit_loss = stats.loss
+    dh.codes = best[2]
+    kept = sum(s["accepted"] for s in steps[:best[1]])
+    return steps, {"trace": trace, "kept_blocks": best[1], "accepted_kept": kept, "fit_loss_after_steps": fit_loss}
 
 
 def _count(items) -> dict[str, int]:
