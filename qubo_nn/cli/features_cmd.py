@@ -85,6 +85,9 @@ def features_command(progress: bool, as_json: bool, **opts: Any) -> None:
               help="[binary/ternary, qubo] at most this many sweeps over the rows  [default: 8].")
 @click.option("--subsample", type=click.IntRange(min=1), default=None,
               help="[binary/ternary] Hessian blocks from a seeded subset of this many training samples.")
+@click.option("--val-every", type=click.IntRange(min=1), default=None,
+              help="[binary/ternary, qubo] check the validation loss every N row steps inside a sweep and keep "
+                   "the codes of the best check (early stopping inside a sweep)  [default: only between sweeps].")
 @seed_option
 @click.option("--out", type=click.Path(dir_okay=False), default="head.pt", show_default=True,
               help="Where to write the trained head (torch state dict: weight, bias).")
@@ -93,7 +96,8 @@ def features_command(progress: bool, as_json: bool, **opts: Any) -> None:
 @handle_errors
 def train_command(epochs: int, lr: float, momentum: float, sgd_batch_size: int, weight_decay: float,
                   schedule: str, grid: str, method: str | None, step_solver: str | None, sweeps: int | None,
-                  subsample: int | None, seed: int, out: str, progress: bool, as_json: bool, **opts: Any) -> None:
+                  subsample: int | None, val_every: int | None, seed: int, out: str, progress: bool, as_json: bool,
+                  **opts: Any) -> None:
     """Train the FC head on the cached features: the SGD baseline (--grid fp32), or a binary/ternary
     head (--grid binary|ternary --method ptq|ste|qubo); report the training curve.
 
@@ -105,8 +109,8 @@ def train_command(epochs: int, lr: float, momentum: float, sgd_batch_size: int, 
     check_writable(out, "--out", kind="file")
     _refuse_other_grid_options(grid)
     if grid != "fp32":
-        return _train_discrete(grid, method or "qubo", step_solver, sweeps, subsample, seed, out, progress,
-                               as_json, opts)
+        return _train_discrete(grid, method or "qubo", step_solver, sweeps, subsample, val_every, seed, out,
+                               progress, as_json, opts)
     import torch
 
     from qubo_nn.core.head import Head
@@ -139,7 +143,7 @@ def train_command(epochs: int, lr: float, momentum: float, sgd_batch_size: int, 
 
 
 _SGD_ONLY = ("epochs", "lr", "momentum", "sgd_batch_size", "weight_decay", "schedule")
-_DISCRETE_ONLY = ("method", "step_solver", "sweeps", "subsample")
+_DISCRETE_ONLY = ("method", "step_solver", "sweeps", "subsample", "val_every")
 
 
 def _refuse_other_grid_options(grid: str) -> None:
@@ -155,7 +159,7 @@ def _refuse_other_grid_options(grid: str) -> None:
 
 
 def _train_discrete(grid: str, method: str, step_solver: str | None, sweeps: int | None, subsample: int | None,
-                    seed: int, out: str, progress: bool, as_json: bool, opts: dict) -> None:
+                    val_every: int | None, seed: int, out: str, progress: bool, as_json: bool, opts: dict) -> None:
     import torch
 
     from qubo_nn.data.features import get_features
@@ -169,6 +173,8 @@ def _train_discrete(grid: str, method: str, step_solver: str | None, sweeps: int
         cfg.step_solver = step_solver
     if sweeps is not None:
         cfg.sweeps = sweeps
+    if val_every is not None:
+        cfg.val_every = val_every
     cfg.validate()
     record = Path(out).with_suffix(".json")
     if record.resolve() == Path(out).resolve():
