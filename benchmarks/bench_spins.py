@@ -608,7 +608,36 @@ def write(a, rows, datasets, t0, load0, final: bool) -> str:
         text = f"PARTIAL RECORD ({len(rows)} rows so far; the run was still going when this was written)\n\n" + text
     with atomic_path(out / f"{name}.txt") as tmp:
         Path(tmp).write_text(text)
+    if final:
+        _plot_rows(rows, out / f"{name}.png")
     return text
+
+
+def _plot_rows(rows: list[dict], path: Path) -> None:
+    """Excess (E − E*)/E* against time per row, one panel per grid, a marker per method (log-log; excess 0,
+    i.e. at the best known, drawn at 1e-7)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grids = sorted({r["grid"] for r in rows})
+    fig, axes = plt.subplots(1, len(grids), figsize=(6 * len(grids), 4.5), squeeze=False)
+    for ax, grid in zip(axes[0], grids):
+        rs = [r for r in rows if r["grid"] == grid]
+        for m, mk in zip(METHODS, "ov^sDP"):
+            ax.scatter([max(r["time_s"][m], 1e-5) for r in rs], [max(r["excess"][m], 1e-7) for r in rs],
+                       marker=mk, alpha=0.7, label=m)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("CPU seconds per row")
+        ax.set_ylabel("excess over the best known (E − E*)/E*  (1e-7 = at E*)")
+        ax.set_title(f"{grid} rows ({len(rs)}: " + ", ".join(sorted({r['dataset'] for r in rs})) + ")")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
