@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--ste-starts", default="fp32,ptq")
     ap.add_argument("--ste-lrs", default="1e-4,3e-4,1e-3,3e-3")
     ap.add_argument("--ste-epochs", type=int, default=40)
+    ap.add_argument("--heldout-reference", action="store_true",
+                    help="fit each seed's fp32 reference head on its fit split only (the validation split held out)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -57,7 +59,8 @@ def main() -> None:
                     ste_lrs=floats(a.ste_lrs), ste_epochs=a.ste_epochs)
     cfg = DiscreteExperimentConfig(dataset=a.dataset, grid=a.grid, methods=tuple(a.methods.split(",")),
                                    seeds=tuple(int(s) for s in a.seeds.split(",")), n_train=a.n_train,
-                                   n_test=a.n_test, dim=a.dim, num_classes=a.num_classes, train=train)
+                                   n_test=a.n_test, dim=a.dim, num_classes=a.num_classes, train=train,
+                                   heldout_reference=a.heldout_reference)
     print(format_table(run_discrete_experiment(cfg, a.out, progress=True)))
 
 

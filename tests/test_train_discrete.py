@@ -392,3 +392,33 @@ def test_validation_checks_inside_a_sweep_keep_the_codes_of_the_best_checkpoint(
     with pytest.raises(QuboNNError, match="val_every works with step_solver 'qubo' or 'cd'"):
         td.DiscreteConfig(step_solver="anneal", val_every=2).validate()
     assert "val_every" not in td.DiscreteConfig().to_dict()        # absent at 0: old records keep their digests
+
+
+def test_a_heldout_reference_is_fit_on_each_seeds_fit_split_only(tmp_path):
+    """``heldout_reference``: seed k's fp32 head is reference_head(fit split of seed k) (recomputed here), kept
+    per seed, and the records of such a run do not pass for those of the shared reference."""
+    import json
+    from dataclasses import replace
+
+    from qubo_nn.study.discrete import DiscreteExperimentConfig, run_discrete_experiment
+    from qubo_nn.train.sgd import reference_head
+
+    cfg = DiscreteExperimentConfig(dataset="synthetic-features", grid="binary", methods=("ptq",), seeds=(0, 1),
+                                   n_train=300, n_test=100, dim=8, num_classes=3,
+                                   train=replace(td.DiscreteConfig(), step_solver="cd", sweeps=1),
+                                   heldout_reference=True)
+    run_discrete_experiment(cfg, tmp_path)
+    from qubo_nn.study.discrete import load_discrete_features
+
+    train, _, _ = load_discrete_features(cfg)
+    for seed in (0, 1):
+        saved = torch.load(tmp_path / f"fp32-reference-fit-seed{seed}.pt", weights_only=False)
+        fit, val = td.split_fit_val(train, cfg.train.val_fraction, seed)
+        ref, _ = reference_head(fit, seed=0, device="cpu")
+        torch.testing.assert_close(saved["W"], ref.W, rtol=0, atol=0)
+        assert fit.n + val.n == train.n
+    assert not (tmp_path / "fp32-reference.pt").exists()
+    held = json.loads((tmp_path / "per-seed" / "binary-ptq-seed0.json").read_text())["digest"]
+    shared = tmp_path / "shared"
+    run_discrete_experiment(replace(cfg, heldout_reference=False, seeds=(0,)), shared)
+    assert json.loads((shared / "per-seed" / "binary-ptq-seed0.json").read_text())["digest"] != held

@@ -38,6 +38,9 @@ class DiscreteExperimentConfig:
     dim: int = 512
     num_classes: int = 100
     train: DiscreteConfig = field(default_factory=DiscreteConfig)
+    # True: each seed's fp32 reference head is fit on that seed's fit split only, so that its validation split
+    # is held out from every head of the run (False, as recorded before: one reference fit on all of train)
+    heldout_reference: bool = False
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -73,21 +76,32 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
     out = Path(out)
     (out / "per-seed").mkdir(parents=True, exist_ok=True)
     train, test, finfo = load_discrete_features(cfg)
-    head, rinfo, fp32 = _fp32_reference(train, test, finfo, out)
+    if not cfg.heldout_reference:
+        head, rinfo, fp32 = _fp32_reference(train, test, finfo, out)
     runs: dict[str, list[dict]] = {m: [] for m in cfg.methods}
+    fp32_by_seed = []
     for seed in cfg.seeds:
         start = None   # the ptq head of this seed, computed once and shared by the methods (its time counted in each)
+        held = {}
+        if cfg.heldout_reference:       # the reference of this seed sees its fit split only
+            from qubo_nn.workflows.train_discrete import split_fit_val
+
+            fit, _ = split_fit_val(train, cfg.train.val_fraction, seed)
+            head, rinfo, fp32 = _fp32_reference(fit, test, finfo, out, f"fp32-reference-fit-seed{seed}.pt",
+                                                 {"val_fraction": cfg.train.val_fraction, "seed": seed})
+            held = {"reference": "fit split"}
+        fp32_by_seed.append(fp32)
         for method in cfg.methods:
             tcfg = replace(cfg.train, grid=cfg.grid, method=method, seed=seed)
             path = out / "per-seed" / f"{cfg.grid}-{method}-seed{seed}.json"
-            digest = _digest({"train": tcfg.to_dict(), "features": finfo["digest"], "l2": rinfo["l2"]})
+            digest = _digest({"train": tcfg.to_dict(), "features": finfo["digest"], "l2": rinfo["l2"], **held})
             rec = _load(path, digest)
             if rec is None:
                 if progress:
                     print(f"{cfg.dataset} {cfg.grid} {method} seed {seed} ...", flush=True)
                 if start is None:
                     spath = out / "per-seed" / f"{cfg.grid}-start-seed{seed}.pt"
-                    sdigest = start_digest(tcfg, finfo["digest"], rinfo["l2"])
+                    sdigest = start_digest(tcfg, finfo["digest"], rinfo["l2"], **held)
                     start = load_start(spath, sdigest)
                     if start is None:
                         start = ptq_start(head, train, tcfg)
@@ -96,6 +110,7 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
                 rec.update(digest=digest, features=finfo, fp32=fp32, machine=machine_info())
                 atomic_write_json(path, to_jsonable(rec))
             runs[method].append(rec)
+    fp32 = {k: float(np.mean([f[k] for f in fp32_by_seed])) for k in fp32_by_seed[0]} if fp32_by_seed else fp32
     summary = summarize(runs, fp32, cfg, finfo)
     atomic_write_json(out / f"summary-{cfg.grid}.json", to_jsonable(summary))
     with atomic_path(out / f"table-{cfg.grid}.md") as tmp:
@@ -104,10 +119,11 @@ def run_discrete_experiment(cfg: DiscreteExperimentConfig, out: str | Path, prog
     return summary
 
 
-def start_digest(tcfg: DiscreteConfig, features: str, fp32_l2: float) -> str:
-    """What the ptq start of a seed depends on: the features, the fp32 head (its l2) and the rounding settings."""
+def start_digest(tcfg: DiscreteConfig, features: str, fp32_l2: float, **reference) -> str:
+    """What the ptq start of a seed depends on: the features, the fp32 head (its l2; ``reference``: how it was
+    fit, when not on all of train) and the rounding settings."""
     keys = ("grid", "seed", "val_fraction", "damping_rel", "alt_rounds", "l2_grid", "subsample", "dtype")
-    return _digest({"features": features, "fp32_l2": fp32_l2, **{k: tcfg.to_dict()[k] for k in keys}})
+    return _digest({"features": features, "fp32_l2": fp32_l2, **reference, **{k: tcfg.to_dict()[k] for k in keys}})
 
 
 def save_start(start: PtqStart, path: Path, digest: str | None = None) -> None:
@@ -137,19 +153,20 @@ def load_start(path: Path, digest: str) -> PtqStart | None:
     return PtqStart(dh["head"], dh["start"], d["l2"], d["info"], d["wall_time_s"])
 
 
-def _fp32_reference(train, test, finfo: dict, out: Path):
-    """The fp32 reference head (:func:`qubo_nn.train.sgd.reference_head`, seed 0) and its metrics, kept in
-    ``out/fp32-reference.pt`` for the features' digest, so that the binary and ternary runs of one folder
-    share it (its ``wall_time_s`` is the time it took when computed)."""
+def _fp32_reference(train, test, finfo: dict, out: Path, name: str = "fp32-reference.pt", key: dict | None = None):
+    """The fp32 reference head (:func:`qubo_nn.train.sgd.reference_head`, seed 0, fit on ``train``) and its
+    metrics, kept in ``out/<name>`` for the features' digest (and ``key``: which part of train it saw), so that
+    the binary and ternary runs of one folder share it (its ``wall_time_s`` is the time it took when computed)."""
     import torch
 
     from qubo_nn.core.head import Head
     from qubo_nn.train.sgd import reference_head
 
-    path = out / "fp32-reference.pt"
+    path = out / name
+    tag = finfo["digest"] if key is None else _digest({"features": finfo["digest"], **key})
     try:
         saved = torch.load(path, weights_only=False)
-        if saved.get("features") == finfo["digest"]:
+        if saved.get("features") == tag:
             return Head(saved["W"], saved["b"]), saved["info"], saved["fp32"]
     except (OSError, RuntimeError, EOFError, AttributeError, KeyError):
         pass
@@ -158,7 +175,7 @@ def _fp32_reference(train, test, finfo: dict, out: Path):
     fp32 = {"train_loss": evaluate(head, train)[0], "test_loss": evaluate(head, test)[0],
             "test_acc": evaluate(head, test)[1], "l2": rinfo["l2"], "wall_time_s": time.perf_counter() - t0}
     with atomic_path(path) as tmp:
-        torch.save({"features": finfo["digest"], "W": head.W, "b": head.b, "info": to_jsonable(rinfo), "fp32": fp32},
+        torch.save({"features": tag, "W": head.W, "b": head.b, "info": to_jsonable(rinfo), "fp32": fp32},
                    tmp)
     return head, to_jsonable(rinfo), fp32
 
