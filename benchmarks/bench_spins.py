@@ -260,7 +260,7 @@ def render(rec: dict) -> str:
              f"settings: pipeline (neal) {HOT}; batch (batch-anneal, all rows of a dataset and grid in one batch, CPU "
              f"time split evenly) {BATCH}; best-known run (batch-anneal, then tabu from it + CD) {LONG}; ternary "
              f"windows: {TERNARY_ENCODING}",
-             *([f"merged from: " + "; ".join(f"{m['file']} (datasets {m['argv'].get('datasets')}, grids {m['argv'].get('grids')}, "
+             *(["merged from: " + "; ".join(f"{m['file']} (datasets {m['argv'].get('datasets')}, grids {m['argv'].get('grids')}, "
                                               f"best-known run {m['settings']['long']}, complete {m['complete']}, wall "
                                               f"{m['wall_time_s']:.0f} s)" for m in a["merged"])] if a.get("merged") else []),
              "Times are CPU seconds of the benchmark process (one thread), not wall clock. E includes L0 (heads: the "
@@ -406,8 +406,9 @@ def merge_heads(a) -> int:
     out = ROOT / "results" / "spins"
     recs = [json.loads((out / f"heads_{a.dataset}_{g}.json").read_text()) for g in ("binary", "ternary")
             if (out / f"heads_{a.dataset}_{g}.json").exists()]
-    if not recs:        # one run of both grids: its record is rendered again
-        recs = [json.loads((out / f"heads_{a.dataset}.json").read_text())]
+    if not recs:
+        raise SystemExit(f"no per-grid records results/spins/heads_{a.dataset}_<grid>.json to merge "
+                         "(a run of both grids writes heads_<dataset>.* itself)")
     a.merge_commands = [r["command"] for r in recs]
     runs = [run for r in recs for run in r["runs"]]
     for run in runs:                        # JSON holds NaN (the QAT head's energy) as null

@@ -205,6 +205,9 @@ def test_train_cli_refuses_options_of_the_other_grid(tmp_path):
     assert r.exit_code == 2 and "--method applies to --grid binary/ternary only, not to --grid fp32" in r.output
     r = CliRunner().invoke(main, ["train", "--grid", "binary", "--out", str(tmp_path / "h.json")])
     assert r.exit_code == 2 and "would be the same file" in r.output
+    r = CliRunner().invoke(main, ["train", "--grid", "ternary", "--method", "ste", "--val-every", "5", "--sweeps", "2",
+                                  "--out", str(tmp_path / "h.pt")])
+    assert r.exit_code == 2 and "--sweeps, --val-every apply to --method qubo only, not to --method ste" in r.output
     assert not list(tmp_path.iterdir())
 
 

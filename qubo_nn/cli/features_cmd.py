@@ -108,6 +108,7 @@ def train_command(epochs: int, lr: float, momentum: float, sgd_batch_size: int, 
     """
     check_writable(out, "--out", kind="file")
     _refuse_other_grid_options(grid)
+    _refuse_qubo_only_options(grid, method or "qubo")
     if grid != "fp32":
         return _train_discrete(grid, method or "qubo", step_solver, sweeps, subsample, val_every, seed, out,
                                progress, as_json, opts)
@@ -156,6 +157,22 @@ def _refuse_other_grid_options(grid: str) -> None:
         raise click.UsageError(f"{names} {'applies' if len(wrong) == 1 else 'apply'} to "
                                f"{'--grid fp32 (SGD)' if grid != 'fp32' else '--grid binary/ternary'} only, "
                                f"not to --grid {grid}")
+
+
+_QUBO_ONLY = ("step_solver", "sweeps", "val_every")
+
+
+def _refuse_qubo_only_options(grid: str, method: str) -> None:
+    """--step-solver, --sweeps and --val-every steer qubo's sweeps: with --method ptq or ste they are refused
+    (exit 2), never ignored."""
+    if grid == "fp32" or method == "qubo":
+        return
+    ctx = click.get_current_context()
+    wrong = [n for n in _QUBO_ONLY if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+    if wrong:
+        names = ", ".join("--" + n.replace("_", "-") for n in wrong)
+        raise click.UsageError(f"{names} {'applies' if len(wrong) == 1 else 'apply'} to --method qubo only, "
+                               f"not to --method {method}")
 
 
 def _train_discrete(grid: str, method: str, step_solver: str | None, sweeps: int | None, subsample: int | None,

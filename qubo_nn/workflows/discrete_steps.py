@@ -209,17 +209,15 @@ def qubo_train(start: DiscreteHead, fit: FeatureSet, val: FeatureSet, cfg: Discr
             lam = prior_rel * mean_hessian_diag(stats) if prior_rel > 0 else 0.0
         prior = PriorStats(stats, W_ref, lam) if lam > 0 else None
         blocks = _block_rows(dh.codes.shape[0], cfg.rows_per_block, cfg.seed, sweep)
+        stop = None
         if cfg.step_solver == "anneal":
             steps = anneal_sweep(stats, dh, blocks, cfg, child_seed(cfg.seed, sweep), prior=prior, z=z)
+        elif cfg.val_every:       # validation checks inside the sweep: keep the codes of the best prefix
+            steps, stop = _sweep_with_val_stop(stats, dh, blocks, cfg, sweep, val=val, prior=prior, z=z)
         else:
             steps = [block_step(stats, dh, rows, cfg, child_seed(cfg.seed, sweep, j), prior=prior, z=z)
-                     for j, rows in enumerate(blocks)] if not cfg.val_every else []
-        fit_loss_steps = stats.loss
-        stop = None
-        if cfg.val_every:       # validation checks inside the sweep: keep the codes of the best prefix
-            steps, stop = _sweep_with_val_stop(stats, dh, blocks, cfg, sweep, val=val,
-                                               prior=prior, z=z)
-            fit_loss_steps = stop.pop("fit_loss_after_steps")
+                     for j, rows in enumerate(blocks)]
+        fit_loss_steps = stats.loss if stop is None else stop.pop("fit_loss_after_steps")
         dh, rinfo = refit_scales(dh, fit, l2)
         val_loss = evaluate(dh.head(), val)[0]
         gaps = [s["energy_gap_anneal"] for s in steps if "energy_gap_anneal" in s]
